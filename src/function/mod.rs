@@ -1,0 +1,1 @@
+//! Functions: the trait users implement, the registry, and the built-ins.

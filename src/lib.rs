@@ -1,0 +1,35 @@
+//! runq: background jobs for Google Cloud Run.
+//!
+//! An API records each job in Postgres and publishes its id to a Pub/Sub topic per
+//! queue; Pub/Sub pushes it to a worker service, which claims it, runs the function
+//! and streams progress into Postgres; clients poll `/jobs/{id}/status`.
+//!
+//! # Layout
+//! - [`app`]: the [`App`] builder users extend with their functions, and the `runq` CLI.
+//! - [`config`]: configuration from the environment, validated at start.
+//! - [`job`]: the job model and its status machine.
+//! - [`store`]: Postgres, the source of truth; every transition is one guarded UPDATE.
+//! - [`function`]: the [`Function`] trait, the registry and the built-in functions.
+//! - [`api`]: the public JSON API (`/jobs`), health and OpenAPI.
+//! - [`auth`]: bearer JWTs for the public API, Google OIDC for push and internal calls.
+//! - [`dispatch`]: publishing jobs to Pub/Sub and the outbox relay.
+//! - [`worker`]: the push endpoint that claims and runs jobs.
+//! - [`schedule`]: periodic jobs fired by Cloud Scheduler.
+//! - [`emulator`]: a Pub/Sub emulator (REST and gRPC on one port, push with OIDC).
+//! - [`telemetry`]: logs in the Cloud Logging format, trace ids.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod dispatch;
+pub mod emulator;
+pub mod function;
+pub mod job;
+pub mod schedule;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+
+pub use app::App;
+pub use function::Function;

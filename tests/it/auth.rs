@@ -1,0 +1,1 @@
+//! Auth: user JWTs and Google OIDC.

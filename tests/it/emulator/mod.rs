@@ -1,0 +1,1 @@
+//! Emulator conformance and push tests.
