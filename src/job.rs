@@ -1,1 +1,220 @@
-//! TODO: job
+//! The job model: statuses, priorities, errors and the status machine.
+//!
+//! Owns no I/O. Every transition listed in [`Status`] is carried out by one guarded UPDATE in
+//! [`crate::store`]; this module names them so the API, worker and store agree.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Where a job is in its life.
+///
+/// ```text
+/// queued --claim--> running --ok--> succeeded
+///   |                  |--error, attempts left--> retrying --due (relay)--> queued
+///   |                  |--error permanent, or attempts used up--> failed
+///   |                  |--cancel observed by the run--> cancelled
+///   |                  |--lease expired, attempts left (reaper)--> queued
+///   |                  \--lease expired, none left (reaper)--> failed (kind: lost)
+///   |--cancel--> cancelled                      retrying --cancel--> cancelled
+///   \--dead-lettered, never claimed--> queued again, re-dispatched later
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting to be claimed (possibly not yet due: see `run_after`).
+    Queued,
+    /// Claimed by a worker that holds a lease.
+    Running,
+    /// Failed with a retryable error; back to `queued` when its backoff has passed.
+    Retrying,
+    /// Finished with a result.
+    Succeeded,
+    /// Finished with an error that won't be retried.
+    Failed,
+    /// Cancelled before or during its run.
+    Cancelled,
+}
+
+impl Status {
+    /// Every status, in the order of the diagram.
+    pub const ALL: [Status; 6] =
+        [Status::Queued, Status::Running, Status::Retrying, Status::Succeeded, Status::Failed, Status::Cancelled];
+
+    /// The name stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Retrying => "retrying",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// A finished job never changes status again.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status name that runq doesn't know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown status `{0}`: expected one of queued, running, retrying, succeeded, failed, cancelled")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for Status {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+/// Which queue (Pub/Sub topic and worker service) a job goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Latency-sensitive work: its own worker service, scaled first.
+    High,
+    /// The default.
+    #[default]
+    Medium,
+    /// Bulk work that may wait.
+    Low,
+}
+
+impl Priority {
+    /// Every priority, highest first.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Medium, Priority::Low];
+
+    /// The name stored in the database, used in topic names and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A priority name that runq doesn't know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown priority `{0}`: expected high, medium or low")]
+pub struct UnknownPriority(pub String);
+
+impl FromStr for Priority {
+    type Err = UnknownPriority;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Priority::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownPriority(s.to_owned()))
+    }
+}
+
+/// Why a run failed, as stored in `jobs.error` and shown by `GET /jobs/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    /// A stable machine-readable reason: `error`, `panic`, `timeout`, `lost`, `undeliverable`, ...
+    pub kind: String,
+    /// A human-readable message from the function or from runq.
+    pub message: String,
+    /// Whether runq would retry this error if attempts were left.
+    pub retryable: bool,
+}
+
+/// The polling view of a job: what `GET /jobs/{id}/status` returns. One primary-key read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: Uuid,
+    pub status: Status,
+    /// Fraction done, 0..=1, as last reported by the function.
+    pub progress: f32,
+    /// The function's last progress message.
+    pub message: Option<String>,
+    /// Runs started so far (the current one included).
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    /// When to poll again, in milliseconds; absent once the job is finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_after_ms: Option<u64>,
+}
+
+/// The full view of a job: what `POST /jobs` and `GET /jobs/{id}` return.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    #[serde(flatten)]
+    pub status: JobStatus,
+    pub function: String,
+    pub priority: Priority,
+    pub args: serde_json::Value,
+    /// When the job becomes due (later than `created_at` for a delayed submit or a retry).
+    pub run_after: DateTime<Utc>,
+    pub cancel_requested: bool,
+    pub result: Option<serde_json::Value>,
+    /// Where a result too large to keep inline is stored (GCS).
+    pub result_uri: Option<String>,
+    pub error: Option<JobError>,
+    pub parent_id: Option<Uuid>,
+    pub idempotency_key: Option<String>,
+}
+
+/// How soon a client should poll a job in `status` whose next change is due at `run_after`.
+pub fn poll_after_ms(status: Status, run_after: DateTime<Utc>, now: DateTime<Utc>) -> Option<u64> {
+    const QUEUED_MS: u64 = 1_000;
+    const RUNNING_MS: u64 = 500;
+    const MAX_MS: u64 = 10_000;
+    match status {
+        Status::Running => Some(RUNNING_MS),
+        Status::Queued | Status::Retrying => {
+            let until_due = (run_after - now).num_milliseconds().max(0) as u64;
+            Some(until_due.clamp(QUEUED_MS, MAX_MS))
+        }
+        Status::Succeeded | Status::Failed | Status::Cancelled => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>().unwrap(), s);
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for p in Priority::ALL {
+            assert_eq!(p.as_str().parse::<Priority>().unwrap(), p);
+        }
+        assert!("urgent".parse::<Priority>().is_err());
+        assert!("done".parse::<Status>().is_err());
+    }
+
+    #[test]
+    fn poll_hint_waits_for_due_time_within_bounds() {
+        let now = Utc::now();
+        let later = now + chrono::Duration::seconds(5);
+        assert_eq!(poll_after_ms(Status::Queued, now, now), Some(1_000));
+        assert_eq!(poll_after_ms(Status::Retrying, later, now), Some(5_000));
+        assert_eq!(poll_after_ms(Status::Queued, now + chrono::Duration::hours(1), now), Some(10_000));
+        assert_eq!(poll_after_ms(Status::Succeeded, now, now), None);
+    }
+}

@@ -12,9 +12,6 @@
 //! - [`function`]: the [`Function`] trait, the registry and the built-in functions.
 //! - [`api`]: the public JSON API (`/jobs`), health and OpenAPI.
 //! - [`auth`]: bearer JWTs for the public API, Google OIDC for push and internal calls.
-//! - [`dispatch`]: publishing jobs to Pub/Sub and the outbox relay.
-//! - [`worker`]: the push endpoint that claims and runs jobs.
-//! - [`schedule`]: periodic jobs fired by Cloud Scheduler.
 //! - [`emulator`]: a Pub/Sub emulator (REST and gRPC on one port, push with OIDC).
 //! - [`telemetry`]: logs in the Cloud Logging format, trace ids.
 
@@ -22,14 +19,11 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
-pub mod dispatch;
 pub mod emulator;
 pub mod function;
 pub mod job;
-pub mod schedule;
 pub mod store;
 pub mod telemetry;
-pub mod worker;
 
 pub use app::App;
 pub use function::Function;

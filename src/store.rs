@@ -1,1 +1,386 @@
-//! TODO: store
+//! Postgres, the source of truth: the pool, migrations, and every query on jobs.
+//!
+//! Each status change is one UPDATE guarded by the current status (never read-then-write), so
+//! concurrent API instances, workers and the relay can't step on each other.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, QueryBuilder};
+use uuid::Uuid;
+
+use crate::job::{Job, JobError, JobStatus, Priority, Status, poll_after_ms};
+
+/// The migrations compiled into the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Postgres can't be reached or is shutting down: the caller should retry later (503).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyConflict,
+    /// The idempotency key's job has been cleaned up, so it can't be returned again.
+    #[error("idempotency key refers to a job that no longer exists")]
+    IdempotencyExpiredJob,
+    /// The schema is older than this binary needs and migrations are off.
+    #[error("database schema is at version {found:?} but this runq needs {needed}: run `runq migrate`")]
+    SchemaTooOld { found: Option<i64>, needed: i64 },
+    /// Anything else: a bug or a broken database.
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) { StoreError::Unavailable(e) } else { StoreError::Other(e) }
+    }
+}
+
+/// True for errors that mean "Postgres isn't there right now" rather than "this query is wrong".
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 08: connection exceptions; 57P0x: shutting down / starting up; 53300: too many connections.
+            code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
+/// Opens a pool without waiting for Postgres: requests answer 503 until it is reachable.
+pub fn connect_lazy(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    let options = options.application_name("runq");
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy_with(options))
+}
+
+/// Applies every pending migration.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Errors unless every migration this binary knows has been applied.
+pub async fn check_schema(pool: &PgPool) -> Result<(), StoreError> {
+    let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let found: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .or_else(|e| match &e {
+            // No migrations table at all: nothing applied.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(None),
+            _ => Err(e),
+        })?;
+    if found.is_none_or(|v| v < needed) {
+        return Err(StoreError::SchemaTooOld { found, needed });
+    }
+    Ok(())
+}
+
+/// Checks that Postgres answers (for `/readyz`).
+pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}
+
+/// A `jobs` row as stored.
+#[derive(Debug, sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    owner: String,
+    function: String,
+    priority: String,
+    args: serde_json::Value,
+    status: String,
+    progress: f32,
+    message: Option<String>,
+    attempt: i32,
+    max_attempts: i32,
+    run_after: DateTime<Utc>,
+    cancel_requested: bool,
+    idempotency_key: Option<String>,
+    parent_id: Option<Uuid>,
+    result: Option<serde_json::Value>,
+    result_uri: Option<String>,
+    error: Option<serde_json::Value>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+}
+
+/// The columns of [`JobRow`], for queries built at run time.
+const JOB_COLUMNS: &str = "id, owner, function, priority, args, status, progress, message, attempt, max_attempts, \
+     run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error, created_at, started_at, \
+     finished_at, updated_at";
+
+impl JobRow {
+    fn into_job(self, now: DateTime<Utc>) -> Job {
+        let status = parse_status(&self.status);
+        Job {
+            status: JobStatus {
+                id: self.id,
+                status,
+                progress: self.progress,
+                message: self.message,
+                attempt: self.attempt,
+                max_attempts: self.max_attempts,
+                created_at: self.created_at,
+                started_at: self.started_at,
+                finished_at: self.finished_at,
+                updated_at: self.updated_at,
+                poll_after_ms: poll_after_ms(status, self.run_after, now),
+            },
+            function: self.function,
+            priority: self.priority.parse().unwrap_or_default(),
+            args: self.args,
+            run_after: self.run_after,
+            cancel_requested: self.cancel_requested,
+            result: self.result,
+            result_uri: self.result_uri,
+            error: self.error.and_then(|e| serde_json::from_value::<JobError>(e).ok()),
+            parent_id: self.parent_id,
+            idempotency_key: self.idempotency_key,
+        }
+    }
+
+    /// The owner, for access checks by callers that read by id alone.
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+}
+
+fn parse_status(s: &str) -> Status {
+    // The CHECK constraint allows only known names; a new one would need a new binary anyway.
+    s.parse().unwrap_or(Status::Failed)
+}
+
+/// A job to insert.
+#[derive(Debug)]
+pub struct NewJob<'a> {
+    pub id: Uuid,
+    pub owner: &'a str,
+    pub function: &'a str,
+    pub priority: Priority,
+    pub args: &'a RawValue,
+    pub max_attempts: i32,
+    /// Not due before this (a delayed submit).
+    pub run_after: Option<DateTime<Utc>>,
+    pub parent_id: Option<Uuid>,
+    pub trace_context: Option<&'a str>,
+    /// The key and a hash of the request it came with.
+    pub idempotency: Option<(&'a str, [u8; 32])>,
+}
+
+/// What a submit did.
+#[derive(Debug)]
+pub struct Submitted {
+    pub job: Job,
+    /// False when an earlier submit with the same idempotency key and request created it.
+    pub created: bool,
+}
+
+/// Inserts a job (and its idempotency key) in one transaction, committed durably.
+///
+/// A repeated key with the same request hash returns the first job; with another hash it is a
+/// conflict. Two concurrent submits with one key serialize on the key's primary key.
+pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) -> Result<Submitted, StoreError> {
+    let mut tx = pool.begin().await?;
+    if let Some((key, hash)) = new.idempotency {
+        let retention_secs = key_retention.as_secs_f64();
+        // An expired key is free again; a live one is returned instead of being overwritten.
+        let claimed: Option<Uuid> = sqlx::query_scalar!(
+            "INSERT INTO idempotency_keys (owner, key, request_hash, job_id, expires_at)
+             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+             ON CONFLICT (owner, key) DO UPDATE
+                SET request_hash = EXCLUDED.request_hash, job_id = EXCLUDED.job_id,
+                    created_at = now(), expires_at = EXCLUDED.expires_at
+                WHERE idempotency_keys.expires_at < now()
+             RETURNING job_id",
+            new.owner,
+            key,
+            &hash[..],
+            new.id,
+            retention_secs,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if claimed.is_none() {
+            let existing = sqlx::query!(
+                "SELECT request_hash, job_id FROM idempotency_keys WHERE owner = $1 AND key = $2",
+                new.owner,
+                key
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            if existing.request_hash != hash {
+                return Err(StoreError::IdempotencyConflict);
+            }
+            let job = get(pool, existing.job_id, Some(new.owner)).await?;
+            return match job {
+                Some(job) => Ok(Submitted { job, created: false }),
+                None => Err(StoreError::IdempotencyExpiredJob),
+            };
+        }
+    }
+    let row = sqlx::query_as!(
+        JobRow,
+        r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after,
+                             parent_id, trace_context, idempotency_key)
+           VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, coalesce($7, now()), $8, $9, $10)
+           RETURNING id, owner, function, priority, args, status, progress, message, attempt, max_attempts,
+                     run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
+                     created_at, started_at, finished_at, updated_at"#,
+        new.id,
+        new.owner,
+        new.function,
+        new.priority.as_str(),
+        new.args.get(),
+        new.max_attempts,
+        new.run_after,
+        new.parent_id,
+        new.trace_context,
+        new.idempotency.map(|(key, _)| key),
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Submitted { job: row.into_job(Utc::now()), created: true })
+}
+
+/// The full job, if it exists and `owner` may see it (`None` = admin, sees all).
+pub async fn get(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<Job>, StoreError> {
+    let row = sqlx::query_as!(
+        JobRow,
+        r#"SELECT id, owner, function, priority, args, status, progress, message, attempt, max_attempts,
+                  run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
+                  created_at, started_at, finished_at, updated_at
+           FROM jobs WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.filter(|r| owner.is_none_or(|o| r.owner() == o)).map(|r| r.into_job(Utc::now())))
+}
+
+/// The polling view: one primary-key read of the fields that change while a job runs.
+pub async fn get_status(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<JobStatus>, StoreError> {
+    let row = sqlx::query!(
+        "SELECT owner, status, progress, message, attempt, max_attempts, run_after,
+                created_at, started_at, finished_at, updated_at
+         FROM jobs WHERE id = $1",
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
+    let now = Utc::now();
+    Ok(row.filter(|r| owner.is_none_or(|o| r.owner == o)).map(|r| {
+        let status = parse_status(&r.status);
+        JobStatus {
+            id,
+            status,
+            progress: r.progress,
+            message: r.message,
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            updated_at: r.updated_at,
+            poll_after_ms: poll_after_ms(status, r.run_after, now),
+        }
+    }))
+}
+
+/// What a cancel request did.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    /// The job was queued or retrying and is now cancelled: it will never run.
+    Cancelled(Job),
+    /// The job is running: its run sees the request and stops.
+    Requested(Job),
+    /// The job had already finished with this status.
+    AlreadyFinished(Job),
+    /// No such job for this owner.
+    NotFound,
+}
+
+/// Cancels a job: one guarded UPDATE that cancels a queued or retrying job at once and flags a
+/// running one. A finished job is left untouched.
+pub async fn cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
+    let row = sqlx::query_as!(
+        JobRow,
+        r#"UPDATE jobs SET
+              status = CASE WHEN status IN ('queued', 'retrying') THEN 'cancelled' ELSE status END,
+              finished_at = CASE WHEN status IN ('queued', 'retrying') THEN now() ELSE finished_at END,
+              error = CASE WHEN status IN ('queued', 'retrying')
+                           THEN '{"kind": "cancelled", "message": "cancelled before it ran", "retryable": false}'::jsonb
+                           ELSE error END,
+              claim_id = CASE WHEN status IN ('queued', 'retrying') THEN NULL ELSE claim_id END,
+              cancel_requested = true,
+              updated_at = now()
+           WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status IN ('queued', 'retrying', 'running')
+           RETURNING id, owner, function, priority, args, status, progress, message, attempt, max_attempts,
+                     run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
+                     created_at, started_at, finished_at, updated_at"#,
+        id,
+        owner
+    )
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = row {
+        let job = row.into_job(Utc::now());
+        return Ok(if job.status.status == Status::Cancelled {
+            CancelOutcome::Cancelled(job)
+        } else {
+            CancelOutcome::Requested(job)
+        });
+    }
+    Ok(match get(pool, id, owner).await? {
+        Some(job) => CancelOutcome::AlreadyFinished(job),
+        None => CancelOutcome::NotFound,
+    })
+}
+
+/// Filters of a job listing.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter<'a> {
+    /// Only this owner's jobs; `None` lists every owner's (admin).
+    pub owner: Option<&'a str>,
+    pub status: Option<Status>,
+    pub function: Option<&'a str>,
+    /// Only jobs older than this one (the keyset cursor).
+    pub before: Option<Uuid>,
+}
+
+/// Jobs newest first, at most `limit`. Built per filter combination so each query stays on
+/// its index (`(owner, status, id)`, `(owner, function, id)`, ...).
+pub async fn list(pool: &PgPool, filter: &ListFilter<'_>, limit: i64) -> Result<Vec<Job>, StoreError> {
+    let mut q = QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE true"));
+    if let Some(owner) = filter.owner {
+        q.push(" AND owner = ").push_bind(owner);
+    }
+    if let Some(status) = filter.status {
+        q.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(function) = filter.function {
+        q.push(" AND function = ").push_bind(function);
+    }
+    if let Some(before) = filter.before {
+        q.push(" AND id < ").push_bind(before);
+    }
+    q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    let rows: Vec<JobRow> = q.build_query_as().fetch_all(pool).await?;
+    let now = Utc::now();
+    Ok(rows.into_iter().map(|r| r.into_job(now)).collect())
+}

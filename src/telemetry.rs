@@ -1,1 +1,179 @@
-//! TODO: telemetry
+//! Logs and trace ids: JSON lines in the Cloud Logging format when stdout is not a terminal
+//! (or `RUNQ_LOG_FORMAT=json`), readable text on a terminal; a request middleware that joins
+//! each request's logs to the caller's trace (`X-Cloud-Trace-Context` or `traceparent`).
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Instrument, Level, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Installs the global logger. `RUNQ_LOG` sets the filter (default `info`); `RUNQ_LOG_FORMAT`
+/// forces `json` or `text`. The Google Cloud project (`GOOGLE_CLOUD_PROJECT`) qualifies trace ids.
+pub fn init() {
+    let filter = EnvFilter::try_from_env("RUNQ_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match std::env::var("RUNQ_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = if json {
+        let format = CloudLogging { project: std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.is_empty()) };
+        builder.fmt_fields(JsonFields::new()).event_format(format).try_init()
+    } else {
+        builder.with_target(false).try_init()
+    };
+    // A second init (tests, an embedding app with its own logger) keeps the first.
+    drop(result);
+}
+
+/// Formats events as Cloud Logging structured JSON: `severity`, `message`, `time`, the event's
+/// and its spans' fields, and `logging.googleapis.com/trace` from a span's `trace_id`.
+pub struct CloudLogging {
+    /// Qualifies trace ids as `projects/{project}/traces/{id}`, which the Logs Explorer links.
+    pub project: Option<String>,
+}
+
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().into(), Value::from(format!("{value:?}")));
+    }
+}
+
+fn severity(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARNING",
+        Level::INFO => "INFO",
+        Level::DEBUG | Level::TRACE => "DEBUG",
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for CloudLogging
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let mut map = Map::new();
+        event.record(&mut JsonVisitor(&mut map));
+        // Span fields (outermost first, so inner spans win), stored as JSON by `JsonFields`.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let Some(fields) = extensions.get::<FormattedFields<N>>() else { continue };
+                if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(fields) {
+                    for (k, v) in fields {
+                        map.entry(k).or_insert(v);
+                    }
+                }
+            }
+        }
+        if let Some(Value::String(trace)) = map.remove("trace_id") {
+            let trace = match &self.project {
+                Some(project) => format!("projects/{project}/traces/{trace}"),
+                None => trace,
+            };
+            map.insert("logging.googleapis.com/trace".into(), Value::from(trace));
+        }
+        if let Some(Value::String(span)) = map.remove("span_id") {
+            map.insert("logging.googleapis.com/spanId".into(), Value::from(span));
+        }
+        let meta = event.metadata();
+        map.insert("severity".into(), Value::from(severity(meta.level())));
+        map.insert("time".into(), Value::from(chrono::Utc::now().to_rfc3339()));
+        map.insert("target".into(), Value::from(meta.target()));
+        map.entry("message").or_insert(Value::from(""));
+        writeln!(writer, "{}", Value::Object(map))
+    }
+}
+
+/// The trace and span ids a request belongs to, from `traceparent` (W3C) or Google's
+/// `X-Cloud-Trace-Context: TRACE/SPAN;o=1`.
+pub fn trace_ids(headers: &HeaderMap) -> Option<(String, Option<String>)> {
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let parts: Vec<&str> = tp.trim().split('-').collect();
+        if let [_version, trace, span, _flags] = parts[..]
+            && trace.len() == 32
+            && trace.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Some((trace.to_ascii_lowercase(), Some(span.to_owned())));
+        }
+    }
+    let cloud = headers.get("x-cloud-trace-context").and_then(|v| v.to_str().ok())?;
+    let (trace, rest) = cloud.split_once('/').unwrap_or((cloud, ""));
+    let trace = trace.trim();
+    if trace.is_empty() || trace.len() > 64 || !trace.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let span = rest.split(';').next().filter(|s| !s.is_empty()).map(str::to_owned);
+    Some((trace.to_ascii_lowercase(), span))
+}
+
+/// Middleware: runs the request in a span carrying its trace id, and logs its outcome.
+pub async fn trace_request(request: Request, next: Next) -> Response {
+    let (trace_id, span_id) = trace_ids(request.headers()).map_or((None, None), |(t, s)| (Some(t), s));
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("request", %method, %path, trace_id, span_id);
+    let started = Instant::now();
+    async move {
+        let response = next.run(request).await;
+        let status = response.status().as_u16();
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if status >= 500 {
+            tracing::warn!(status, latency_ms, "request failed");
+        } else if !matches!(path.as_str(), "/healthz" | "/readyz") {
+            tracing::debug!(status, latency_ms, "request");
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn trace_ids_from_either_header() {
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", HeaderValue::from_static("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"));
+        assert_eq!(trace_ids(&h), Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), Some("00f067aa0ba902b7".into()))));
+        let mut h = HeaderMap::new();
+        h.insert("x-cloud-trace-context", HeaderValue::from_static("105445aa7843bc8bf206b12000100000/1;o=1"));
+        assert_eq!(trace_ids(&h), Some(("105445aa7843bc8bf206b12000100000".into(), Some("1".into()))));
+        h.insert("x-cloud-trace-context", HeaderValue::from_static("not hex/1"));
+        assert_eq!(trace_ids(&h), None);
+    }
+}

@@ -94,9 +94,7 @@ impl AuthError {
     pub fn www_authenticate(&self) -> Option<&'static str> {
         match self {
             AuthError::MissingToken => Some(r#"Bearer realm="runq""#),
-            _ if self.status() == StatusCode::UNAUTHORIZED => {
-                Some(r#"Bearer realm="runq", error="invalid_token""#)
-            }
+            _ if self.status() == StatusCode::UNAUTHORIZED => Some(r#"Bearer realm="runq", error="invalid_token""#),
             _ => None,
         }
     }
@@ -148,9 +146,7 @@ pub(crate) fn from_jwt(err: jsonwebtoken::errors::Error) -> AuthError {
             "nbf" => "nbf",
             _ => "unknown",
         }),
-        K::InvalidAlgorithm | K::MissingAlgorithm => {
-            AuthError::AlgorithmNotAllowed("mismatch".to_owned())
-        }
+        K::InvalidAlgorithm | K::MissingAlgorithm => AuthError::AlgorithmNotAllowed("mismatch".to_owned()),
         K::InvalidClaimFormat(_) => AuthError::Malformed("claim has the wrong type"),
         K::InvalidEcdsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat => {
             // The key came from the JWKS and passed our parsing; a token that trips this is

@@ -51,13 +51,7 @@ impl GoogleOidcVerifier {
         if allowed_emails.is_empty() {
             tracing::warn!(%audience, "Google OIDC verifier accepts any verified email");
         }
-        Self {
-            inner: Arc::new(Inner {
-                jwks,
-                audience,
-                allowed_emails,
-            }),
-        }
+        Self { inner: Arc::new(Inner { jwks, audience, allowed_emails }) }
     }
 
     /// Verifies the token and returns its caller; [`AuthError::Forbidden`] (403) when the token
@@ -72,12 +66,7 @@ impl GoogleOidcVerifier {
         if key.alg != Algorithm::RS256 {
             return Err(AuthError::AlgorithmNotAllowed(header.alg));
         }
-        let v = validation(
-            Algorithm::RS256,
-            GOOGLE_LEEWAY_SECS,
-            &GOOGLE_ISSUERS,
-            Some(&inner.audience),
-        );
+        let v = validation(Algorithm::RS256, GOOGLE_LEEWAY_SECS, &GOOGLE_ISSUERS, Some(&inner.audience));
         let claims = decode(token, &key.key, &v)?;
         let email = match claims.get("email") {
             Some(Value::String(e)) if !e.is_empty() => e.clone(),
@@ -92,11 +81,8 @@ impl GoogleOidcVerifier {
         if !verified {
             return Err(AuthError::EmailNotVerified);
         }
-        let allowed = inner.allowed_emails.is_empty()
-            || inner
-                .allowed_emails
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(&email));
+        let allowed =
+            inner.allowed_emails.is_empty() || inner.allowed_emails.iter().any(|a| a.eq_ignore_ascii_case(&email));
         if !allowed {
             tracing::warn!(%email, audience = %inner.audience, "OIDC caller not allowed");
             return Err(AuthError::Forbidden { email });

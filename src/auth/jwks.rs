@@ -50,9 +50,7 @@ impl Snapshot {
     fn find(&self, kid: Option<&str>) -> Option<VerifyingKey> {
         match kid {
             Some(kid) => self.by_kid.get(kid).cloned(),
-            None if self.anonymous.len() == 1 && self.by_kid.is_empty() => {
-                self.anonymous.first().cloned()
-            }
+            None if self.anonymous.len() == 1 && self.by_kid.is_empty() => self.anonymous.first().cloned(),
             None => None,
         }
     }
@@ -94,10 +92,8 @@ impl JwksCache {
     /// Nothing is fetched until the first token arrives.
     pub fn new(url: impl Into<String>, http: reqwest::Client) -> Result<Self, AuthConfigError> {
         let url = url.into();
-        let parsed = reqwest::Url::parse(&url).map_err(|e| AuthConfigError::InvalidJwksUrl {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        let parsed = reqwest::Url::parse(&url)
+            .map_err(|e| AuthConfigError::InvalidJwksUrl { url: url.clone(), reason: e.to_string() })?;
         match parsed.scheme() {
             "https" => {}
             "http" => tracing::warn!(%url, "JWKS fetched over plain http; use https in production"),
@@ -152,9 +148,7 @@ impl JwksCache {
         {
             return Ok(key);
         }
-        let rate_limited = last
-            .as_ref()
-            .is_some_and(|a| Instant::now().duration_since(a.at) < self.min_refresh);
+        let rate_limited = last.as_ref().is_some_and(|a| Instant::now().duration_since(a.at) < self.min_refresh);
         if rate_limited {
             let failed = last.as_ref().and_then(|a| a.error.clone());
             return Self::answer_from(current.as_deref(), kid, failed);
@@ -165,18 +159,12 @@ impl JwksCache {
             Ok(snap) => {
                 let snap = Arc::new(snap);
                 *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Some(snap.clone());
-                *last = Some(Attempt {
-                    at: started,
-                    error: None,
-                });
+                *last = Some(Attempt { at: started, error: None });
                 snap.find(kid).ok_or(AuthError::UnknownKey)
             }
             Err(reason) => {
                 tracing::warn!(url = %self.url, %reason, "JWKS fetch failed");
-                *last = Some(Attempt {
-                    at: started,
-                    error: Some(reason.clone()),
-                });
+                *last = Some(Attempt { at: started, error: Some(reason.clone()) });
                 Self::answer_from(current.as_deref(), kid, Some(reason))
             }
         }
@@ -197,10 +185,7 @@ impl JwksCache {
     }
 
     fn current(&self) -> Option<Arc<Snapshot>> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// One GET of the key set. The error string is for logs and [`AuthError::JwksUnavailable`].
@@ -215,17 +200,10 @@ impl JwksCache {
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
-        let max_age = resp
-            .headers()
-            .get(CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .map_or(DEFAULT_JWKS_MAX_AGE, parse_max_age);
+        let max_age =
+            resp.headers().get(CACHE_CONTROL).and_then(|v| v.to_str().ok()).map_or(DEFAULT_JWKS_MAX_AGE, parse_max_age);
         let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("reading body: {e}"))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading body: {e}"))? {
             if body.len() + chunk.len() > MAX_JWKS_BYTES {
                 return Err("key set too large".to_owned());
             }
@@ -233,12 +211,7 @@ impl JwksCache {
         }
         let (by_kid, anonymous) = parse_jwks(&body)?;
         tracing::debug!(url = %self.url, keys = by_kid.len() + anonymous.len(), "JWKS fetched");
-        Ok(Snapshot {
-            by_kid,
-            anonymous,
-            fetched_at: Instant::now(),
-            max_age,
-        })
+        Ok(Snapshot { by_kid, anonymous, fetched_at: Instant::now(), max_age })
     }
 }
 
@@ -311,8 +284,7 @@ fn to_verifying_key(raw: &RawJwk) -> Option<VerifyingKey> {
     }
     let (alg, key) = match (raw.kty.as_str(), raw.crv.as_deref()) {
         ("RSA", _) => {
-            let key =
-                DecodingKey::from_rsa_components(raw.n.as_deref()?, raw.e.as_deref()?).ok()?;
+            let key = DecodingKey::from_rsa_components(raw.n.as_deref()?, raw.e.as_deref()?).ok()?;
             (Algorithm::RS256, key)
         }
         ("EC", Some("P-256")) => {
@@ -321,10 +293,7 @@ fn to_verifying_key(raw: &RawJwk) -> Option<VerifyingKey> {
             if x.len() != 43 || y.len() != 43 {
                 return None;
             }
-            (
-                Algorithm::ES256,
-                DecodingKey::from_ec_components(x, y).ok()?,
-            )
+            (Algorithm::ES256, DecodingKey::from_ec_components(x, y).ok()?)
         }
         _ => return None,
     };
@@ -344,10 +313,7 @@ mod tests {
 
     #[test]
     fn max_age_parsing() {
-        assert_eq!(
-            parse_max_age("public, max-age=300, must-revalidate"),
-            Duration::from_secs(300)
-        );
+        assert_eq!(parse_max_age("public, max-age=300, must-revalidate"), Duration::from_secs(300));
         assert_eq!(parse_max_age("MAX-AGE=\"60\""), Duration::from_secs(60));
         assert_eq!(parse_max_age("public"), DEFAULT_JWKS_MAX_AGE);
         assert_eq!(parse_max_age("no-store"), Duration::ZERO);

@@ -24,13 +24,8 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     if values.next().is_some() {
         return Err(AuthError::Malformed("more than one Authorization header"));
     }
-    let value = value
-        .to_str()
-        .map_err(|_| AuthError::Malformed("Authorization header is not ASCII"))?
-        .trim();
-    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed(
-        "Authorization is not `Bearer <token>`",
-    ))?;
+    let value = value.to_str().map_err(|_| AuthError::Malformed("Authorization header is not ASCII"))?.trim();
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed("Authorization is not `Bearer <token>`"))?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::Malformed("Authorization scheme is not Bearer"));
     }
@@ -58,38 +53,26 @@ pub(crate) fn peek_header(token: &str) -> Result<UnverifiedHeader, AuthError> {
         return Err(AuthError::Malformed("token too long"));
     }
     let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(_sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(payload), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(AuthError::Malformed("not three dot-separated parts"));
     };
     if header.is_empty() || payload.is_empty() {
         return Err(AuthError::Malformed("empty header or payload"));
     }
-    let bytes = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| AuthError::Malformed("header is not base64url"))?;
+    let bytes = URL_SAFE_NO_PAD.decode(header).map_err(|_| AuthError::Malformed("header is not base64url"))?;
     #[derive(serde::Deserialize)]
     struct Raw {
         alg: String,
         kid: Option<String>,
     }
-    let raw: Raw = serde_json::from_slice(&bytes)
-        .map_err(|_| AuthError::Malformed("header is not a JWT header"))?;
-    Ok(UnverifiedHeader {
-        alg: raw.alg,
-        kid: raw.kid,
-    })
+    let raw: Raw = serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed("header is not a JWT header"))?;
+    Ok(UnverifiedHeader { alg: raw.alg, kid: raw.kid })
 }
 
 /// Claim rules common to every verification: `exp` required (with leeway), `nbf` honoured when
 /// present, `iss`/`aud` required and checked when given, ignored when not.
-pub(crate) fn validation(
-    alg: Algorithm,
-    leeway_secs: u64,
-    issuers: &[&str],
-    audience: Option<&str>,
-) -> Validation {
+pub(crate) fn validation(alg: Algorithm, leeway_secs: u64, issuers: &[&str], audience: Option<&str>) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = leeway_secs;
     v.validate_nbf = true;
@@ -112,11 +95,7 @@ pub(crate) fn validation(
 }
 
 /// Verifies signature and standard claims, returning the claims as a JSON object.
-pub(crate) fn decode(
-    token: &str,
-    key: &DecodingKey,
-    validation: &Validation,
-) -> Result<Map<String, Value>, AuthError> {
+pub(crate) fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Map<String, Value>, AuthError> {
     jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
         .map(|data| data.claims)
         .map_err(super::error::from_jwt)
@@ -179,12 +158,8 @@ pub fn mint_hs256(
     if admin {
         claims.insert(admin_claim.into(), admin_value.into());
     }
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .map_err(|_| AuthError::Mint("signing failed"))
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .map_err(|_| AuthError::Mint("signing failed"))
 }
 
 #[cfg(test)]
@@ -196,10 +171,7 @@ mod tests {
     #[test]
     fn bearer_scheme_is_case_insensitive() {
         let mut h = HeaderMap::new();
-        h.insert(
-            AUTHORIZATION,
-            HeaderValue::from_static("bEaReR  abc.def.ghi "),
-        );
+        h.insert(AUTHORIZATION, HeaderValue::from_static("bEaReR  abc.def.ghi "));
         assert_eq!(bearer_token(&h), Ok("abc.def.ghi"));
     }
 
@@ -210,10 +182,7 @@ mod tests {
         for bad in ["Basic dXNlcjpwdw==", "Bearer", "Bearer   ", "abc.def.ghi"] {
             let mut h = HeaderMap::new();
             h.insert(AUTHORIZATION, HeaderValue::from_static(bad));
-            assert!(
-                matches!(bearer_token(&h), Err(AuthError::Malformed(_))),
-                "{bad}"
-            );
+            assert!(matches!(bearer_token(&h), Err(AuthError::Malformed(_))), "{bad}");
         }
         let mut h = HeaderMap::new();
         h.append(AUTHORIZATION, HeaderValue::from_static("Bearer a.b.c"));
@@ -227,10 +196,7 @@ mod tests {
         let got = peek_header(&format!("{h}.e30.")).unwrap();
         assert_eq!((got.alg.as_str(), got.kid.as_deref()), ("none", Some("k1")));
         for bad in ["", "a.b", "a.b.c.d", ".e30.x", "!!!.e30.x", "e30.e30.x"] {
-            assert!(
-                matches!(peek_header(bad), Err(AuthError::Malformed(_))),
-                "{bad}"
-            );
+            assert!(matches!(peek_header(bad), Err(AuthError::Malformed(_))), "{bad}");
         }
         let long = "a".repeat(MAX_TOKEN_LEN + 1);
         assert!(matches!(peek_header(&long), Err(AuthError::Malformed(_))));
@@ -253,12 +219,7 @@ mod tests {
     fn subject_must_be_non_empty_string() {
         let c = |v: Value| v.as_object().unwrap().clone();
         assert_eq!(subject(&c(json!({"sub": "alice"}))), Ok("alice".into()));
-        for bad in [
-            json!({}),
-            json!({"sub": ""}),
-            json!({"sub": "  "}),
-            json!({"sub": 7}),
-        ] {
+        for bad in [json!({}), json!({"sub": ""}), json!({"sub": "  "}), json!({"sub": 7})] {
             assert_eq!(subject(&c(bad)), Err(AuthError::MissingClaim("sub")));
         }
     }

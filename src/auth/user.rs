@@ -66,10 +66,7 @@ impl std::fmt::Debug for UserAuthConfig {
         let redact = |s: &Option<String>| s.as_ref().map(|_| "[redacted]");
         f.debug_struct("UserAuthConfig")
             .field("hs256_secret", &redact(&self.hs256_secret))
-            .field(
-                "hs256_previous_secret",
-                &redact(&self.hs256_previous_secret),
-            )
+            .field("hs256_previous_secret", &redact(&self.hs256_previous_secret))
             .field("jwks_url", &self.jwks_url)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
@@ -122,19 +119,13 @@ impl UserVerifier {
 
     /// Like [`UserVerifier::new`] but with a ready [`JwksCache`] (shared, or tuned for tests);
     /// `cfg.jwks_url` is ignored.
-    pub fn with_jwks(
-        cfg: UserAuthConfig,
-        jwks: Option<Arc<JwksCache>>,
-    ) -> Result<Self, AuthConfigError> {
+    pub fn with_jwks(cfg: UserAuthConfig, jwks: Option<Arc<JwksCache>>) -> Result<Self, AuthConfigError> {
         let non_empty = |s: &Option<String>, name| match s {
             Some(s) if s.is_empty() => Err(AuthConfigError::EmptySecret(name)),
             _ => Ok(()),
         };
         non_empty(&cfg.hs256_secret, "RUNQ_AUTH_HS256_SECRET")?;
-        non_empty(
-            &cfg.hs256_previous_secret,
-            "RUNQ_AUTH_HS256_PREVIOUS_SECRET",
-        )?;
+        non_empty(&cfg.hs256_previous_secret, "RUNQ_AUTH_HS256_PREVIOUS_SECRET")?;
         if cfg.hs256_previous_secret.is_some() && cfg.hs256_secret.is_none() {
             return Err(AuthConfigError::PreviousWithoutCurrent);
         }

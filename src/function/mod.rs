@@ -1,4 +1,312 @@
-//! Functions: the trait users implement, the registry, and the built-ins.
+//! Functions: the [`Function`] trait users implement, its policy defaults, the type-erased
+//! [`Registry`] the API and workers look functions up in, the run [`Context`], and the
+//! built-in functions.
 
-/// A function runq can run as a job (placeholder until the foundation lands).
-pub trait Function {}
+mod builtin;
+mod context;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+pub use builtin::{Echo, EchoArgs, Fail, FailArgs, Noop, NoopArgs, Sleep, SleepArgs};
+pub use context::{Context, Progress, RunControl};
+
+use crate::job::Priority;
+
+/// Queue a function's jobs go to unless the submit names another.
+pub const DEFAULT_PRIORITY: Priority = Priority::Medium;
+/// Runs a job gets before it fails for good (the first run counts).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Upper bound on `max_attempts`, for a submit and a function's policy alike.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// First retry waits up to this long (full jitter), doubling each attempt.
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// No retry waits longer than this.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// The run is aborted after this long. It fits inside Pub/Sub's 600 s push deadline with a
+/// margin, so a default function can run inline in the push request.
+pub const DEFAULT_HARD_TIME_LIMIT: Duration = Duration::from_secs(540);
+
+/// Exponential backoff with full jitter: retry `n` (1-based) waits a random time in
+/// `0..=min(max, initial * 2^(n-1))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Ceiling of the first retry's wait.
+    pub initial: Duration,
+    /// Ceiling of every wait.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial: DEFAULT_BACKOFF_INITIAL, max: DEFAULT_BACKOFF_MAX }
+    }
+}
+
+impl Backoff {
+    /// The ceiling of the wait before retry number `retry` (1 for the first retry).
+    pub fn ceiling(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    /// A jittered wait before retry number `retry`.
+    pub fn delay(&self, retry: u32) -> Duration {
+        let ceiling = self.ceiling(retry);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// How runq schedules and limits a function's jobs; the defaults are the constants above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub priority: Priority,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// When the run's [`Context::is_cancelled`] turns true so it can stop cleanly.
+    pub soft_time_limit: Option<Duration>,
+    /// When the run is aborted and fails with kind `timeout`.
+    pub hard_time_limit: Duration,
+}
+
+/// Why a function's run failed. The variant carries the retry intent; runq owns the backoff.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FunctionError {
+    /// A transient failure (a timeout upstream, a 503): retried while attempts are left.
+    #[error("{0}")]
+    Retryable(String),
+    /// A failure that another attempt won't fix (bad input, a missing file): fails at once.
+    #[error("{0}")]
+    Fatal(String),
+    /// The run stopped because its job was cancelled or its soft time limit passed.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl FunctionError {
+    /// A retryable error from anything printable.
+    pub fn retryable(e: impl std::fmt::Display) -> Self {
+        Self::Retryable(e.to_string())
+    }
+
+    /// A permanent error from anything printable.
+    pub fn fatal(e: impl std::fmt::Display) -> Self {
+        Self::Fatal(e.to_string())
+    }
+}
+
+/// A function runq can run as a job.
+///
+/// The policy methods have documented defaults ([`DEFAULT_PRIORITY`], ...); override them per
+/// function. `Args` is what clients submit, validated at submit time; `Output` is the result.
+pub trait Function: Send + Sync + 'static {
+    /// The JSON arguments, checked when the job is submitted.
+    type Args: DeserializeOwned + Send + 'static;
+    /// The JSON result.
+    type Output: Serialize + Send + 'static;
+
+    /// The name clients submit (`"transcribe"`): unique in an [`crate::App`].
+    fn name(&self) -> &'static str;
+
+    /// The queue used when the submit names none.
+    fn priority(&self) -> Priority {
+        DEFAULT_PRIORITY
+    }
+
+    /// Runs before the job fails for good.
+    fn max_attempts(&self) -> u32 {
+        DEFAULT_MAX_ATTEMPTS
+    }
+
+    /// The wait before each retry.
+    fn backoff(&self) -> Backoff {
+        Backoff::default()
+    }
+
+    /// When [`Context::is_cancelled`] turns true so the run can wind down; none by default.
+    fn soft_time_limit(&self) -> Option<Duration> {
+        None
+    }
+
+    /// When the run is aborted.
+    fn hard_time_limit(&self) -> Duration {
+        DEFAULT_HARD_TIME_LIMIT
+    }
+
+    /// Checks what the types can't (ranges, lengths) at submit time; the message goes to the client.
+    fn check(&self, _args: &Self::Args) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Runs the job once.
+    fn run(&self, ctx: Context, args: Self::Args) -> impl Future<Output = Result<Self::Output, FunctionError>> + Send;
+}
+
+/// A boxed future of a run's JSON outcome.
+pub type RunFuture = Pin<Box<dyn Future<Output = Result<serde_json::Value, FunctionError>> + Send>>;
+
+/// A [`Function`] with its types erased, as the registry holds it.
+pub trait DynFunction: Send + Sync {
+    /// See [`Function::name`].
+    fn name(&self) -> &'static str;
+    /// The function's policy, read once at registration.
+    fn policy(&self) -> &Policy;
+    /// Parses and checks `args` as the function's `Args`; the error is for the client.
+    fn validate(&self, args: &RawValue) -> Result<(), String>;
+    /// Parses `args` and starts a run.
+    fn call(&self, ctx: Context, args: &RawValue) -> RunFuture;
+}
+
+struct Erased<F> {
+    function: Arc<F>,
+    policy: Policy,
+}
+
+impl<F: Function> Erased<F> {
+    fn parse(&self, args: &RawValue) -> Result<F::Args, String> {
+        let parsed: F::Args = serde_json::from_str(args.get()).map_err(|e| e.to_string())?;
+        self.function.check(&parsed)?;
+        Ok(parsed)
+    }
+}
+
+impl<F: Function> DynFunction for Erased<F> {
+    fn name(&self) -> &'static str {
+        self.function.name()
+    }
+
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn validate(&self, args: &RawValue) -> Result<(), String> {
+        self.parse(args).map(drop)
+    }
+
+    fn call(&self, ctx: Context, args: &RawValue) -> RunFuture {
+        let function = self.function.clone();
+        match self.parse(args) {
+            // Args were valid at submit; failing now means the function's Args type changed.
+            Err(e) => Box::pin(async move { Err(FunctionError::Fatal(format!("invalid args: {e}"))) }),
+            Ok(args) => Box::pin(async move {
+                let output = function.run(ctx, args).await?;
+                serde_json::to_value(output).map_err(|e| FunctionError::Fatal(format!("result is not JSON: {e}")))
+            }),
+        }
+    }
+}
+
+/// A function that can't be registered, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("function `{0}` is registered twice")]
+    Duplicate(String),
+    #[error("function name {0:?} is invalid: use 1-100 characters of a-z, 0-9, '_', '-', '.'")]
+    BadName(String),
+    #[error("function `{0}`: max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")]
+    BadAttempts(String),
+    #[error("function `{0}`: the soft time limit must be shorter than the hard time limit")]
+    BadLimits(String),
+}
+
+/// The functions of an [`crate::App`], by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    functions: BTreeMap<&'static str, Arc<dyn DynFunction>>,
+}
+
+impl Registry {
+    /// Adds a function, checking its name and policy.
+    pub fn register<F: Function>(&mut self, function: F) -> Result<(), RegistryError> {
+        let name = function.name();
+        let valid_name = !name.is_empty()
+            && name.len() <= 100
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b));
+        if !valid_name {
+            return Err(RegistryError::BadName(name.into()));
+        }
+        if self.functions.contains_key(name) {
+            return Err(RegistryError::Duplicate(name.into()));
+        }
+        let policy = Policy {
+            priority: function.priority(),
+            max_attempts: function.max_attempts(),
+            backoff: function.backoff(),
+            soft_time_limit: function.soft_time_limit(),
+            hard_time_limit: function.hard_time_limit(),
+        };
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&policy.max_attempts) {
+            return Err(RegistryError::BadAttempts(name.into()));
+        }
+        if policy.soft_time_limit.is_some_and(|soft| soft >= policy.hard_time_limit) {
+            return Err(RegistryError::BadLimits(name.into()));
+        }
+        let erased = Erased { function: Arc::new(function), policy };
+        self.functions.insert(name, Arc::new(erased));
+        Ok(())
+    }
+
+    /// The function called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn DynFunction>> {
+        self.functions.get(name)
+    }
+
+    /// Every registered name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.functions.keys().copied()
+    }
+
+    /// The registry of the shipped binary: `noop`, `sleep`, `echo`, `fail`.
+    pub fn builtin() -> Self {
+        let mut registry = Self::default();
+        registry.register(Noop).expect("builtin");
+        registry.register(Sleep).expect("builtin");
+        registry.register(Echo).expect("builtin");
+        registry.register(Fail).expect("builtin");
+        registry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        let b = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(10) };
+        assert_eq!(b.ceiling(1), Duration::from_secs(1));
+        assert_eq!(b.ceiling(2), Duration::from_secs(2));
+        assert_eq!(b.ceiling(4), Duration::from_secs(8));
+        assert_eq!(b.ceiling(5), Duration::from_secs(10));
+        assert_eq!(b.ceiling(200), Duration::from_secs(10));
+        for retry in 1..10 {
+            assert!(b.delay(retry) <= b.ceiling(retry));
+        }
+    }
+
+    #[test]
+    fn registry_validates_args_with_the_function_type() {
+        let r = Registry::builtin();
+        let sleep = r.get("sleep").unwrap();
+        let ok = RawValue::from_string(r#"{"seconds": 1.5, "steps": 3}"#.into()).unwrap();
+        assert!(sleep.validate(&ok).is_ok());
+        let missing = RawValue::from_string("{}".into()).unwrap();
+        assert!(sleep.validate(&missing).unwrap_err().contains("seconds"));
+        let negative = RawValue::from_string(r#"{"seconds": -1}"#.into()).unwrap();
+        assert!(sleep.validate(&negative).is_err());
+        assert!(r.get("nope").is_none());
+    }
+
+    #[test]
+    fn registry_refuses_duplicates() {
+        let mut r = Registry::builtin();
+        assert!(matches!(r.register(Noop), Err(RegistryError::Duplicate(_))));
+    }
+}

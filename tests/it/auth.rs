@@ -14,8 +14,8 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs1::EncodeRsaPrivateKey;
 use runq::auth::{
-    AuthConfigError, AuthError, GoogleOidcVerifier, JwksCache, Principal, ServiceIdentity,
-    UserAuthConfig, UserVerifier, mint_hs256,
+    AuthConfigError, AuthError, GoogleOidcVerifier, JwksCache, Principal, ServiceIdentity, UserAuthConfig,
+    UserVerifier, mint_hs256,
 };
 use serde_json::{Value, json};
 
@@ -49,12 +49,7 @@ impl TestKey {
         let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&enc, alg).unwrap()).unwrap();
         jwk["kid"] = kid.into();
         jwk["use"] = "sig".into();
-        Self {
-            alg,
-            kid: kid.to_owned(),
-            enc,
-            jwk,
-        }
+        Self { alg, kid: kid.to_owned(), enc, jwk }
     }
 
     fn sign(&self, claims: &Value) -> String {
@@ -86,19 +81,11 @@ impl rsa::rand_core::CryptoRng for Rng06 {}
 fn rsa_key(kid: &str) -> TestKey {
     let private = rsa::RsaPrivateKey::new(&mut Rng06, 2048).unwrap();
     let der = private.to_pkcs1_der().unwrap();
-    TestKey::new(
-        Algorithm::RS256,
-        kid,
-        EncodingKey::from_rsa_der(der.as_bytes()),
-    )
+    TestKey::new(Algorithm::RS256, kid, EncodingKey::from_rsa_der(der.as_bytes()))
 }
 
 fn ec_key(kid: &str) -> TestKey {
-    TestKey::new(
-        Algorithm::ES256,
-        kid,
-        EncodingKey::from_ec_pem(EC_PEM.as_bytes()).unwrap(),
-    )
+    TestKey::new(Algorithm::ES256, kid, EncodingKey::from_ec_pem(EC_PEM.as_bytes()).unwrap())
 }
 
 fn now() -> i64 {
@@ -111,12 +98,7 @@ fn user_claims(sub: &str) -> Value {
 }
 
 fn hs256(secret: &str, claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
 }
 
 fn b64(v: &Value) -> String {
@@ -143,9 +125,7 @@ impl JwksServer {
         let state = ServerState::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/jwks", listener.local_addr().unwrap());
-        let app = axum::Router::new()
-            .route("/jwks", axum::routing::get(serve_jwks))
-            .with_state(state.clone());
+        let app = axum::Router::new().route("/jwks", axum::routing::get(serve_jwks)).with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         let server = Self { url, state };
         server.set_keys(keys);
@@ -182,8 +162,7 @@ async fn serve_jwks(State(s): State<ServerState>) -> Response {
     let keys = s.keys.lock().unwrap().clone();
     let mut resp = axum::Json(json!({ "keys": keys })).into_response();
     if let Some(cc) = *s.cache_control.lock().unwrap() {
-        resp.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
     }
     resp
 }
@@ -203,19 +182,13 @@ fn hs256_verifier(previous: Option<&str>) -> UserVerifier {
 }
 
 fn jwks_verifier(cache: Arc<JwksCache>) -> UserVerifier {
-    let cfg = UserAuthConfig {
-        issuer: Some(ISSUER.into()),
-        audience: Some(AUDIENCE.into()),
-        ..UserAuthConfig::default()
-    };
+    let cfg =
+        UserAuthConfig { issuer: Some(ISSUER.into()), audience: Some(AUDIENCE.into()), ..UserAuthConfig::default() };
     UserVerifier::with_jwks(cfg, Some(cache)).unwrap()
 }
 
 fn alice(admin: bool) -> Principal {
-    Principal {
-        sub: "alice".into(),
-        admin,
-    }
+    Principal { sub: "alice".into(), admin }
 }
 
 // ---------- HS256 ----------
@@ -224,29 +197,9 @@ fn alice(admin: bool) -> Principal {
 async fn hs256_minted_token_verifies() {
     let v = hs256_verifier(None);
     let ttl = Duration::from_secs(3600);
-    let t = mint_hs256(
-        SECRET,
-        "alice",
-        false,
-        ttl,
-        "scope",
-        "runq:admin",
-        None,
-        None,
-    )
-    .unwrap();
+    let t = mint_hs256(SECRET, "alice", false, ttl, "scope", "runq:admin", None, None).unwrap();
     assert_eq!(v.verify(&t).await, Ok(alice(false)));
-    let t = mint_hs256(
-        SECRET,
-        "alice",
-        true,
-        ttl,
-        "scope",
-        "runq:admin",
-        None,
-        None,
-    )
-    .unwrap();
+    let t = mint_hs256(SECRET, "alice", true, ttl, "scope", "runq:admin", None, None).unwrap();
     assert_eq!(v.verify(&t).await, Ok(alice(true)));
 }
 
@@ -261,26 +214,11 @@ async fn hs256_with_issuer_and_audience_checks_both() {
     let v = UserVerifier::new(cfg, reqwest::Client::new()).unwrap();
     let ttl = Duration::from_secs(60);
     let mint = |iss, aud| mint_hs256(SECRET, "alice", false, ttl, "scope", "x", iss, aud).unwrap();
-    assert_eq!(
-        v.verify(&mint(Some(ISSUER), Some(AUDIENCE))).await,
-        Ok(alice(false))
-    );
-    assert_eq!(
-        v.verify(&mint(Some(ISSUER), Some("other"))).await,
-        Err(AuthError::WrongAudience)
-    );
-    assert_eq!(
-        v.verify(&mint(Some("https://evil"), Some(AUDIENCE))).await,
-        Err(AuthError::WrongIssuer)
-    );
-    assert_eq!(
-        v.verify(&mint(None, Some(AUDIENCE))).await,
-        Err(AuthError::MissingClaim("iss"))
-    );
-    assert_eq!(
-        v.verify(&mint(Some(ISSUER), None)).await,
-        Err(AuthError::MissingClaim("aud"))
-    );
+    assert_eq!(v.verify(&mint(Some(ISSUER), Some(AUDIENCE))).await, Ok(alice(false)));
+    assert_eq!(v.verify(&mint(Some(ISSUER), Some("other"))).await, Err(AuthError::WrongAudience));
+    assert_eq!(v.verify(&mint(Some("https://evil"), Some(AUDIENCE))).await, Err(AuthError::WrongIssuer));
+    assert_eq!(v.verify(&mint(None, Some(AUDIENCE))).await, Err(AuthError::MissingClaim("iss")));
+    assert_eq!(v.verify(&mint(Some(ISSUER), None)).await, Err(AuthError::MissingClaim("aud")));
 }
 
 #[tokio::test]
@@ -296,28 +234,16 @@ async fn hs256_expired_token_is_refused_beyond_leeway() {
     assert_eq!(v.verify(&hs256(SECRET, &c)).await, Ok(alice(false)));
     // `nbf` in the future is refused too.
     let c = json!({"sub": "alice", "exp": now() + 300, "nbf": now() + 120});
-    assert_eq!(
-        v.verify(&hs256(SECRET, &c)).await,
-        Err(AuthError::NotYetValid)
-    );
+    assert_eq!(v.verify(&hs256(SECRET, &c)).await, Err(AuthError::NotYetValid));
 }
 
 #[tokio::test]
 async fn exp_and_sub_are_required() {
     let v = hs256_verifier(None);
     let no_exp = json!({"sub": "alice"});
-    assert_eq!(
-        v.verify(&hs256(SECRET, &no_exp)).await,
-        Err(AuthError::MissingClaim("exp"))
-    );
-    for c in [
-        json!({"exp": now() + 60}),
-        json!({"exp": now() + 60, "sub": ""}),
-    ] {
-        assert_eq!(
-            v.verify(&hs256(SECRET, &c)).await,
-            Err(AuthError::MissingClaim("sub"))
-        );
+    assert_eq!(v.verify(&hs256(SECRET, &no_exp)).await, Err(AuthError::MissingClaim("exp")));
+    for c in [json!({"exp": now() + 60}), json!({"exp": now() + 60, "sub": ""})] {
+        assert_eq!(v.verify(&hs256(SECRET, &c)).await, Err(AuthError::MissingClaim("sub")));
     }
 }
 
@@ -337,10 +263,7 @@ async fn wrong_or_tampered_signature_is_refused() {
     assert_eq!(v.verify(&tampered).await, Err(AuthError::BadSignature));
 
     for junk in ["", "abc", "a.b.c", "a.b.c.d"] {
-        assert!(
-            matches!(v.verify(junk).await, Err(AuthError::Malformed(_))),
-            "{junk:?}"
-        );
+        assert!(matches!(v.verify(junk).await, Err(AuthError::Malformed(_))), "{junk:?}");
     }
 }
 
@@ -354,16 +277,10 @@ async fn previous_secret_is_accepted_and_unrelated_refused() {
     assert_eq!(v.verify(&unrelated).await, Err(AuthError::BadSignature));
     // Claims are still checked for a token under the previous secret.
     let expired = json!({"sub": "alice", "exp": now() - 300});
-    assert_eq!(
-        v.verify(&hs256(PREVIOUS, &expired)).await,
-        Err(AuthError::Expired)
-    );
+    assert_eq!(v.verify(&hs256(PREVIOUS, &expired)).await, Err(AuthError::Expired));
     // Without rotation configured, the previous secret is just a wrong key.
     let strict = hs256_verifier(None);
-    assert_eq!(
-        strict.verify(&hs256(PREVIOUS, &c)).await,
-        Err(AuthError::BadSignature)
-    );
+    assert_eq!(strict.verify(&hs256(PREVIOUS, &c)).await, Err(AuthError::BadSignature));
 }
 
 #[tokio::test]
@@ -398,19 +315,13 @@ async fn hs256_token_is_refused_by_a_jwks_only_verifier() {
         h.kid = Some(key.kid.clone());
         let enc = EncodingKey::from_secret(secret.as_bytes());
         let token = jsonwebtoken::encode(&h, &user_claims("alice"), &enc).unwrap();
-        assert_eq!(
-            v.verify(&token).await,
-            Err(AuthError::AlgorithmNotAllowed("HS256".into()))
-        );
+        assert_eq!(v.verify(&token).await, Err(AuthError::AlgorithmNotAllowed("HS256".into())));
     }
     // Other algorithms of a supported family are not accepted either.
     let mut h = Header::new(Algorithm::RS512);
     h.kid = Some(key.kid.clone());
     let token = jsonwebtoken::encode(&h, &user_claims("alice"), &key.enc).unwrap();
-    assert_eq!(
-        v.verify(&token).await,
-        Err(AuthError::AlgorithmNotAllowed("RS512".into()))
-    );
+    assert_eq!(v.verify(&token).await, Err(AuthError::AlgorithmNotAllowed("RS512".into())));
     assert_eq!(server.fetches(), 0);
 }
 
@@ -421,14 +332,8 @@ async fn rs256_and_es256_verify_via_jwks() {
     let (rsa, ec) = (rsa_key("rsa-1"), ec_key("ec-1"));
     let server = JwksServer::start(&[&rsa, &ec]).await;
     let v = jwks_verifier(server.cache(Duration::from_secs(60)));
-    assert_eq!(
-        v.verify(&rsa.sign(&user_claims("alice"))).await,
-        Ok(alice(false))
-    );
-    assert_eq!(
-        v.verify(&ec.sign(&user_claims("alice"))).await,
-        Ok(alice(false))
-    );
+    assert_eq!(v.verify(&rsa.sign(&user_claims("alice"))).await, Ok(alice(false)));
+    assert_eq!(v.verify(&ec.sign(&user_claims("alice"))).await, Ok(alice(false)));
     assert_eq!(server.fetches(), 1, "the key set is cached");
 
     let mut c = user_claims("alice");
@@ -442,17 +347,11 @@ async fn rs256_and_es256_verify_via_jwks() {
     assert_eq!(v.verify(&rsa.sign(&c)).await, Err(AuthError::Expired));
     let mut c = user_claims("alice");
     c.as_object_mut().unwrap().remove("aud");
-    assert_eq!(
-        v.verify(&rsa.sign(&c)).await,
-        Err(AuthError::MissingClaim("aud"))
-    );
+    assert_eq!(v.verify(&rsa.sign(&c)).await, Err(AuthError::MissingClaim("aud")));
 
     // A key pair the issuer never published, reusing a published kid.
     let impostor = rsa_key("rsa-1");
-    assert_eq!(
-        v.verify(&impostor.sign(&user_claims("alice"))).await,
-        Err(AuthError::BadSignature)
-    );
+    assert_eq!(v.verify(&impostor.sign(&user_claims("alice"))).await, Err(AuthError::BadSignature));
 }
 
 #[tokio::test]
@@ -464,17 +363,11 @@ async fn the_key_not_the_header_chooses_the_algorithm() {
     let mut h = Header::new(Algorithm::RS256);
     h.kid = Some("ec-1".into());
     let token = jsonwebtoken::encode(&h, &user_claims("alice"), &rsa.enc).unwrap();
-    assert_eq!(
-        v.verify(&token).await,
-        Err(AuthError::AlgorithmNotAllowed("RS256".into()))
-    );
+    assert_eq!(v.verify(&token).await, Err(AuthError::AlgorithmNotAllowed("RS256".into())));
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some("rsa-1".into());
     let token = jsonwebtoken::encode(&h, &user_claims("alice"), &ec.enc).unwrap();
-    assert_eq!(
-        v.verify(&token).await,
-        Err(AuthError::AlgorithmNotAllowed("ES256".into()))
-    );
+    assert_eq!(v.verify(&token).await, Err(AuthError::AlgorithmNotAllowed("ES256".into())));
 }
 
 #[tokio::test]
@@ -488,19 +381,9 @@ async fn key_rotation_refetches_once_and_drops_removed_keys() {
 
     // The issuer rotates: serves only the new key.
     server.set_keys(&[&new]);
-    assert_eq!(
-        v.verify(&new.sign(&user_claims("bob")))
-            .await
-            .map(|p| p.sub),
-        Ok("bob".into())
-    );
+    assert_eq!(v.verify(&new.sign(&user_claims("bob"))).await.map(|p| p.sub), Ok("bob".into()));
     assert_eq!(server.fetches(), 2, "one refetch for the new kid");
-    assert_eq!(
-        v.verify(&new.sign(&user_claims("bob")))
-            .await
-            .map(|p| p.sub),
-        Ok("bob".into())
-    );
+    assert_eq!(v.verify(&new.sign(&user_claims("bob"))).await.map(|p| p.sub), Ok("bob".into()));
     assert_eq!(server.fetches(), 2, "then served from the cache");
 
     // The old key is gone from the refreshed set.
@@ -536,16 +419,10 @@ async fn unknown_kid_flood_is_rate_limited() {
         async move { v.verify(&token).await }
     });
     let results = futures::future::join_all(floods).await;
-    assert!(
-        results.iter().all(|r| *r == Err(AuthError::UnknownKey)),
-        "{results:?}"
-    );
+    assert!(results.iter().all(|r| *r == Err(AuthError::UnknownKey)), "{results:?}");
     assert_eq!(server.fetches(), 1, "one fetch for fifty unknown kids");
     // The real key still verifies from the cache.
-    assert_eq!(
-        v.verify(&key.sign(&user_claims("alice"))).await,
-        Ok(alice(false))
-    );
+    assert_eq!(v.verify(&key.sign(&user_claims("alice"))).await, Ok(alice(false)));
     assert_eq!(server.fetches(), 1);
 }
 
@@ -558,18 +435,12 @@ async fn jwks_down_is_a_503_class_error() {
     let cache = Arc::new(JwksCache::new(url, reqwest::Client::new()).unwrap());
     let v = jwks_verifier(cache);
     let key = rsa_key("k");
-    let err = v
-        .verify(&key.sign(&user_claims("alice")))
-        .await
-        .unwrap_err();
+    let err = v.verify(&key.sign(&user_claims("alice"))).await.unwrap_err();
     assert!(matches!(err, AuthError::JwksUnavailable(_)), "{err:?}");
     assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(err.detail(), "token keys temporarily unavailable");
     // Within the rate-limit window it stays unavailable without retrying.
-    let err = v
-        .verify(&key.sign(&user_claims("alice")))
-        .await
-        .unwrap_err();
+    let err = v.verify(&key.sign(&user_claims("alice"))).await.unwrap_err();
     assert!(matches!(err, AuthError::JwksUnavailable(_)), "{err:?}");
 }
 
@@ -587,10 +458,7 @@ async fn failing_jwks_keeps_serving_cached_keys() {
     assert_eq!(server.fetches(), 2);
     // But a kid we have never seen can't be judged: 503, not 401.
     let other = rsa_key("other");
-    let err = v
-        .verify(&other.sign(&user_claims("alice")))
-        .await
-        .unwrap_err();
+    let err = v.verify(&other.sign(&user_claims("alice"))).await.unwrap_err();
     assert!(matches!(err, AuthError::JwksUnavailable(_)), "{err:?}");
 }
 
@@ -612,11 +480,7 @@ async fn admin_claim_variants() {
     ];
     for (scope, admin) in cases {
         let c = json!({"sub": "alice", "exp": now() + 60, "scope": scope});
-        assert_eq!(
-            v.verify(&hs256(SECRET, &c)).await,
-            Ok(alice(admin)),
-            "{scope}"
-        );
+        assert_eq!(v.verify(&hs256(SECRET, &c)).await, Ok(alice(admin)), "{scope}");
     }
 
     // A custom claim and value.
@@ -644,59 +508,20 @@ fn configuration_errors() {
     let base = UserAuthConfig::default;
     let err = |cfg| UserVerifier::new(cfg, http()).err();
     assert_eq!(err(base()), Some(AuthConfigError::NoKeySource));
-    let jwks = UserAuthConfig {
-        jwks_url: Some("https://idp.example/jwks".into()),
-        ..base()
-    };
-    assert_eq!(
-        err(jwks.clone()),
-        Some(AuthConfigError::JwksWithoutIssuerAndAudience)
-    );
-    let with_iss = UserAuthConfig {
-        issuer: Some(ISSUER.into()),
-        ..jwks.clone()
-    };
-    assert_eq!(
-        err(with_iss.clone()),
-        Some(AuthConfigError::JwksWithoutIssuerAndAudience)
-    );
-    let ok = UserAuthConfig {
-        audience: Some(AUDIENCE.into()),
-        ..with_iss
-    };
+    let jwks = UserAuthConfig { jwks_url: Some("https://idp.example/jwks".into()), ..base() };
+    assert_eq!(err(jwks.clone()), Some(AuthConfigError::JwksWithoutIssuerAndAudience));
+    let with_iss = UserAuthConfig { issuer: Some(ISSUER.into()), ..jwks.clone() };
+    assert_eq!(err(with_iss.clone()), Some(AuthConfigError::JwksWithoutIssuerAndAudience));
+    let ok = UserAuthConfig { audience: Some(AUDIENCE.into()), ..with_iss };
     assert_eq!(err(ok.clone()), None);
-    let bad_url = UserAuthConfig {
-        jwks_url: Some("ftp://idp/jwks".into()),
-        ..ok
-    };
-    assert!(matches!(
-        err(bad_url),
-        Some(AuthConfigError::InvalidJwksUrl { .. })
-    ));
-    let empty = UserAuthConfig {
-        hs256_secret: Some(String::new()),
-        ..base()
-    };
-    assert_eq!(
-        err(empty),
-        Some(AuthConfigError::EmptySecret("RUNQ_AUTH_HS256_SECRET"))
-    );
-    let prev_only = UserAuthConfig {
-        hs256_previous_secret: Some(PREVIOUS.into()),
-        ..base()
-    };
-    assert_eq!(
-        err(prev_only),
-        Some(AuthConfigError::PreviousWithoutCurrent)
-    );
-    let secret = UserAuthConfig {
-        hs256_secret: Some(SECRET.into()),
-        ..base()
-    };
-    assert!(
-        !format!("{secret:?}").contains(SECRET),
-        "Debug redacts secrets"
-    );
+    let bad_url = UserAuthConfig { jwks_url: Some("ftp://idp/jwks".into()), ..ok };
+    assert!(matches!(err(bad_url), Some(AuthConfigError::InvalidJwksUrl { .. })));
+    let empty = UserAuthConfig { hs256_secret: Some(String::new()), ..base() };
+    assert_eq!(err(empty), Some(AuthConfigError::EmptySecret("RUNQ_AUTH_HS256_SECRET")));
+    let prev_only = UserAuthConfig { hs256_previous_secret: Some(PREVIOUS.into()), ..base() };
+    assert_eq!(err(prev_only), Some(AuthConfigError::PreviousWithoutCurrent));
+    let secret = UserAuthConfig { hs256_secret: Some(SECRET.into()), ..base() };
+    assert!(!format!("{secret:?}").contains(SECRET), "Debug redacts secrets");
 }
 
 // ---------- Google OIDC ----------
@@ -709,37 +534,25 @@ fn google_claims(iss: &str, email: &str) -> Value {
 async fn google_setup(allowed: Vec<String>) -> (JwksServer, TestKey, GoogleOidcVerifier) {
     let key = rsa_key("google-1");
     let server = JwksServer::start(&[&key]).await;
-    let v = GoogleOidcVerifier::new(
-        server.cache(Duration::from_secs(60)),
-        PUSH_AUD.into(),
-        allowed,
-    );
+    let v = GoogleOidcVerifier::new(server.cache(Duration::from_secs(60)), PUSH_AUD.into(), allowed);
     (server, key, v)
 }
 
 fn push_identity() -> ServiceIdentity {
-    ServiceIdentity {
-        email: PUSH_SA.into(),
-    }
+    ServiceIdentity { email: PUSH_SA.into() }
 }
 
 #[tokio::test]
 async fn google_oidc_accepts_both_issuer_spellings() {
     let (_server, key, v) = google_setup(vec![PUSH_SA.into()]).await;
     for iss in ["https://accounts.google.com", "accounts.google.com"] {
-        assert_eq!(
-            v.verify(&key.sign(&google_claims(iss, PUSH_SA))).await,
-            Ok(push_identity())
-        );
+        assert_eq!(v.verify(&key.sign(&google_claims(iss, PUSH_SA))).await, Ok(push_identity()));
     }
     let c = google_claims("https://accounts.google.evil", PUSH_SA);
     assert_eq!(v.verify(&key.sign(&c)).await, Err(AuthError::WrongIssuer));
     let mut c = google_claims("accounts.google.com", PUSH_SA);
     c.as_object_mut().unwrap().remove("iss");
-    assert_eq!(
-        v.verify(&key.sign(&c)).await,
-        Err(AuthError::MissingClaim("iss"))
-    );
+    assert_eq!(v.verify(&key.sign(&c)).await, Err(AuthError::MissingClaim("iss")));
 }
 
 #[tokio::test]
@@ -754,33 +567,21 @@ async fn google_oidc_refuses_unverified_email() {
     }
     let mut c = google_claims("https://accounts.google.com", PUSH_SA);
     c.as_object_mut().unwrap().remove("email");
-    assert_eq!(
-        v.verify(&key.sign(&c)).await,
-        Err(AuthError::MissingClaim("email"))
-    );
+    assert_eq!(v.verify(&key.sign(&c)).await, Err(AuthError::MissingClaim("email")));
 }
 
 #[tokio::test]
 async fn google_oidc_wrong_email_is_forbidden() {
     let (_server, key, v) = google_setup(vec![PUSH_SA.into()]).await;
     let intruder = "scheduler@proj.iam.gserviceaccount.com";
-    let err = v
-        .verify(&key.sign(&google_claims("accounts.google.com", intruder)))
-        .await;
+    let err = v.verify(&key.sign(&google_claims("accounts.google.com", intruder))).await;
     let err = err.unwrap_err();
-    assert_eq!(
-        err,
-        AuthError::Forbidden {
-            email: intruder.into()
-        }
-    );
+    assert_eq!(err, AuthError::Forbidden { email: intruder.into() });
     assert_eq!(err.status(), StatusCode::FORBIDDEN);
     assert_eq!(err.detail(), "caller not allowed");
     // Case differences in the email don't matter.
     let upper = PUSH_SA.to_uppercase();
-    let got = v
-        .verify(&key.sign(&google_claims("accounts.google.com", &upper)))
-        .await;
+    let got = v.verify(&key.sign(&google_claims("accounts.google.com", &upper))).await;
     assert_eq!(got, Ok(ServiceIdentity { email: upper }));
 }
 
@@ -788,21 +589,11 @@ async fn google_oidc_wrong_email_is_forbidden() {
 async fn google_oidc_empty_allow_list_accepts_any_verified_email() {
     let (_server, key, v) = google_setup(vec![]).await;
     let anyone = "anyone@example.com";
-    let got = v
-        .verify(&key.sign(&google_claims("accounts.google.com", anyone)))
-        .await;
-    assert_eq!(
-        got,
-        Ok(ServiceIdentity {
-            email: anyone.into()
-        })
-    );
+    let got = v.verify(&key.sign(&google_claims("accounts.google.com", anyone))).await;
+    assert_eq!(got, Ok(ServiceIdentity { email: anyone.into() }));
     let mut c = google_claims("accounts.google.com", anyone);
     c["email_verified"] = false.into();
-    assert_eq!(
-        v.verify(&key.sign(&c)).await,
-        Err(AuthError::EmailNotVerified)
-    );
+    assert_eq!(v.verify(&key.sign(&c)).await, Err(AuthError::EmailNotVerified));
 }
 
 #[tokio::test]
@@ -819,17 +610,8 @@ async fn google_oidc_wrong_audience_and_algorithms_are_refused() {
     let ec = ec_key("ec-1");
     server.set_keys(&[&key, &ec]);
     let c = google_claims("https://accounts.google.com", PUSH_SA);
-    assert_eq!(
-        v.verify(&ec.sign(&c)).await,
-        Err(AuthError::AlgorithmNotAllowed("ES256".into()))
-    );
-    assert_eq!(
-        v.verify(&hs256(SECRET, &c)).await,
-        Err(AuthError::AlgorithmNotAllowed("HS256".into()))
-    );
+    assert_eq!(v.verify(&ec.sign(&c)).await, Err(AuthError::AlgorithmNotAllowed("ES256".into())));
+    assert_eq!(v.verify(&hs256(SECRET, &c)).await, Err(AuthError::AlgorithmNotAllowed("HS256".into())));
     let none = format!("{}.{}.", b64(&json!({"alg": "none"})), b64(&c));
-    assert_eq!(
-        v.verify(&none).await,
-        Err(AuthError::AlgorithmNotAllowed("none".into()))
-    );
+    assert_eq!(v.verify(&none).await, Err(AuthError::AlgorithmNotAllowed("none".into())));
 }

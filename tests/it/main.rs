@@ -1,4 +1,8 @@
-//! Integration tests, linked into one binary. Each module is one area of runq.
+//! Integration tests, linked into one binary. Each module is one area of runq; all of them run
+//! over real sockets against real Postgres (`#[sqlx::test]` gives each test a fresh database).
 
+mod api;
 mod auth;
+mod binary;
+mod common;
 mod emulator;

@@ -1,0 +1,344 @@
+//! `/jobs`: submit, status (with ETag and 304), detail, cancel and the keyset-paginated list.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{ApiError, ApiState, Caller};
+use crate::function::MAX_ATTEMPTS_LIMIT;
+use crate::job::{Job, Priority, Status};
+use crate::store::{self, CancelOutcome, ListFilter, NewJob};
+
+/// Longest accepted `delay_seconds`: 30 days.
+pub const MAX_DELAY_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
+/// Page size of `GET /jobs` when `limit` is absent.
+pub const DEFAULT_PAGE: u32 = 50;
+/// Largest page of `GET /jobs`.
+pub const MAX_PAGE: u32 = 200;
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+pub(super) fn router(body_limit: usize) -> Router<ApiState> {
+    Router::new()
+        .route("/jobs", post(submit).get(list))
+        .route("/jobs/{id}", get(detail))
+        .route("/jobs/{id}/status", get(status))
+        .route("/jobs/{id}/cancel", post(cancel))
+        .layer(DefaultBodyLimit::max(body_limit))
+}
+
+/// The body of `POST /jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// A registered function's name.
+    pub function: String,
+    /// The function's arguments (default `{}`); kept as raw JSON, parsed once to validate.
+    #[serde(default)]
+    pub args: Option<Box<RawValue>>,
+    /// `high`, `medium` or `low`; the function's default when absent.
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// Overrides the function's max attempts (1..=100).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Not run before this many seconds from now.
+    #[serde(default)]
+    pub delay_seconds: Option<f64>,
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).ok_or(ApiError::UnsupportedMediaType)?;
+    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge("request body is over the limit".into())
+    } else {
+        ApiError::MalformedJson(rejection.body_text())
+    }
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::invalid("body", e.to_string()),
+        _ => ApiError::MalformedJson(e.to_string()),
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::invalid("Idempotency-Key", format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"))
+        })?;
+    Ok(Some(key))
+}
+
+/// The hash that tells a replay of a submit (same hash) from a conflicting reuse of its key.
+/// Args are hashed as canonical JSON (sorted keys) so formatting differences don't matter.
+fn request_hash(req: &SubmitRequest, priority: Priority, args: &RawValue) -> Result<[u8; 32], ApiError> {
+    let args: serde_json::Value =
+        serde_json::from_str(args.get()).map_err(|e| ApiError::invalid("args", e.to_string()))?;
+    let canonical = serde_json::json!({
+        "function": req.function,
+        "args": args,
+        "priority": priority.as_str(),
+        "max_attempts": req.max_attempts,
+        "delay_seconds": req.delay_seconds,
+    });
+    Ok(Sha256::digest(canonical.to_string().as_bytes()).into())
+}
+
+async fn submit(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_json(&headers)?;
+    let body = body.map_err(body_error)?;
+    let req: SubmitRequest = parse_json(&body)?;
+    let function = state
+        .registry
+        .get(&req.function)
+        .ok_or_else(|| ApiError::invalid("function", format!("unknown function `{}`", req.function)))?;
+    let empty_args = RawValue::from_string("{}".into()).expect("valid JSON");
+    let args: &RawValue = req.args.as_deref().unwrap_or(&empty_args);
+    if args.get().len() > state.limits.max_args_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "args are {} bytes; the limit is {}",
+            args.get().len(),
+            state.limits.max_args_bytes
+        )));
+    }
+    function
+        .validate(args)
+        .map_err(|e| ApiError::invalid("args", format!("invalid args for `{}`: {e}", req.function)))?;
+    let priority = match &req.priority {
+        None => function.policy().priority,
+        Some(p) => p.parse().map_err(|e: crate::job::UnknownPriority| ApiError::invalid("priority", e.to_string()))?,
+    };
+    let max_attempts = req.max_attempts.unwrap_or(function.policy().max_attempts);
+    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+        return Err(ApiError::invalid("max_attempts", format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}")));
+    }
+    let run_after = match req.delay_seconds {
+        None => None,
+        Some(d) if d.is_finite() && (0.0..=MAX_DELAY_SECONDS).contains(&d) => {
+            Some(Utc::now() + chrono::Duration::milliseconds((d * 1000.0) as i64))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid("delay_seconds", format!("must be between 0 and {MAX_DELAY_SECONDS}")));
+        }
+    };
+    let key = idempotency_key(&headers)?;
+    let idempotency = match key {
+        Some(key) => Some((key, request_hash(&req, priority, args)?)),
+        None => None,
+    };
+    let trace_context = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let new = NewJob {
+        id: Uuid::now_v7(),
+        owner: &caller.0.sub,
+        function: function.name(),
+        priority,
+        args,
+        max_attempts: max_attempts as i32,
+        run_after,
+        parent_id: None,
+        trace_context,
+        idempotency,
+    };
+    let submitted = store::submit(&state.pool, &new, state.limits.idempotency_retention).await?;
+    let job = submitted.job;
+    if submitted.created {
+        tracing::info!(job_id = %job.status.id, function = %job.function, priority = %job.priority, "job submitted");
+    }
+    let code = if submitted.created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let location = HeaderValue::from_str(&format!("/jobs/{}", job.status.id)).expect("uuid is a valid header");
+    Ok((code, [(header::LOCATION, location)], Json(job)).into_response())
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::invalid("id", format!("{raw:?} is not a job id (a UUID)")))
+}
+
+/// A weak ETag over the status body, so an unchanged job answers 304.
+fn etag_of(body: &[u8]) -> HeaderValue {
+    let digest = Sha256::digest(body);
+    let tag = format!("W/\"{}\"", URL_SAFE_NO_PAD.encode(&digest[..12]));
+    HeaderValue::from_str(&tag).expect("base64 is a valid header")
+}
+
+fn matches_if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    let Some(raw) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let ours = etag.to_str().unwrap_or_default().trim_start_matches("W/");
+    raw.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == ours)
+}
+
+async fn status(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let status = store::get_status(&state.pool, id, caller.owner_filter())
+        .await?
+        .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
+    let body = serde_json::to_vec(&status).map_err(|_| ApiError::Internal)?;
+    let etag = etag_of(&body);
+    let cache = HeaderValue::from_static("private, no-cache");
+    if matches_if_none_match(&headers, &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag), (header::CACHE_CONTROL, cache)]).into_response());
+    }
+    let content_type = HeaderValue::from_static("application/json");
+    Ok((
+        StatusCode::OK,
+        [(header::ETAG, etag), (header::CACHE_CONTROL, cache), (header::CONTENT_TYPE, content_type)],
+        body,
+    )
+        .into_response())
+}
+
+async fn detail(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+    let id = parse_id(&id)?;
+    let job = store::get(&state.pool, id, caller.owner_filter())
+        .await?
+        .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
+    Ok(Json(job))
+}
+
+async fn cancel(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match store::cancel(&state.pool, id, caller.owner_filter()).await? {
+        CancelOutcome::Cancelled(job) => {
+            tracing::info!(job_id = %id, "job cancelled before it ran");
+            Ok((StatusCode::OK, Json(job)).into_response())
+        }
+        CancelOutcome::Requested(job) => {
+            tracing::info!(job_id = %id, "cancel requested for a running job");
+            Ok((StatusCode::ACCEPTED, Json(job)).into_response())
+        }
+        CancelOutcome::AlreadyFinished(job) if job.status.status == Status::Cancelled => {
+            Ok((StatusCode::OK, Json(job)).into_response())
+        }
+        CancelOutcome::AlreadyFinished(job) => {
+            Err(ApiError::Conflict(format!("job {id} already finished ({}); it can't be cancelled", job.status.status)))
+        }
+        CancelOutcome::NotFound => Err(ApiError::JobNotFound(id.to_string())),
+    }
+}
+
+/// Query parameters of `GET /jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    function: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// A page of `GET /jobs`, newest first.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Cursors are the last id of a page, versioned and base64url-encoded: opaque to clients.
+fn encode_cursor(id: Uuid) -> String {
+    let mut raw = vec![1u8];
+    raw.extend_from_slice(id.as_bytes());
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_cursor(cursor: &str) -> Result<Uuid, ApiError> {
+    let bad = || ApiError::invalid("cursor", "invalid cursor: pass the next_cursor of a previous page");
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    match raw.split_first() {
+        Some((1, id)) => Uuid::from_slice(id).map_err(|_| bad()),
+        _ => Err(bad()),
+    }
+}
+
+async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let status = match &query.status {
+        None => None,
+        Some(s) => Some(s.parse::<Status>().map_err(|e| ApiError::invalid("status", e.to_string()))?),
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be between 1 and {MAX_PAGE}")));
+    }
+    let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let filter = ListFilter { owner: caller.owner_filter(), status, function: query.function.as_deref(), before };
+    // One extra row tells whether another page exists.
+    let mut jobs = store::list(&state.pool, &filter, i64::from(limit) + 1).await?;
+    let next_cursor = if jobs.len() > limit as usize {
+        jobs.truncate(limit as usize);
+        jobs.last().map(|j| encode_cursor(j.status.id))
+    } else {
+        None
+    };
+    Ok(Json(JobList { jobs, next_cursor }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let id = Uuid::now_v7();
+        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
+        assert!(decode_cursor("not-a-cursor!").is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode([2u8; 17])).is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode([1u8; 5])).is_err());
+    }
+
+    #[test]
+    fn if_none_match_accepts_weak_lists_and_star() {
+        let tag = etag_of(b"x");
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(&format!("\"zz\", {}", tag.to_str().unwrap())).unwrap());
+        assert!(matches_if_none_match(&h, &tag));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
+        assert!(!matches_if_none_match(&h, &tag));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(matches_if_none_match(&h, &tag));
+    }
+}

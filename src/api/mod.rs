@@ -1,0 +1,144 @@
+//! The public JSON API: `/jobs` (submit, status, detail, cancel, list), health and OpenAPI.
+//!
+//! [`router`] builds it from an [`ApiState`]; [`serve`] runs it until a shutdown signal.
+
+mod error;
+mod jobs;
+mod openapi;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use error::{ApiError, RETRY_AFTER_SECS};
+pub use jobs::{JobList, SubmitRequest};
+pub use openapi::openapi;
+
+use crate::auth::{Principal, UserVerifier, bearer_token};
+use crate::function::Registry;
+
+/// Limits the API enforces on requests.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest `args` accepted, in bytes (413 above it).
+    pub max_args_bytes: usize,
+    /// How long idempotency keys are remembered.
+    pub idempotency_retention: Duration,
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The job store.
+    pub pool: PgPool,
+    /// Functions that may be submitted, with their policies.
+    pub registry: Arc<Registry>,
+    /// Verifies the callers' bearer tokens.
+    pub verifier: UserVerifier,
+    pub limits: Limits,
+}
+
+/// Bodies larger than the args limit by more than this are refused before parsing.
+const ENVELOPE_ALLOWANCE: usize = 16 * 1024;
+
+/// The whole API as one router. `cors_origins` may be empty (no CORS).
+pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
+    let body_limit = state.limits.max_args_bytes + ENVELOPE_ALLOWANCE;
+    let router = Router::new()
+        .merge(jobs::router(body_limit))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+        .layer(axum::middleware::from_fn(crate::telemetry::trace_request));
+    if cors_origins.is_empty() {
+        return router;
+    }
+    let origins: Vec<HeaderValue> = cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    router.layer(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_NONE_MATCH,
+                header::HeaderName::from_static("idempotency-key"),
+            ])
+            .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER])
+            .max_age(Duration::from_secs(3600)),
+    )
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish
+/// for up to `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = stopped_tx.send(());
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(signal);
+    let drained = async move {
+        let _ = stopped_rx.await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server.into_future() => result,
+        () = drained => {
+            tracing::warn!(grace_secs = grace.as_secs(), "requests still running after the grace period; exiting");
+            Ok(())
+        }
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    crate::store::ping(&state.pool).await?;
+    Ok(axum::Json(serde_json::json!({ "status": "ready" })))
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(openapi())
+}
+
+/// The authenticated caller of a `/jobs` route.
+pub struct Caller(pub Principal);
+
+impl Caller {
+    /// The owner filter for store queries: admins see every job.
+    pub fn owner_filter(&self) -> Option<&str> {
+        (!self.0.admin).then_some(self.0.sub.as_str())
+    }
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(&parts.headers)?;
+        let principal = state.verifier.verify(token).await?;
+        Ok(Caller(principal))
+    }
+}

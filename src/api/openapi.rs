@@ -1,0 +1,180 @@
+//! The OpenAPI 3.1 description of the API, served at `/openapi.json`. Kept beside the routes
+//! and checked by a test that every route is described.
+
+use serde_json::{Value, json};
+
+fn problem(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } })
+}
+
+fn job_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } })
+}
+
+fn id_param() -> Value {
+    json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } })
+}
+
+/// The OpenAPI document.
+pub fn openapi() -> Value {
+    let auth_errors = |mut responses: serde_json::Map<String, Value>| {
+        responses.insert("401".into(), problem("Missing, malformed, expired or wrongly signed bearer token."));
+        responses.insert(
+            "503".into(),
+            problem("Database (or the key set) unreachable; retry after `Retry-After` seconds. Nothing was written."),
+        );
+        Value::Object(responses)
+    };
+    let map = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => unreachable!("literal objects"),
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "runq",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Background jobs for Google Cloud Run. Submit a job, then poll its status. Every error is application/problem+json and changes nothing."
+        },
+        "security": [{ "bearer": [] }],
+        "paths": {
+            "/jobs": {
+                "post": {
+                    "summary": "Submit a job",
+                    "parameters": [{ "name": "Idempotency-Key", "in": "header", "required": false, "schema": { "type": "string", "maxLength": 255 },
+                                     "description": "Repeating a submit with the same key and body returns the first job (200); another body is a 409." }],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SubmitRequest" } } } },
+                    "responses": auth_errors(map(json!({
+                        "202": job_response("Created; `Location` is the job's URL."),
+                        "200": job_response("Replay of an earlier submit with the same Idempotency-Key."),
+                        "400": problem("Malformed JSON."),
+                        "409": problem("Idempotency-Key reused with a different request."),
+                        "413": problem("Body or args over the limit (default 1 MiB)."),
+                        "415": problem("Content-Type is not application/json."),
+                        "422": problem("Unknown function, invalid args, unknown priority, bad max_attempts or delay_seconds, bad Idempotency-Key.")
+                    })))
+                },
+                "get": {
+                    "summary": "List jobs, newest first",
+                    "parameters": [
+                        { "name": "status", "in": "query", "schema": { "$ref": "#/components/schemas/Status" } },
+                        { "name": "function", "in": "query", "schema": { "type": "string" } },
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 200, "default": 50 } },
+                        { "name": "cursor", "in": "query", "schema": { "type": "string" }, "description": "`next_cursor` of the previous page." }
+                    ],
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "A page of jobs.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobList" } } } },
+                        "422": problem("Unknown status, bad limit, bad cursor or unknown parameter.")
+                    })))
+                }
+            },
+            "/jobs/{id}": {
+                "get": {
+                    "summary": "A job with its args, result or error",
+                    "parameters": [id_param()],
+                    "responses": auth_errors(map(json!({
+                        "200": job_response("The job."),
+                        "404": problem("No such job, or another owner's."),
+                        "422": problem("The id is not a UUID.")
+                    })))
+                }
+            },
+            "/jobs/{id}/status": {
+                "get": {
+                    "summary": "Poll a job's status (one primary-key read)",
+                    "parameters": [id_param(), { "name": "If-None-Match", "in": "header", "schema": { "type": "string" } }],
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "The status, with an `ETag`.", "headers": { "ETag": { "schema": { "type": "string" } } },
+                                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobStatus" } } } },
+                        "304": { "description": "Unchanged since the `If-None-Match` ETag." },
+                        "404": problem("No such job, or another owner's."),
+                        "422": problem("The id is not a UUID.")
+                    })))
+                }
+            },
+            "/jobs/{id}/cancel": {
+                "post": {
+                    "summary": "Cancel a job",
+                    "parameters": [id_param()],
+                    "responses": auth_errors(map(json!({
+                        "200": job_response("Cancelled (it was queued or retrying, or already cancelled)."),
+                        "202": job_response("Cancel requested: the running job stops when its run observes it."),
+                        "404": problem("No such job, or another owner's."),
+                        "409": problem("The job already succeeded or failed."),
+                        "422": problem("The id is not a UUID.")
+                    })))
+                }
+            },
+            "/healthz": { "get": { "summary": "The process is up", "security": [], "responses": { "200": { "description": "OK" } } } },
+            "/readyz": { "get": { "summary": "The database is reachable", "security": [],
+                                  "responses": { "200": { "description": "Ready" }, "503": problem("Database unreachable.") } } },
+            "/openapi.json": { "get": { "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } }
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" } },
+            "schemas": {
+                "Status": { "type": "string", "enum": ["queued", "running", "retrying", "succeeded", "failed", "cancelled"] },
+                "Priority": { "type": "string", "enum": ["high", "medium", "low"] },
+                "SubmitRequest": {
+                    "type": "object", "required": ["function"], "additionalProperties": false,
+                    "properties": {
+                        "function": { "type": "string" },
+                        "args": { "description": "The function's arguments (default {})." },
+                        "priority": { "$ref": "#/components/schemas/Priority" },
+                        "max_attempts": { "type": "integer", "minimum": 1, "maximum": 100 },
+                        "delay_seconds": { "type": "number", "minimum": 0, "maximum": 2592000 }
+                    }
+                },
+                "JobStatus": {
+                    "type": "object",
+                    "required": ["id", "status", "progress", "attempt", "max_attempts", "created_at", "updated_at"],
+                    "properties": {
+                        "id": { "type": "string", "format": "uuid" },
+                        "status": { "$ref": "#/components/schemas/Status" },
+                        "progress": { "type": "number", "minimum": 0, "maximum": 1 },
+                        "message": { "type": ["string", "null"] },
+                        "attempt": { "type": "integer" },
+                        "max_attempts": { "type": "integer" },
+                        "created_at": { "type": "string", "format": "date-time" },
+                        "started_at": { "type": ["string", "null"], "format": "date-time" },
+                        "finished_at": { "type": ["string", "null"], "format": "date-time" },
+                        "updated_at": { "type": "string", "format": "date-time" },
+                        "poll_after_ms": { "type": "integer", "description": "When to poll again; absent once finished." }
+                    }
+                },
+                "Job": {
+                    "allOf": [{ "$ref": "#/components/schemas/JobStatus" }, {
+                        "type": "object",
+                        "properties": {
+                            "function": { "type": "string" },
+                            "priority": { "$ref": "#/components/schemas/Priority" },
+                            "args": {},
+                            "run_after": { "type": "string", "format": "date-time" },
+                            "cancel_requested": { "type": "boolean" },
+                            "result": {},
+                            "result_uri": { "type": ["string", "null"] },
+                            "error": { "oneOf": [{ "type": "null" }, { "type": "object", "properties": {
+                                "kind": { "type": "string" }, "message": { "type": "string" }, "retryable": { "type": "boolean" } } }] },
+                            "parent_id": { "type": ["string", "null"], "format": "uuid" },
+                            "idempotency_key": { "type": ["string", "null"] }
+                        }
+                    }]
+                },
+                "JobList": {
+                    "type": "object",
+                    "properties": {
+                        "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } },
+                        "next_cursor": { "type": ["string", "null"] }
+                    }
+                },
+                "Problem": {
+                    "type": "object",
+                    "properties": {
+                        "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" },
+                        "detail": { "type": "string" }, "field": { "type": "string" }
+                    }
+                }
+            }
+        }
+    })
+}

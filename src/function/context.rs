@@ -1,0 +1,122 @@
+//! The [`Context`] a run gets, and the [`RunControl`] the worker keeps to watch and steer it.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The latest progress a run reported. The worker writes only the newest value, so reports
+/// made faster than it writes are coalesced.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Progress {
+    /// Fraction done, clamped to 0..=1.
+    pub fraction: f32,
+    /// What the run is doing now.
+    pub message: Option<String>,
+}
+
+struct Shared {
+    job_id: Uuid,
+    attempt: u32,
+    max_attempts: u32,
+    progress: watch::Sender<Progress>,
+    cancelled: watch::Receiver<bool>,
+}
+
+/// What a function's run can see and do: its job, progress reports and cancellation.
+#[derive(Clone)]
+pub struct Context {
+    shared: Arc<Shared>,
+}
+
+/// The worker's side of a run: reads its progress, and cancels it.
+pub struct RunControl {
+    /// Progress reports; `changed()` wakes the writer.
+    pub progress: watch::Receiver<Progress>,
+    cancel: watch::Sender<bool>,
+}
+
+impl RunControl {
+    /// Asks the run to stop: [`Context::is_cancelled`] turns true.
+    pub fn cancel(&self) {
+        self.cancel.send_replace(true);
+    }
+}
+
+impl Context {
+    /// A context for run `attempt` (1-based) of `job_id`, and the control the worker keeps.
+    pub fn new(job_id: Uuid, attempt: u32, max_attempts: u32) -> (Self, RunControl) {
+        let (progress_tx, progress_rx) = watch::channel(Progress::default());
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let shared = Shared { job_id, attempt, max_attempts, progress: progress_tx, cancelled: cancel_rx };
+        let control = RunControl { progress: progress_rx, cancel: cancel_tx };
+        (Self { shared: Arc::new(shared) }, control)
+    }
+
+    /// The job's id.
+    pub fn job_id(&self) -> Uuid {
+        self.shared.job_id
+    }
+
+    /// Which run this is: 1 for the first.
+    pub fn attempt(&self) -> u32 {
+        self.shared.attempt
+    }
+
+    /// How many runs the job may have in all.
+    pub fn max_attempts(&self) -> u32 {
+        self.shared.max_attempts
+    }
+
+    /// Reports progress. Cheap: it only replaces the latest value, which the worker writes to
+    /// Postgres a few times a second at most.
+    pub fn progress(&self, fraction: f32, message: impl Into<String>) {
+        let fraction = if fraction.is_finite() { fraction.clamp(0.0, 1.0) } else { 0.0 };
+        self.shared.progress.send_replace(Progress { fraction, message: Some(message.into()) });
+    }
+
+    /// True once the job was cancelled or its soft time limit passed.
+    pub fn is_cancelled(&self) -> bool {
+        *self.shared.cancelled.borrow()
+    }
+
+    /// Resolves when the run should stop (cancel or soft time limit); never if it shouldn't.
+    pub async fn cancelled(&self) {
+        let mut rx = self.shared.cancelled.clone();
+        if rx.wait_for(|c| *c).await.is_err() {
+            // The worker dropped its control without cancelling: nothing will cancel us.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn progress_is_coalesced_and_clamped() {
+        let (ctx, mut control) = Context::new(Uuid::now_v7(), 1, 3);
+        ctx.progress(0.2, "a");
+        ctx.progress(7.0, "b");
+        control.progress.changed().await.unwrap();
+        let p = control.progress.borrow_and_update().clone();
+        assert_eq!(p.fraction, 1.0);
+        assert_eq!(p.message.as_deref(), Some("b"));
+        ctx.progress(f32::NAN, "c");
+        assert_eq!(control.progress.borrow().fraction, 0.0);
+    }
+
+    #[tokio::test]
+    async fn cancel_wakes_the_run() {
+        let (ctx, control) = Context::new(Uuid::now_v7(), 1, 3);
+        assert!(!ctx.is_cancelled());
+        let waiter = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { ctx.cancelled().await }
+        });
+        control.cancel();
+        waiter.await.unwrap();
+        assert!(ctx.is_cancelled());
+    }
+}
