@@ -39,7 +39,9 @@ pub(crate) fn router(broker: Shared, signer: Arc<Signer>) -> Router {
 }
 
 async fn handle(State(st): State<RestState>, method: Method, uri: Uri, body: Bytes) -> Response {
-    let path = uri.path();
+    // Clients percent-encode names (`has%20space`); rules apply to the decoded name.
+    let path = percent_decode(uri.path());
+    let path = path.as_str();
     if path == "/oauth2/v3/certs" && method == Method::GET {
         return Json(st.signer.jwks().clone()).into_response();
     }
