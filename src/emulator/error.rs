@@ -17,15 +17,9 @@ pub(crate) enum ApiError {
     /// INVALID_ARGUMENT (gRPC 3, HTTP 400): bad names, out-of-range values, bad JSON.
     #[error("{0}")]
     InvalidArgument(String),
-    /// FAILED_PRECONDITION (gRPC 9, HTTP 400): valid request the resource's state forbids.
-    #[error("{0}")]
-    FailedPrecondition(String),
     /// UNIMPLEMENTED (gRPC 12, HTTP 501): a method or path the emulator does not serve.
     #[error("{0}")]
     Unimplemented(String),
-    /// INTERNAL (gRPC 13, HTTP 500): a bug or a failure of the emulator itself.
-    #[error("{0}")]
-    Internal(String),
 }
 
 impl ApiError {
@@ -51,9 +45,7 @@ impl ApiError {
             Self::NotFound(_) => "NOT_FOUND",
             Self::AlreadyExists(_) => "ALREADY_EXISTS",
             Self::InvalidArgument(_) => "INVALID_ARGUMENT",
-            Self::FailedPrecondition(_) => "FAILED_PRECONDITION",
             Self::Unimplemented(_) => "UNIMPLEMENTED",
-            Self::Internal(_) => "INTERNAL",
         }
     }
 
@@ -62,9 +54,8 @@ impl ApiError {
         match self {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::AlreadyExists(_) => StatusCode::CONFLICT,
-            Self::InvalidArgument(_) | Self::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             Self::Unimplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -75,9 +66,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::NotFound(m) => tonic::Status::not_found(m),
             ApiError::AlreadyExists(m) => tonic::Status::already_exists(m),
             ApiError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
-            ApiError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             ApiError::Unimplemented(m) => tonic::Status::unimplemented(m),
-            ApiError::Internal(m) => tonic::Status::internal(m),
         }
     }
 }

@@ -60,7 +60,7 @@ pub(crate) struct Signer {
     /// The JWKS document, built once.
     jwks: serde_json::Value,
     /// (subscription, audience, email) → (token, exp).
-    cache: Mutex<HashMap<(String, String, String), (String, i64)>>,
+    cache: Mutex<HashMap<CacheKey, (String, i64)>>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -70,6 +70,9 @@ impl std::fmt::Debug for Signer {
             .finish_non_exhaustive()
     }
 }
+
+/// Who a cached token is for: subscription, audience, service account.
+type CacheKey = (String, String, String);
 
 static SHARED: OnceLock<Arc<Signer>> = OnceLock::new();
 

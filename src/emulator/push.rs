@@ -90,10 +90,8 @@ async fn pusher(
         max,
     };
     let mut sends: JoinSet<bool> = JoinSet::new();
-    loop {
-        let Ok(notify) = broker.notifier(&name) else {
-            break;
-        };
+    // Until the subscription is deleted.
+    while let Ok(notify) = broker.notifier(&name) {
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();

@@ -139,11 +139,6 @@ impl SubState {
         );
     }
 
-    /// Messages in the backlog plus leased, for tests and the bench.
-    pub(crate) fn depth(&self) -> usize {
-        self.backlog.len() + self.leases.len()
-    }
-
     /// Drops a consumer's flow-control accounting when its stream ends. Its leases stay
     /// until acked or expired, as in Pub/Sub.
     pub(crate) fn forget_consumer(&mut self, consumer: u64) {

@@ -26,11 +26,24 @@ async fn topics_and_subscriptions_crud() {
     create_topic(&h, "projects/p/topics/dead").await;
     create_topic(&h, "projects/other/topics/elsewhere").await;
 
-    let got = topics.get_topic().set_topic("projects/p/topics/orders").send().await.unwrap();
+    let got = topics
+        .get_topic()
+        .set_topic("projects/p/topics/orders")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.name, "projects/p/topics/orders");
-    let listed = topics.list_topics().set_project("projects/p").send().await.unwrap();
+    let listed = topics
+        .list_topics()
+        .set_project("projects/p")
+        .send()
+        .await
+        .unwrap();
     let names: Vec<_> = listed.topics.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["projects/p/topics/dead", "projects/p/topics/orders"]);
+    assert_eq!(
+        names,
+        ["projects/p/topics/dead", "projects/p/topics/orders"]
+    );
     let paged = topics
         .list_topics()
         .set_project("projects/p")
@@ -103,7 +116,12 @@ async fn topics_and_subscriptions_crud() {
         .await
         .unwrap();
     assert_eq!(got, created);
-    let listed = subs.list_subscriptions().set_project("projects/p").send().await.unwrap();
+    let listed = subs
+        .list_subscriptions()
+        .set_project("projects/p")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(listed.subscriptions.len(), 2);
     let of_topic = topics
         .list_topic_subscriptions()
@@ -113,7 +131,10 @@ async fn topics_and_subscriptions_crud() {
         .unwrap();
     assert_eq!(
         of_topic.subscriptions,
-        ["projects/p/subscriptions/orders-pull", "projects/p/subscriptions/orders-push"]
+        [
+            "projects/p/subscriptions/orders-pull",
+            "projects/p/subscriptions/orders-push"
+        ]
     );
 
     let updated = subs
@@ -141,7 +162,10 @@ async fn topics_and_subscriptions_crud() {
         .send()
         .await
         .unwrap();
-    assert_eq!(got.push_config.unwrap().push_endpoint, "http://127.0.0.1:9/other");
+    assert_eq!(
+        got.push_config.unwrap().push_endpoint,
+        "http://127.0.0.1:9/other"
+    );
 
     subs.delete_subscription()
         .set_subscription("projects/p/subscriptions/orders-pull")
@@ -156,8 +180,18 @@ async fn topics_and_subscriptions_crud() {
         .unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
 
-    topics.delete_topic().set_topic("projects/p/topics/orders").send().await.unwrap();
-    let e = topics.get_topic().set_topic("projects/p/topics/orders").send().await.unwrap_err();
+    topics
+        .delete_topic()
+        .set_topic("projects/p/topics/orders")
+        .send()
+        .await
+        .unwrap();
+    let e = topics
+        .get_topic()
+        .set_topic("projects/p/topics/orders")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
     // A subscription outlives its topic, pointing at the deleted-topic marker.
     let orphan = subs
@@ -177,7 +211,12 @@ async fn errors_carry_pubsub_codes() {
     let subs = sub_admin(&h).await;
     create_topic(&h, "projects/p/topics/t-1").await;
 
-    let e = topics.create_topic().set_name("projects/p/topics/t-1").send().await.unwrap_err();
+    let e = topics
+        .create_topic()
+        .set_name("projects/p/topics/t-1")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Code::AlreadyExists);
     for bad in ["goog-topic", "ab", "1abc", "has space", "a*b"] {
         let e = topics
@@ -188,9 +227,19 @@ async fn errors_carry_pubsub_codes() {
             .unwrap_err();
         assert_eq!(code(&e), Code::InvalidArgument, "topic id {bad:?}");
     }
-    let e = topics.get_topic().set_topic("projects/p/topics/missing").send().await.unwrap_err();
+    let e = topics
+        .get_topic()
+        .set_topic("projects/p/topics/missing")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
-    let e = topics.delete_topic().set_topic("projects/p/topics/missing").send().await.unwrap_err();
+    let e = topics
+        .delete_topic()
+        .set_topic("projects/p/topics/missing")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
 
     let sub = |name: &str| {
@@ -212,7 +261,11 @@ async fn errors_carry_pubsub_codes() {
     let e = sub("goog-sub").send().await.unwrap_err();
     assert_eq!(code(&e), Code::InvalidArgument);
     for deadline in [5, 9, 601] {
-        let e = sub("s-2").set_ack_deadline_seconds(deadline).send().await.unwrap_err();
+        let e = sub("s-2")
+            .set_ack_deadline_seconds(deadline)
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!(code(&e), Code::InvalidArgument, "ack deadline {deadline}");
     }
     for attempts in [4, 101] {
@@ -237,7 +290,11 @@ async fn errors_carry_pubsub_codes() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), Code::InvalidArgument);
-    let e = sub("s-2").set_filter("attributes.").send().await.unwrap_err();
+    let e = sub("s-2")
+        .set_filter("attributes.")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Code::InvalidArgument);
     let e = sub("s-2")
         .set_push_config(PushConfig::new().set_push_endpoint("not a url"))
@@ -255,7 +312,10 @@ async fn errors_carry_pubsub_codes() {
 
     // Publishing: missing topic, oversized and empty messages.
     let missing = publisher(&h, "projects/p/topics/missing").await;
-    let e = missing.publish(Message::new().set_data("x")).await.unwrap_err();
+    let e = missing
+        .publish(Message::new().set_data("x"))
+        .await
+        .unwrap_err();
     assert!(format!("{e:?}").contains("NotFound"), "{e:?}");
     let p = publisher(&h, "projects/p/topics/t-1").await;
     let e = p

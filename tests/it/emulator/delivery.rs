@@ -44,18 +44,32 @@ async fn ten_thousand_messages_each_received_once_when_acked() {
         let (m, handler) = next_within(&mut stream, Duration::from_secs(20))
             .await
             .expect("all messages arrive");
-        assert!(seen.insert(m.message_id.clone()), "duplicate {}", m.message_id);
+        assert!(
+            seen.insert(m.message_id.clone()),
+            "duplicate {}",
+            m.message_id
+        );
         data.insert(m.data.clone());
         handler.ack();
     }
     assert_eq!(seen, ids);
     assert_eq!(data.len(), N);
     // Acked means gone: nothing comes back.
-    assert!(next_within(&mut stream, Duration::from_millis(700)).await.is_none());
+    assert!(
+        next_within(&mut stream, Duration::from_millis(700))
+            .await
+            .is_none()
+    );
     h.shutdown().await;
 }
 
-async fn pull_sub(h: &runq::emulator::EmulatorHandle, name: &str, configure: impl FnOnce(google_cloud_pubsub::builder::subscription_admin::CreateSubscription) -> google_cloud_pubsub::builder::subscription_admin::CreateSubscription) {
+async fn pull_sub(
+    h: &runq::emulator::EmulatorHandle,
+    name: &str,
+    configure: impl FnOnce(
+        google_cloud_pubsub::builder::subscription_admin::CreateSubscription,
+    ) -> google_cloud_pubsub::builder::subscription_admin::CreateSubscription,
+) {
     let b = sub_admin(h)
         .await
         .create_subscription()
@@ -76,8 +90,13 @@ async fn redelivered_after_the_ack_deadline() {
         .publish(Message::new().set_data("late"))
         .await
         .unwrap();
-    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/sub").build();
-    let (first, held) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
+    let mut stream = subscriber(&h)
+        .await
+        .subscribe("projects/p/subscriptions/sub")
+        .build();
+    let (first, held) = next_within(&mut stream, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(first.message_id, id);
     let (again, h2) = next_within(&mut stream, Duration::from_secs(5))
         .await
@@ -99,8 +118,13 @@ async fn redelivered_after_a_nack() {
         .publish(Message::new().set_data("again"))
         .await
         .unwrap();
-    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/sub").build();
-    let (m, handler) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
+    let mut stream = subscriber(&h)
+        .await
+        .subscribe("projects/p/subscriptions/sub")
+        .build();
+    let (m, handler) = next_within(&mut stream, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(m.message_id, id);
     handler.nack();
     let (m, handler) = next_within(&mut stream, Duration::from_secs(5))
@@ -108,7 +132,11 @@ async fn redelivered_after_a_nack() {
         .expect("a nack redelivers at once without a retry policy");
     assert_eq!(m.message_id, id);
     handler.ack();
-    assert!(next_within(&mut stream, Duration::from_millis(500)).await.is_none());
+    assert!(
+        next_within(&mut stream, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
     h.shutdown().await;
 }
 
@@ -122,18 +150,21 @@ async fn ordering_keys_keep_order_per_key() {
     let mut futures = Vec::new();
     for i in 0..200 {
         for k in keys {
-            futures.push(publisher.publish(
-                Message::new()
-                    .set_data(format!("{i}"))
-                    .set_ordering_key(k),
-            ));
+            futures.push(
+                publisher.publish(Message::new().set_data(format!("{i}")).set_ordering_key(k)),
+            );
         }
     }
     futures::future::try_join_all(futures).await.unwrap();
-    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/sub").build();
+    let mut stream = subscriber(&h)
+        .await
+        .subscribe("projects/p/subscriptions/sub")
+        .build();
     let mut got: HashMap<String, Vec<u32>> = HashMap::new();
     for _ in 0..600 {
-        let (m, handler) = next_within(&mut stream, Duration::from_secs(10)).await.unwrap();
+        let (m, handler) = next_within(&mut stream, Duration::from_secs(10))
+            .await
+            .unwrap();
         let n: u32 = std::str::from_utf8(&m.data).unwrap().parse().unwrap();
         got.entry(m.ordering_key.clone()).or_default().push(n);
         handler.ack();
@@ -162,10 +193,15 @@ async fn nacks_back_off_per_retry_policy() {
         .publish(Message::new().set_data("retry me"))
         .await
         .unwrap();
-    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/sub").build();
+    let mut stream = subscriber(&h)
+        .await
+        .subscribe("projects/p/subscriptions/sub")
+        .build();
     let mut times = Vec::new();
     for _ in 0..5 {
-        let (_, handler) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
+        let (_, handler) = next_within(&mut stream, Duration::from_secs(5))
+            .await
+            .unwrap();
         times.push(Instant::now());
         handler.nack();
     }
@@ -204,27 +240,40 @@ async fn dead_lettered_after_max_delivery_attempts() {
     .await;
     publisher(&h, "projects/p/topics/t-1")
         .await
-        .publish(Message::new().set_data("poison").set_attributes([("k", "v")]))
+        .publish(
+            Message::new()
+                .set_data("poison")
+                .set_attributes([("k", "v")]),
+        )
         .await
         .unwrap();
     let client = subscriber(&h).await;
     let mut stream = client.subscribe("projects/p/subscriptions/sub").build();
     let mut attempts = Vec::new();
     for _ in 0..5 {
-        let (_, handler) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
+        let (_, handler) = next_within(&mut stream, Duration::from_secs(5))
+            .await
+            .unwrap();
         attempts.push(handler.delivery_attempt());
         handler.nack();
     }
     assert_eq!(attempts, [1, 2, 3, 4, 5].map(Some));
     assert!(
-        next_within(&mut stream, Duration::from_millis(500)).await.is_none(),
+        next_within(&mut stream, Duration::from_millis(500))
+            .await
+            .is_none(),
         "no sixth delivery"
     );
     let mut dead = client.subscribe("projects/p/subscriptions/dead").build();
-    let (m, handler) = next_within(&mut dead, Duration::from_secs(5)).await.unwrap();
+    let (m, handler) = next_within(&mut dead, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(&m.data[..], b"poison");
     assert_eq!(m.attributes["k"], "v");
-    assert_eq!(m.attributes["CloudPubSubDeadLetterSourceDeliveryCount"], "5");
+    assert_eq!(
+        m.attributes["CloudPubSubDeadLetterSourceDeliveryCount"],
+        "5"
+    );
     assert_eq!(
         m.attributes["CloudPubSubDeadLetterSourceSubscription"],
         "projects/p/subscriptions/sub"
@@ -239,27 +288,46 @@ async fn fan_out_reaches_subscriptions_that_existed_at_publish() {
     create_topic(&h, "projects/p/topics/t-1").await;
     pull_sub(&h, "early", |b| b).await;
     let publisher = publisher(&h, "projects/p/topics/t-1").await;
-    publisher.publish(Message::new().set_data("one")).await.unwrap();
+    publisher
+        .publish(Message::new().set_data("one"))
+        .await
+        .unwrap();
     pull_sub(&h, "late", |b| b).await;
     pull_sub(&h, "only-a", |b| b.set_filter(r#"attributes.kind = "a""#)).await;
     publisher
-        .publish(Message::new().set_data("two").set_attributes([("kind", "a")]))
+        .publish(
+            Message::new()
+                .set_data("two")
+                .set_attributes([("kind", "a")]),
+        )
         .await
         .unwrap();
     publisher
-        .publish(Message::new().set_data("three").set_attributes([("kind", "b")]))
+        .publish(
+            Message::new()
+                .set_data("three")
+                .set_attributes([("kind", "b")]),
+        )
         .await
         .unwrap();
     let client = subscriber(&h).await;
-    let mut drain = async |name: &str, n: usize| {
-        let mut stream = client.subscribe(format!("projects/p/subscriptions/{name}")).build();
+    let drain = async |name: &str, n: usize| {
+        let mut stream = client
+            .subscribe(format!("projects/p/subscriptions/{name}"))
+            .build();
         let mut got = Vec::new();
         for _ in 0..n {
-            let (m, handler) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
+            let (m, handler) = next_within(&mut stream, Duration::from_secs(5))
+                .await
+                .unwrap();
             got.push(String::from_utf8(m.data.to_vec()).unwrap());
             handler.ack();
         }
-        assert!(next_within(&mut stream, Duration::from_millis(300)).await.is_none());
+        assert!(
+            next_within(&mut stream, Duration::from_millis(300))
+                .await
+                .is_none()
+        );
         got.sort();
         got
     };

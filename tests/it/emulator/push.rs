@@ -33,7 +33,11 @@ struct Endpoint {
     script: Script,
 }
 
-async fn receive(State(ep): State<Endpoint>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+async fn receive(
+    State(ep): State<Endpoint>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
     let n = {
         let mut c = ep.count.lock().unwrap();
         *c += 1;
@@ -90,16 +94,25 @@ async fn verify(h: &runq::emulator::EmulatorHandle, headers: &HeaderMap, aud: &s
         .unwrap()
         .strip_prefix("Bearer ")
         .expect("a bearer token");
-    let jwks: jsonwebtoken::jwk::JwkSet = reqwest::get(h.jwks_url()).await.unwrap().json().await.unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet = reqwest::get(h.jwks_url())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let header = jsonwebtoken::decode_header(token).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
-    let jwk = jwks.find(header.kid.as_deref().expect("kid")).expect("kid in JWKS");
+    let jwk = jwks
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("kid in JWKS");
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     v.set_issuer(&["https://accounts.google.com"]);
     v.set_audience(&[aud]);
     v.set_required_spec_claims(&["exp", "iss", "aud"]);
-    let claims = jsonwebtoken::decode::<Claims>(token, &key, &v).unwrap().claims;
+    let claims = jsonwebtoken::decode::<Claims>(token, &key, &v)
+        .unwrap()
+        .claims;
     // A token for another audience must not verify.
     let mut wrong = v.clone();
     wrong.set_audience(&["https://someone-else"]);
@@ -142,7 +155,9 @@ async fn push_envelope_and_oidc_token() {
         )
         .await
         .unwrap();
-    let hit = next_hit(&mut hits, Duration::from_secs(5)).await.expect("a push");
+    let hit = next_hit(&mut hits, Duration::from_secs(5))
+        .await
+        .expect("a push");
     assert_eq!(hit.headers["content-type"], "application/json");
     let b = &hit.body;
     assert_eq!(b["subscription"], "projects/p/subscriptions/worker");
@@ -159,7 +174,12 @@ async fn push_envelope_and_oidc_token() {
     let time = m["publishTime"].as_str().unwrap();
     assert_eq!(m["publish_time"], time);
     let published = chrono::DateTime::parse_from_rfc3339(time).unwrap();
-    assert!((chrono::Utc::now() - published.to_utc()).num_seconds().abs() < 60);
+    assert!(
+        (chrono::Utc::now() - published.to_utc())
+            .num_seconds()
+            .abs()
+            < 60
+    );
     assert_eq!(m["orderingKey"], "user-1");
 
     let claims = verify(&h, &hit.headers, "https://worker.example").await;
@@ -170,7 +190,11 @@ async fn push_envelope_and_oidc_token() {
     assert_eq!(claims.exp - claims.iat, 3600);
     assert!((claims.iat - chrono::Utc::now().timestamp()).abs() < 60);
     // 204 acked it: no redelivery.
-    assert!(next_hit(&mut hits, Duration::from_millis(500)).await.is_none());
+    assert!(
+        next_hit(&mut hits, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
 
     // Without an audience the token is for the endpoint URL; without a dead-letter
     // policy there is no deliveryAttempt.
@@ -190,7 +214,9 @@ async fn push_envelope_and_oidc_token() {
         .unwrap();
     let mut plain = None;
     for _ in 0..2 {
-        let hit = next_hit(&mut hits, Duration::from_secs(5)).await.expect("a push");
+        let hit = next_hit(&mut hits, Duration::from_secs(5))
+            .await
+            .expect("a push");
         if hit.body["subscription"] == "projects/p/subscriptions/plain" {
             plain = Some(hit);
         }
@@ -237,7 +263,9 @@ async fn failed_and_slow_pushes_are_redelivered_with_backoff() {
         .unwrap();
     let mut times = Vec::new();
     for _ in 0..4 {
-        let hit = next_hit(&mut hits, Duration::from_secs(5)).await.expect("a push");
+        let hit = next_hit(&mut hits, Duration::from_secs(5))
+            .await
+            .expect("a push");
         assert_eq!(hit.body["message"]["messageId"], id.as_str());
         times.push(hit.at);
     }
@@ -252,7 +280,12 @@ async fn failed_and_slow_pushes_are_redelivered_with_backoff() {
             gaps[i]
         );
     }
-    assert!(next_hit(&mut hits, Duration::from_millis(500)).await.is_none(), "200 acked it");
+    assert!(
+        next_hit(&mut hits, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "200 acked it"
+    );
     h.shutdown().await;
 }
 
@@ -288,15 +321,29 @@ async fn failing_pushes_are_dead_lettered() {
         .unwrap();
     let mut attempts = Vec::new();
     for _ in 0..5 {
-        let hit = next_hit(&mut hits, Duration::from_secs(5)).await.expect("a push");
+        let hit = next_hit(&mut hits, Duration::from_secs(5))
+            .await
+            .expect("a push");
         attempts.push(hit.body["deliveryAttempt"].as_i64().unwrap());
     }
     assert_eq!(attempts, [1, 2, 3, 4, 5]);
-    assert!(next_hit(&mut hits, Duration::from_millis(500)).await.is_none());
-    let mut dead = subscriber(&h).await.subscribe("projects/p/subscriptions/dead").build();
-    let (m, handler) = next_within(&mut dead, Duration::from_secs(5)).await.unwrap();
+    assert!(
+        next_hit(&mut hits, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    let mut dead = subscriber(&h)
+        .await
+        .subscribe("projects/p/subscriptions/dead")
+        .build();
+    let (m, handler) = next_within(&mut dead, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(&m.data[..], b"never works");
-    assert_eq!(m.attributes["CloudPubSubDeadLetterSourceDeliveryCount"], "5");
+    assert_eq!(
+        m.attributes["CloudPubSubDeadLetterSourceDeliveryCount"],
+        "5"
+    );
     handler.ack();
     h.shutdown().await;
 }

@@ -51,7 +51,13 @@ async fn rest_publish_pull_modack_ack_and_error_bodies() {
     let id = r["messageIds"][0].as_str().unwrap().to_string();
 
     let pull = json!({"maxMessages": 10});
-    let (_, r) = call(&http, Method::POST, format!("{base}/subscriptions/raw-sub:pull"), Some(pull.clone())).await;
+    let (_, r) = call(
+        &http,
+        Method::POST,
+        format!("{base}/subscriptions/raw-sub:pull"),
+        Some(pull.clone()),
+    )
+    .await;
     let rm = &r["receivedMessages"][0];
     assert_eq!(rm["message"]["data"], "aGVsbG8=");
     assert_eq!(rm["message"]["messageId"], id.as_str());
@@ -67,8 +73,17 @@ async fn rest_publish_pull_modack_ack_and_error_bodies() {
     )
     .await;
     assert_eq!(s, 200);
-    let (_, r) = call(&http, Method::POST, format!("{base}/subscriptions/raw-sub:pull"), Some(pull.clone())).await;
-    let ack_id = r["receivedMessages"][0]["ackId"].as_str().unwrap().to_string();
+    let (_, r) = call(
+        &http,
+        Method::POST,
+        format!("{base}/subscriptions/raw-sub:pull"),
+        Some(pull.clone()),
+    )
+    .await;
+    let ack_id = r["receivedMessages"][0]["ackId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (s, _) = call(
         &http,
         Method::POST,
@@ -104,15 +119,34 @@ async fn rest_publish_pull_modack_ack_and_error_bodies() {
     let e: Value = bad.json().await.unwrap();
     assert_eq!(e["error"]["status"], "INVALID_ARGUMENT");
     for (verb, body) in [
-        ("modifyAckDeadline", json!({"ackIds": ["x"], "ackDeadlineSeconds": 601})),
+        (
+            "modifyAckDeadline",
+            json!({"ackIds": ["x"], "ackDeadlineSeconds": 601}),
+        ),
         ("pull", json!({"maxMessages": 0})),
         ("acknowledge", json!({"ackIds": []})),
         ("pull", json!({"maxMessages": "many"})),
     ] {
-        let (s, e) = call(&http, Method::POST, format!("{base}/subscriptions/raw-sub:{verb}"), Some(body)).await;
-        assert_eq!((s, &e["error"]["status"]), (400, &json!("INVALID_ARGUMENT")), "{verb}");
+        let (s, e) = call(
+            &http,
+            Method::POST,
+            format!("{base}/subscriptions/raw-sub:{verb}"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            (s, &e["error"]["status"]),
+            (400, &json!("INVALID_ARGUMENT")),
+            "{verb}"
+        );
     }
-    let (s, e) = call(&http, Method::POST, format!("{base}/subscriptions/raw-sub:seek"), Some(json!({}))).await;
+    let (s, e) = call(
+        &http,
+        Method::POST,
+        format!("{base}/subscriptions/raw-sub:seek"),
+        Some(json!({})),
+    )
+    .await;
     assert_eq!((s, &e["error"]["status"]), (501, &json!("UNIMPLEMENTED")));
     let (s, jwks) = call(&http, Method::GET, h.jwks_url(), None).await;
     assert_eq!(s, 200);
@@ -210,7 +244,10 @@ async fn grpc_admin_unary_pull_and_status_codes() {
         .into_inner()
         .received_messages;
     assert_eq!(pulled.len(), 2);
-    let data: Vec<_> = pulled.iter().map(|r| r.message.as_ref().unwrap().data.to_vec()).collect();
+    let data: Vec<_> = pulled
+        .iter()
+        .map(|r| r.message.as_ref().unwrap().data.to_vec())
+        .collect();
     assert_eq!(data, [b"one".to_vec(), b"two".to_vec()]);
     let ack_ids: Vec<String> = pulled.iter().map(|r| r.ack_id.clone()).collect();
     subscriber
