@@ -144,10 +144,11 @@ pub async fn start(
     listener: tokio::net::TcpListener,
     opts: EmulatorOptions,
 ) -> std::io::Result<EmulatorHandle> {
-    if !(opts.time_scale.is_finite() && opts.time_scale > 0.0) {
+    // Bounded so scaled durations (at most 31 days) can't overflow.
+    if !(opts.time_scale > 0.0 && opts.time_scale <= 1000.0) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "time_scale must be a positive number",
+            "time_scale must be greater than 0 and at most 1000",
         ));
     }
     let addr = listener.local_addr()?;
