@@ -118,6 +118,8 @@ async fn start_in_process() -> (String, String) {
             max_args_bytes: runq::config::DEFAULT_MAX_ARGS_BYTES,
             idempotency_retention: runq::config::DEFAULT_IDEMPOTENCY_RETENTION,
         },
+        outbox: None,
+        internal: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

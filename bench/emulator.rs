@@ -30,66 +30,28 @@ fn report(name: &str, n: usize, elapsed: Duration, mut latencies_us: Vec<u64>) {
 }
 
 async fn setup(h: &EmulatorHandle, topic: &str, sub: &str, push: Option<&str>) -> Publisher {
-    let topics = TopicAdmin::builder()
-        .with_endpoint(h.endpoint())
-        .with_credentials(creds())
-        .build()
-        .await
-        .unwrap();
+    let topics = TopicAdmin::builder().with_endpoint(h.endpoint()).with_credentials(creds()).build().await.unwrap();
     topics.create_topic().set_name(topic).send().await.unwrap();
-    let subs = SubscriptionAdmin::builder()
-        .with_endpoint(h.endpoint())
-        .with_credentials(creds())
-        .build()
-        .await
-        .unwrap();
-    let mut create = subs
-        .create_subscription()
-        .set_name(sub)
-        .set_topic(topic)
-        .set_ack_deadline_seconds(60);
+    let subs =
+        SubscriptionAdmin::builder().with_endpoint(h.endpoint()).with_credentials(creds()).build().await.unwrap();
+    let mut create = subs.create_subscription().set_name(sub).set_topic(topic).set_ack_deadline_seconds(60);
     if let Some(url) = push {
         create = create.set_push_config(PushConfig::new().set_push_endpoint(url));
     }
     create.send().await.unwrap();
-    Publisher::builder(topic)
-        .with_endpoint(h.endpoint())
-        .with_credentials(creds())
-        .build()
-        .await
-        .unwrap()
+    Publisher::builder(topic).with_endpoint(h.endpoint()).with_credentials(creds()).build().await.unwrap()
 }
 
 async fn publish_all(publisher: &Publisher, n: usize, base: Instant) {
-    let futures: Vec<_> = (0..n)
-        .map(|_| {
-            publisher.publish(
-                Message::new()
-                    .set_data("x")
-                    .set_attributes([("t", stamp(base))]),
-            )
-        })
-        .collect();
+    let futures: Vec<_> =
+        (0..n).map(|_| publisher.publish(Message::new().set_data("x").set_attributes([("t", stamp(base))]))).collect();
     futures::future::try_join_all(futures).await.unwrap();
 }
 
 async fn bench_pull(h: &EmulatorHandle, n: usize) {
-    let publisher = setup(
-        h,
-        "projects/bench/topics/pull",
-        "projects/bench/subscriptions/pull",
-        None,
-    )
-    .await;
-    let subscriber = Subscriber::builder()
-        .with_endpoint(h.endpoint())
-        .with_credentials(creds())
-        .build()
-        .await
-        .unwrap();
-    let mut stream = subscriber
-        .subscribe("projects/bench/subscriptions/pull")
-        .build();
+    let publisher = setup(h, "projects/bench/topics/pull", "projects/bench/subscriptions/pull", None).await;
+    let subscriber = Subscriber::builder().with_endpoint(h.endpoint()).with_credentials(creds()).build().await.unwrap();
+    let mut stream = subscriber.subscribe("projects/bench/subscriptions/pull").build();
     let base = Instant::now();
     let receive = async {
         let mut lat = Vec::with_capacity(n);
@@ -118,11 +80,7 @@ async fn bench_push(h: &EmulatorHandle, n: usize) {
                 let lat = lat.clone();
                 let done = done.clone();
                 async move {
-                    let sent: u64 = v["message"]["attributes"]["t"]
-                        .as_str()
-                        .unwrap()
-                        .parse()
-                        .unwrap();
+                    let sent: u64 = v["message"]["attributes"]["t"].as_str().unwrap().parse().unwrap();
                     let mut l = lat.lock().unwrap();
                     l.push(base.elapsed().as_micros() as u64 - sent);
                     if l.len() == n {
@@ -136,13 +94,7 @@ async fn bench_push(h: &EmulatorHandle, n: usize) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/push", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let publisher = setup(
-        h,
-        "projects/bench/topics/push",
-        "projects/bench/subscriptions/push",
-        Some(&url),
-    )
-    .await;
+    let publisher = setup(h, "projects/bench/topics/push", "projects/bench/subscriptions/push", Some(&url)).await;
     let start = Instant::now();
     publish_all(&publisher, n, base).await;
     done.notified().await;
@@ -152,19 +104,11 @@ async fn bench_push(h: &EmulatorHandle, n: usize) {
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(20_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let h = runq::emulator::start(listener, EmulatorOptions::default())
-            .await
-            .unwrap();
+        let h = runq::emulator::start(listener, EmulatorOptions::default()).await.unwrap();
         bench_pull(&h, n).await;
         bench_push(&h, n).await;
         h.shutdown().await;

@@ -8,10 +8,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::api::{self, ApiState, Limits};
-use crate::auth::{UserAuthConfig, UserVerifier, mint_hs256};
+use crate::auth::{GoogleOidcVerifier, JwksCache, UserAuthConfig, UserVerifier, mint_hs256};
 use crate::config::{AuthSettings, Config};
 use crate::function::{Function, Registry};
+use crate::job::Priority;
 use crate::store;
+use crate::worker::{self, WorkerSettings, WorkerState};
 
 /// A runq application: the functions it can run. The shipped `runq` binary is
 /// `App::new().run()`; users add their own functions and build their own binary.
@@ -87,6 +89,20 @@ impl App {
                 tracing::info!("migrations applied");
                 Ok(())
             }
+            Command::Worker(args) => {
+                crate::telemetry::init();
+                self.run_worker(args.queue).await
+            }
+            Command::Dev(args) => {
+                crate::telemetry::init();
+                crate::dev::run(self.registry, args.api_addr, args.emulator_addr)
+                    .await
+                    .map_err(|e| -> Box<dyn std::error::Error> { e })
+            }
+            Command::Emulator(args) => {
+                crate::telemetry::init();
+                Ok(crate::emulator::run(args).await?)
+            }
             Command::Token(args) => {
                 let auth = AuthSettings::from_env()?;
                 let secret = auth.hs256_secret.as_deref().ok_or_else(|| crate::config::ConfigError {
@@ -109,6 +125,23 @@ impl App {
         }
     }
 
+    async fn run_worker(self, queue: Priority) -> Result<(), Box<dyn std::error::Error>> {
+        let config = Config::from_env()?;
+        let settings = WorkerSettings::from_env()?;
+        let pool = store::connect_lazy(&config.database_url, config.db_max_connections, config.db_acquire_timeout)?;
+        let relaxed = store::connect_relaxed(&config.database_url, 2, config.db_acquire_timeout)?;
+        store::check_schema(&pool).await?;
+        let jwks = Arc::new(JwksCache::new(settings.oidc_jwks_url.clone(), reqwest::Client::new())?);
+        let verifier =
+            GoogleOidcVerifier::new(jwks, settings.push_audience.clone(), settings.push_service_accounts.clone());
+        let (state, shutdown) =
+            WorkerState::new(pool, relaxed, Arc::new(self.registry), verifier, queue, settings.lease);
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port)).await?;
+        tracing::info!(port = config.port, %queue, "runq worker listening");
+        worker::serve(listener, state, shutdown, shutdown_signal(), config.shutdown_grace).await?;
+        Ok(())
+    }
+
     async fn run_api(self) -> Result<(), Box<dyn std::error::Error>> {
         let config = Config::from_env()?;
         config.auth.require_any()?;
@@ -119,6 +152,31 @@ impl App {
         } else {
             store::check_schema(&pool).await?;
         }
+        let outbox = match crate::config::var("RUNQ_PUBSUB_PROJECT")?.or(crate::config::var("GOOGLE_CLOUD_PROJECT")?) {
+            Some(_) => {
+                let settings = crate::dispatch::PubSubSettings::from_env()?;
+                let dispatcher = crate::dispatch::Dispatcher::connect(&settings).await?;
+                let relaxed = store::connect_relaxed(&config.database_url, 2, config.db_acquire_timeout)?;
+                Some(crate::dispatch::Outbox::new(dispatcher, relaxed))
+            }
+            None => {
+                tracing::warn!("no RUNQ_PUBSUB_PROJECT: jobs are recorded but not published to Pub/Sub");
+                None
+            }
+        };
+        let internal = match crate::config::var("RUNQ_DEAD_LETTER_AUDIENCE")? {
+            Some(audience) => {
+                let jwks_url = crate::config::var("RUNQ_OIDC_JWKS_URL")?
+                    .unwrap_or_else(|| crate::auth::GOOGLE_JWKS_URL.to_owned());
+                let jwks = Arc::new(JwksCache::new(jwks_url, reqwest::Client::new())?);
+                let accounts = worker::list(crate::config::var("RUNQ_DEAD_LETTER_SERVICE_ACCOUNTS")?);
+                Some(Arc::new(api::InternalAuth {
+                    dead_letter: GoogleOidcVerifier::new(jwks, audience, accounts),
+                    dead_letter_policy: api::DeadLetterPolicy::default(),
+                }))
+            }
+            None => None,
+        };
         let state = ApiState {
             pool,
             registry: Arc::new(self.registry),
@@ -127,6 +185,8 @@ impl App {
                 max_args_bytes: config.max_args_bytes,
                 idempotency_retention: config.idempotency_retention,
             },
+            outbox,
+            internal,
         };
         let router = api::router(state, &config.cors_origins);
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port)).await?;
@@ -189,6 +249,33 @@ enum Command {
     Migrate,
     /// Print a local HS256 token signed with RUNQ_AUTH_HS256_SECRET.
     Token(TokenArgs),
+    /// Serve a queue's push endpoint (Cloud Run service `runq-worker-{queue}`).
+    Worker(WorkerArgs),
+    /// Run everything in one process: API, a worker per priority, the Pub/Sub emulator, the sweep.
+    Dev(DevArgs),
+    /// Run the Pub/Sub emulator alone.
+    Emulator(crate::emulator::EmulatorArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct WorkerArgs {
+    /// The queue this worker serves.
+    #[arg(long, value_parser = parse_priority)]
+    queue: Priority,
+}
+
+#[derive(clap::Args, Debug)]
+struct DevArgs {
+    /// Where the API listens.
+    #[arg(long, env = "RUNQ_DEV_API_ADDR", default_value = "127.0.0.1:8080")]
+    api_addr: String,
+    /// Where the embedded Pub/Sub emulator listens.
+    #[arg(long, env = "RUNQ_DEV_EMULATOR_ADDR", default_value = "127.0.0.1:8085")]
+    emulator_addr: String,
+}
+
+fn parse_priority(raw: &str) -> Result<Priority, String> {
+    raw.parse().map_err(|e: crate::job::UnknownPriority| e.to_string())
 }
 
 #[derive(clap::Args, Debug)]

@@ -12,6 +12,9 @@
 //! - [`function`]: the [`Function`] trait, the registry and the built-in functions.
 //! - [`api`]: the public JSON API (`/jobs`), health and OpenAPI.
 //! - [`auth`]: bearer JWTs for the public API, Google OIDC for push and internal calls.
+//! - [`dispatch`]: publishing jobs to Pub/Sub, the outbox marker and the relay.
+//! - [`worker`]: the push endpoint that claims and runs jobs, leases, graceful shutdown.
+//! - [`dev`]: `runq dev`, the whole system in one process.
 //! - [`emulator`]: a Pub/Sub emulator (REST and gRPC on one port, push with OIDC).
 //! - [`telemetry`]: logs in the Cloud Logging format, trace ids.
 
@@ -19,11 +22,14 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod dev;
+pub mod dispatch;
 pub mod emulator;
 pub mod function;
 pub mod job;
 pub mod store;
 pub mod telemetry;
+pub mod worker;
 
 pub use app::App;
 pub use function::Function;

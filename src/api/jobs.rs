@@ -177,6 +177,16 @@ async fn submit(
     let job = submitted.job;
     if submitted.created {
         tracing::info!(job_id = %job.status.id, function = %job.function, priority = %job.priority, "job submitted");
+        // A delayed job waits for the relay; a due one is published now, off the request path.
+        if let (Some(outbox), None) = (&state.outbox, run_after) {
+            outbox.dispatch(crate::store::Dispatch {
+                id: job.status.id,
+                attempt: job.status.attempt,
+                function: job.function.clone(),
+                priority: job.priority,
+                trace_context: trace_context.map(str::to_owned),
+            });
+        }
     }
     let code = if submitted.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     let location = HeaderValue::from_str(&format!("/jobs/{}", job.status.id)).expect("uuid is a valid header");

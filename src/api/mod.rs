@@ -3,6 +3,7 @@
 //! [`router`] builds it from an [`ApiState`]; [`serve`] runs it until a shutdown signal.
 
 mod error;
+mod internal;
 mod jobs;
 mod openapi;
 
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::{ApiError, RETRY_AFTER_SECS};
+pub use internal::{DeadLetterPolicy, InternalAuth};
 pub use jobs::{JobList, SubmitRequest};
 pub use openapi::openapi;
 
@@ -46,6 +48,10 @@ pub struct ApiState {
     /// Verifies the callers' bearer tokens.
     pub verifier: UserVerifier,
     pub limits: Limits,
+    /// Publishes jobs after their submit commits; `None` leaves them all to the relay.
+    pub outbox: Option<crate::dispatch::Outbox>,
+    /// Verifiers of the `/internal/*` callers; `None` disables those routes.
+    pub internal: Option<Arc<internal::InternalAuth>>,
 }
 
 /// Bodies larger than the args limit by more than this are refused before parsing.
@@ -56,6 +62,7 @@ pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
     let body_limit = state.limits.max_args_bytes + ENVELOPE_ALLOWANCE;
     let router = Router::new()
         .merge(jobs::router(body_limit))
+        .merge(internal::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))

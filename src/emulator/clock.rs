@@ -17,11 +17,7 @@ impl Clock {
 
     /// How long to really wait for `emulated`.
     pub(crate) fn real(&self, emulated: Duration) -> Duration {
-        if self.scale == 1.0 {
-            emulated
-        } else {
-            emulated.mul_f64(self.scale)
-        }
+        if self.scale == 1.0 { emulated } else { emulated.mul_f64(self.scale) }
     }
 
     /// How long to really wait for `secs` emulated seconds.

@@ -30,9 +30,7 @@ impl ApiError {
 
     /// ALREADY_EXISTS for a resource, worded like Pub/Sub.
     pub(crate) fn already_exists(kind: &str) -> Self {
-        Self::AlreadyExists(format!(
-            "Resource already exists in the project (resource={kind})."
-        ))
+        Self::AlreadyExists(format!("Resource already exists in the project (resource={kind})."))
     }
 
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {

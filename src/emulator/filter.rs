@@ -24,10 +24,7 @@ impl Filter {
         if src.len() > 256 {
             return Err("filter is longer than 256 bytes".into());
         }
-        let mut p = Parser {
-            toks: tokenize(src)?,
-            pos: 0,
-        };
+        let mut p = Parser { toks: tokenize(src)?, pos: 0 };
         let f = p.or()?;
         if p.pos != p.toks.len() {
             return Err(format!("unexpected {:?} in filter", p.toks[p.pos]));
@@ -146,11 +143,7 @@ impl Parser {
             self.pos += 1;
             parts.push(self.and()?);
         }
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Filter::Or(parts)
-        })
+        Ok(if parts.len() == 1 { parts.remove(0) } else { Filter::Or(parts) })
     }
 
     fn and(&mut self) -> Result<Filter, String> {
@@ -159,11 +152,7 @@ impl Parser {
             self.pos += 1;
             parts.push(self.unary()?);
         }
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Filter::And(parts)
-        })
+        Ok(if parts.len() == 1 { parts.remove(0) } else { Filter::And(parts) })
     }
 
     fn unary(&mut self) -> Result<Filter, String> {
@@ -216,18 +205,14 @@ impl Parser {
     fn key(&mut self) -> Result<String, String> {
         match self.next() {
             Some(Tok::Word(w)) | Some(Tok::Str(w)) => Ok(w),
-            other => Err(format!(
-                "expected an attribute name in filter, found {other:?}"
-            )),
+            other => Err(format!("expected an attribute name in filter, found {other:?}")),
         }
     }
 
     fn string(&mut self) -> Result<String, String> {
         match self.next() {
             Some(Tok::Str(s)) => Ok(s),
-            other => Err(format!(
-                "expected a quoted string in filter, found {other:?}"
-            )),
+            other => Err(format!("expected a quoted string in filter, found {other:?}")),
         }
     }
 }
@@ -237,9 +222,7 @@ mod tests {
     use super::*;
 
     fn attrs(kv: &[(&str, &str)]) -> HashMap<String, String> {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]

@@ -38,9 +38,7 @@ impl pb::publisher_server::Publisher for Grpc {
     }
 
     async fn get_topic(&self, req: Request<pb::GetTopicRequest>) -> R<pb::Topic> {
-        Ok(Response::new(
-            self.broker.get_topic(&req.into_inner().topic)?,
-        ))
+        Ok(Response::new(self.broker.get_topic(&req.into_inner().topic)?))
     }
 
     async fn publish(&self, req: Request<pb::PublishRequest>) -> R<pb::PublishResponse> {
@@ -51,13 +49,8 @@ impl pb::publisher_server::Publisher for Grpc {
 
     async fn list_topics(&self, req: Request<pb::ListTopicsRequest>) -> R<pb::ListTopicsResponse> {
         let req = req.into_inner();
-        let (topics, next_page_token) =
-            self.broker
-                .list_topics(&req.project, req.page_size, &req.page_token)?;
-        Ok(Response::new(pb::ListTopicsResponse {
-            topics,
-            next_page_token,
-        }))
+        let (topics, next_page_token) = self.broker.list_topics(&req.project, req.page_size, &req.page_token)?;
+        Ok(Response::new(pb::ListTopicsResponse { topics, next_page_token }))
     }
 
     async fn list_topic_subscriptions(
@@ -66,12 +59,8 @@ impl pb::publisher_server::Publisher for Grpc {
     ) -> R<pb::ListTopicSubscriptionsResponse> {
         let req = req.into_inner();
         let (subscriptions, next_page_token) =
-            self.broker
-                .list_topic_subscriptions(&req.topic, req.page_size, &req.page_token)?;
-        Ok(Response::new(pb::ListTopicSubscriptionsResponse {
-            subscriptions,
-            next_page_token,
-        }))
+            self.broker.list_topic_subscriptions(&req.topic, req.page_size, &req.page_token)?;
+        Ok(Response::new(pb::ListTopicSubscriptionsResponse { subscriptions, next_page_token }))
     }
 
     async fn delete_topic(&self, req: Request<pb::DeleteTopicRequest>) -> R<()> {
@@ -85,60 +74,35 @@ type PullStream = Pin<Box<dyn Stream<Item = Result<pb::StreamingPullResponse, St
 #[tonic::async_trait]
 impl pb::subscriber_server::Subscriber for Grpc {
     async fn create_subscription(&self, req: Request<pb::Subscription>) -> R<pb::Subscription> {
-        Ok(Response::new(
-            self.broker.create_subscription(req.into_inner())?,
-        ))
+        Ok(Response::new(self.broker.create_subscription(req.into_inner())?))
     }
 
-    async fn get_subscription(
-        &self,
-        req: Request<pb::GetSubscriptionRequest>,
-    ) -> R<pb::Subscription> {
-        Ok(Response::new(
-            self.broker
-                .get_subscription(&req.into_inner().subscription)?,
-        ))
+    async fn get_subscription(&self, req: Request<pb::GetSubscriptionRequest>) -> R<pb::Subscription> {
+        Ok(Response::new(self.broker.get_subscription(&req.into_inner().subscription)?))
     }
 
-    async fn update_subscription(
-        &self,
-        req: Request<pb::UpdateSubscriptionRequest>,
-    ) -> R<pb::Subscription> {
+    async fn update_subscription(&self, req: Request<pb::UpdateSubscriptionRequest>) -> R<pb::Subscription> {
         let req = req.into_inner();
-        let sub = req
-            .subscription
-            .ok_or_else(|| ApiError::invalid("subscription is required."))?;
+        let sub = req.subscription.ok_or_else(|| ApiError::invalid("subscription is required."))?;
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
         Ok(Response::new(self.broker.update_subscription(sub, &paths)?))
     }
 
-    async fn list_subscriptions(
-        &self,
-        req: Request<pb::ListSubscriptionsRequest>,
-    ) -> R<pb::ListSubscriptionsResponse> {
+    async fn list_subscriptions(&self, req: Request<pb::ListSubscriptionsRequest>) -> R<pb::ListSubscriptionsResponse> {
         let req = req.into_inner();
         let (subscriptions, next_page_token) =
-            self.broker
-                .list_subscriptions(&req.project, req.page_size, &req.page_token)?;
-        Ok(Response::new(pb::ListSubscriptionsResponse {
-            subscriptions,
-            next_page_token,
-        }))
+            self.broker.list_subscriptions(&req.project, req.page_size, &req.page_token)?;
+        Ok(Response::new(pb::ListSubscriptionsResponse { subscriptions, next_page_token }))
     }
 
     async fn delete_subscription(&self, req: Request<pb::DeleteSubscriptionRequest>) -> R<()> {
-        self.broker
-            .delete_subscription(&req.into_inner().subscription)?;
+        self.broker.delete_subscription(&req.into_inner().subscription)?;
         Ok(Response::new(()))
     }
 
     async fn modify_ack_deadline(&self, req: Request<pb::ModifyAckDeadlineRequest>) -> R<()> {
         let req = req.into_inner();
-        self.broker.modify_ack_deadline(
-            &req.subscription,
-            &req.ack_ids,
-            req.ack_deadline_seconds,
-        )?;
+        self.broker.modify_ack_deadline(&req.subscription, &req.ack_ids, req.ack_deadline_seconds)?;
         Ok(Response::new(()))
     }
 
@@ -151,39 +115,24 @@ impl pb::subscriber_server::Subscriber for Grpc {
     #[allow(deprecated)]
     async fn pull(&self, req: Request<pb::PullRequest>) -> R<pb::PullResponse> {
         let req = req.into_inner();
-        let received_messages = self
-            .broker
-            .pull_wait(
-                &req.subscription,
-                req.max_messages,
-                req.return_immediately,
-                PULL_WAIT,
-            )
-            .await?;
+        let received_messages =
+            self.broker.pull_wait(&req.subscription, req.max_messages, req.return_immediately, PULL_WAIT).await?;
         Ok(Response::new(pb::PullResponse { received_messages }))
     }
 
     type StreamingPullStream = PullStream;
 
-    async fn streaming_pull(
-        &self,
-        req: Request<Streaming<pb::StreamingPullRequest>>,
-    ) -> R<Self::StreamingPullStream> {
+    async fn streaming_pull(&self, req: Request<Streaming<pb::StreamingPullRequest>>) -> R<Self::StreamingPullStream> {
         let mut inbound = req.into_inner();
         let first = match inbound.next().await {
             Some(Ok(r)) => r,
             Some(Err(s)) => return Err(s),
             None => {
-                return Err(Status::invalid_argument(
-                    "StreamingPull needs a first request.",
-                ));
+                return Err(Status::invalid_argument("StreamingPull needs a first request."));
             }
         };
         if first.subscription.is_empty() {
-            return Err(ApiError::invalid(
-                "The first StreamingPull request must name a subscription.",
-            )
-            .into());
+            return Err(ApiError::invalid("The first StreamingPull request must name a subscription.").into());
         }
         if !ACK_DEADLINE_RANGE.contains(&first.stream_ack_deadline_seconds) {
             return Err(ApiError::invalid(format!(
@@ -197,10 +146,8 @@ impl pb::subscriber_server::Subscriber for Grpc {
         let (exactly_once, ordering) = broker.subscription_properties(&name)?;
         apply_stream_request(&broker, &name, &first)?;
         let consumer = broker.new_consumer();
-        let limits = FlowLimits {
-            max_messages: first.max_outstanding_messages,
-            max_bytes: first.max_outstanding_bytes,
-        };
+        let limits =
+            FlowLimits { max_messages: first.max_outstanding_messages, max_bytes: first.max_outstanding_bytes };
         let deadline = first.stream_ack_deadline_seconds;
         let (tx, rx) = mpsc::channel::<Result<pb::StreamingPullResponse, Status>>(4);
         let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<()>();
@@ -282,22 +229,15 @@ impl pb::subscriber_server::Subscriber for Grpc {
 
     async fn modify_push_config(&self, req: Request<pb::ModifyPushConfigRequest>) -> R<()> {
         let req = req.into_inner();
-        self.broker
-            .modify_push_config(&req.subscription, req.push_config)?;
+        self.broker.modify_push_config(&req.subscription, req.push_config)?;
         Ok(Response::new(()))
     }
 }
 
 /// Applies the acks and deadline changes a StreamingPull request carries.
-fn apply_stream_request(
-    broker: &Shared,
-    name: &str,
-    r: &pb::StreamingPullRequest,
-) -> Result<(), ApiError> {
+fn apply_stream_request(broker: &Shared, name: &str, r: &pb::StreamingPullRequest) -> Result<(), ApiError> {
     if !r.subscription.is_empty() && r.subscription != name {
-        return Err(ApiError::invalid(
-            "subscription may only be set on the first StreamingPull request.",
-        ));
+        return Err(ApiError::invalid("subscription may only be set on the first StreamingPull request."));
     }
     if r.modify_deadline_seconds.len() != r.modify_deadline_ack_ids.len() {
         return Err(ApiError::invalid(
@@ -307,11 +247,7 @@ fn apply_stream_request(
     if !r.ack_ids.is_empty() {
         broker.acknowledge(name, &r.ack_ids)?;
     }
-    for (secs, id) in r
-        .modify_deadline_seconds
-        .iter()
-        .zip(&r.modify_deadline_ack_ids)
-    {
+    for (secs, id) in r.modify_deadline_seconds.iter().zip(&r.modify_deadline_ack_ids) {
         broker.modify_ack_deadline(name, std::slice::from_ref(id), *secs)?;
     }
     Ok(())

@@ -26,10 +26,7 @@ pub(crate) fn to_std(d: &prost_types::Duration) -> Duration {
 }
 
 pub(crate) fn from_std(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 fn duration_out(d: &prost_types::Duration) -> Value {
@@ -53,16 +50,9 @@ fn duration_in(field: &str, v: &Value) -> ApiResult<prost_types::Duration> {
         return Err(bad());
     }
     let seconds: i64 = whole.parse().map_err(|_| bad())?;
-    let nanos: i32 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<9}").parse().map_err(|_| bad())?
-    };
+    let nanos: i32 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().map_err(|_| bad())? };
     Ok(if neg {
-        prost_types::Duration {
-            seconds: -seconds,
-            nanos: -nanos,
-        }
+        prost_types::Duration { seconds: -seconds, nanos: -nanos }
     } else {
         prost_types::Duration { seconds, nanos }
     })
@@ -76,17 +66,14 @@ pub(crate) fn timestamp_out(ts: &prost_types::Timestamp) -> String {
 }
 
 fn obj<'a>(v: &'a Value, field: &str) -> ApiResult<&'a Map<String, Value>> {
-    v.as_object()
-        .ok_or_else(|| ApiError::invalid(format!("Invalid value at '{field}': expected an object")))
+    v.as_object().ok_or_else(|| ApiError::invalid(format!("Invalid value at '{field}': expected an object")))
 }
 
 fn string(m: &Map<String, Value>, key: &str) -> ApiResult<String> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(v) => Err(ApiError::invalid(format!(
-            "Invalid value at '{key}' (TYPE_STRING), {v}"
-        ))),
+        Some(v) => Err(ApiError::invalid(format!("Invalid value at '{key}' (TYPE_STRING), {v}"))),
     }
 }
 
@@ -94,10 +81,7 @@ fn int32(m: &Map<String, Value>, key: &str) -> ApiResult<i32> {
     let bad = |v: &Value| ApiError::invalid(format!("Invalid value at '{key}' (TYPE_INT32), {v}"));
     match m.get(key) {
         None | Some(Value::Null) => Ok(0),
-        Some(v @ Value::Number(n)) => n
-            .as_i64()
-            .and_then(|n| i32::try_from(n).ok())
-            .ok_or_else(|| bad(v)),
+        Some(v @ Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()).ok_or_else(|| bad(v)),
         Some(v @ Value::String(s)) => s.parse().map_err(|_| bad(v)),
         Some(v) => Err(bad(v)),
     }
@@ -107,9 +91,7 @@ fn boolean(m: &Map<String, Value>, key: &str) -> ApiResult<bool> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(v) => Err(ApiError::invalid(format!(
-            "Invalid value at '{key}' (TYPE_BOOL), {v}"
-        ))),
+        Some(v) => Err(ApiError::invalid(format!("Invalid value at '{key}' (TYPE_BOOL), {v}"))),
     }
 }
 
@@ -120,9 +102,7 @@ fn string_map(m: &Map<String, Value>, key: &str) -> ApiResult<HashMap<String, St
             .iter()
             .map(|(k, v)| match v {
                 Value::String(s) => Ok((k.clone(), s.clone())),
-                v => Err(ApiError::invalid(format!(
-                    "Invalid value at '{key}[{k}]' (TYPE_STRING), {v}"
-                ))),
+                v => Err(ApiError::invalid(format!("Invalid value at '{key}[{k}]' (TYPE_STRING), {v}"))),
             })
             .collect(),
         Some(v) => Err(ApiError::invalid(format!("Invalid value at '{key}', {v}"))),
@@ -177,20 +157,14 @@ fn push_config_out(p: &pb::PushConfig) -> Value {
         m.insert("attributes".into(), json!(p.attributes));
     }
     if let Some(pb::push_config::AuthenticationMethod::OidcToken(o)) = &p.authentication_method {
-        m.insert(
-            "oidcToken".into(),
-            json!({"serviceAccountEmail": o.service_account_email, "audience": o.audience}),
-        );
+        m.insert("oidcToken".into(), json!({"serviceAccountEmail": o.service_account_email, "audience": o.audience}));
     }
     match &p.wrapper {
         Some(pb::push_config::Wrapper::PubsubWrapper(_)) => {
             m.insert("pubsubWrapper".into(), json!({}));
         }
         Some(pb::push_config::Wrapper::NoWrapper(w)) => {
-            m.insert(
-                "noWrapper".into(),
-                json!({"writeMetadata": w.write_metadata}),
-            );
+            m.insert("noWrapper".into(), json!({"writeMetadata": w.write_metadata}));
         }
         None => {}
     }
@@ -203,23 +177,19 @@ pub(crate) fn push_config_in(v: &Value) -> ApiResult<pb::PushConfig> {
         None | Some(Value::Null) => None,
         Some(o) => {
             let o = obj(o, "pushConfig.oidcToken")?;
-            Some(pb::push_config::AuthenticationMethod::OidcToken(
-                pb::push_config::OidcToken {
-                    service_account_email: string(o, "serviceAccountEmail")?,
-                    audience: string(o, "audience")?,
-                },
-            ))
+            Some(pb::push_config::AuthenticationMethod::OidcToken(pb::push_config::OidcToken {
+                service_account_email: string(o, "serviceAccountEmail")?,
+                audience: string(o, "audience")?,
+            }))
         }
     };
     let wrapper = match (m.get("pubsubWrapper"), m.get("noWrapper")) {
-        (_, Some(w)) if !w.is_null() => Some(pb::push_config::Wrapper::NoWrapper(
-            pb::push_config::NoWrapper {
-                write_metadata: boolean(obj(w, "pushConfig.noWrapper")?, "writeMetadata")?,
-            },
-        )),
-        (Some(w), _) if !w.is_null() => Some(pb::push_config::Wrapper::PubsubWrapper(
-            pb::push_config::PubsubWrapper {},
-        )),
+        (_, Some(w)) if !w.is_null() => Some(pb::push_config::Wrapper::NoWrapper(pb::push_config::NoWrapper {
+            write_metadata: boolean(obj(w, "pushConfig.noWrapper")?, "writeMetadata")?,
+        })),
+        (Some(w), _) if !w.is_null() => {
+            Some(pb::push_config::Wrapper::PubsubWrapper(pb::push_config::PubsubWrapper {}))
+        }
         _ => None,
     };
     Ok(pb::PushConfig {
@@ -298,9 +268,7 @@ pub(crate) fn subscription_in(v: &Value) -> ApiResult<pb::Subscription> {
     };
     let expiration_policy = match m.get("expirationPolicy") {
         None | Some(Value::Null) => None,
-        Some(e) => Some(pb::ExpirationPolicy {
-            ttl: opt_duration(obj(e, "expirationPolicy")?, "ttl")?,
-        }),
+        Some(e) => Some(pb::ExpirationPolicy { ttl: opt_duration(obj(e, "expirationPolicy")?, "ttl")? }),
     };
     let dead_letter_policy = match m.get("deadLetterPolicy") {
         None | Some(Value::Null) => None,
@@ -349,11 +317,7 @@ pub(crate) fn message_in(v: &Value) -> ApiResult<pb::PubsubMessage> {
     let data = base64::engine::general_purpose::STANDARD
         .decode(data.as_bytes())
         .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(data.as_bytes()))
-        .map_err(|_| {
-            ApiError::invalid(
-                "Invalid value at 'messages.data' (TYPE_BYTES), Base64 decoding failed",
-            )
-        })?;
+        .map_err(|_| ApiError::invalid("Invalid value at 'messages.data' (TYPE_BYTES), Base64 decoding failed"))?;
     Ok(pb::PubsubMessage {
         data: data.into(),
         attributes: string_map(m, "attributes")?,
@@ -367,20 +331,13 @@ pub(crate) fn message_in(v: &Value) -> ApiResult<pb::PubsubMessage> {
 pub(crate) fn message_out(msg: &pb::PubsubMessage, push: bool) -> Value {
     let mut m = Map::new();
     if !msg.data.is_empty() {
-        m.insert(
-            "data".into(),
-            json!(base64::engine::general_purpose::STANDARD.encode(&msg.data)),
-        );
+        m.insert("data".into(), json!(base64::engine::general_purpose::STANDARD.encode(&msg.data)));
     }
     if !msg.attributes.is_empty() {
         m.insert("attributes".into(), json!(msg.attributes));
     }
     m.insert("messageId".into(), json!(msg.message_id));
-    let time = msg
-        .publish_time
-        .as_ref()
-        .map(timestamp_out)
-        .unwrap_or_default();
+    let time = msg.publish_time.as_ref().map(timestamp_out).unwrap_or_default();
     m.insert("publishTime".into(), json!(time));
     if push {
         m.insert("message_id".into(), json!(msg.message_id));

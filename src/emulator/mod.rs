@@ -86,11 +86,7 @@ impl EmulatorOptions {
 
 impl Default for EmulatorOptions {
     fn default() -> Self {
-        Self {
-            time_scale: 1.0,
-            max_outstanding_pushes: Self::DEFAULT_MAX_OUTSTANDING_PUSHES,
-            project: None,
-        }
+        Self { time_scale: 1.0, max_outstanding_pushes: Self::DEFAULT_MAX_OUTSTANDING_PUSHES, project: None }
     }
 }
 
@@ -140,10 +136,7 @@ impl EmulatorHandle {
 
 /// Starts the emulator on `listener` and returns at once; it serves until
 /// [`EmulatorHandle::shutdown`]. This is what `runq dev` and tests embed.
-pub async fn start(
-    listener: tokio::net::TcpListener,
-    opts: EmulatorOptions,
-) -> std::io::Result<EmulatorHandle> {
+pub async fn start(listener: tokio::net::TcpListener, opts: EmulatorOptions) -> std::io::Result<EmulatorHandle> {
     // Bounded so scaled durations (at most 31 days) can't overflow.
     if !(opts.time_scale > 0.0 && opts.time_scale <= 1000.0) {
         return Err(std::io::Error::new(
@@ -155,11 +148,7 @@ pub async fn start(
     let signer = oidc::Signer::shared().await?;
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(server::serve(listener, opts, signer, stopped));
-    Ok(EmulatorHandle {
-        addr,
-        stop: Some(stop),
-        task: Some(task),
-    })
+    Ok(EmulatorHandle { addr, stop: Some(stop), task: Some(task) })
 }
 
 /// `runq emulator`: binds, prints the `export PUBSUB_EMULATOR_HOST=...` line to stdout and

@@ -8,9 +8,7 @@ use super::error::{ApiError, ApiResult};
 pub(crate) fn valid_id(id: &str) -> bool {
     (3..=255).contains(&id.len())
         && id.starts_with(|c: char| c.is_ascii_alphabetic())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
         && !id.to_ascii_lowercase().starts_with("goog")
 }
 
@@ -24,10 +22,7 @@ fn parse(name: &str, collection: &str) -> ApiResult<(String, String)> {
     let bad = || ApiError::invalid(format!("Invalid [{collection}] name: (name={name})"));
     let rest = name.strip_prefix("projects/").ok_or_else(bad)?;
     let (project, rest) = rest.split_once('/').ok_or_else(bad)?;
-    let id = rest
-        .strip_prefix(collection)
-        .and_then(|r| r.strip_prefix('/'))
-        .ok_or_else(bad)?;
+    let id = rest.strip_prefix(collection).and_then(|r| r.strip_prefix('/')).ok_or_else(bad)?;
     if !valid_project(project) || !valid_id(id) {
         return Err(bad());
     }
@@ -48,9 +43,7 @@ pub(crate) fn subscription(name: &str) -> ApiResult<(String, String)> {
 pub(crate) fn project(name: &str) -> ApiResult<String> {
     match name.strip_prefix("projects/") {
         Some(p) if valid_project(p) => Ok(p.to_string()),
-        _ => Err(ApiError::invalid(format!(
-            "Invalid [projects] name: (name={name})"
-        ))),
+        _ => Err(ApiError::invalid(format!("Invalid [projects] name: (name={name})"))),
     }
 }
 

@@ -65,9 +65,7 @@ pub(crate) struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+        f.debug_struct("Signer").field("kid", &self.kid).finish_non_exhaustive()
     }
 }
 
@@ -83,9 +81,7 @@ impl Signer {
         if let Some(s) = SHARED.get() {
             return Ok(s.clone());
         }
-        let s = tokio::task::spawn_blocking(Signer::generate)
-            .await
-            .map_err(std::io::Error::other)??;
+        let s = tokio::task::spawn_blocking(Signer::generate).await.map_err(std::io::Error::other)??;
         Ok(SHARED.get_or_init(|| Arc::new(s)).clone())
     }
 
@@ -99,12 +95,7 @@ impl Signer {
         let jwks = serde_json::json!({
             "keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid, "n": n, "e": e}]
         });
-        Ok(Signer {
-            kid,
-            key: EncodingKey::from_rsa_der(der.as_bytes()),
-            jwks,
-            cache: Mutex::new(HashMap::new()),
-        })
+        Ok(Signer { kid, key: EncodingKey::from_rsa_der(der.as_bytes()), jwks, cache: Mutex::new(HashMap::new()) })
     }
 
     pub(crate) fn jwks(&self) -> &serde_json::Value {

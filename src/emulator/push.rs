@@ -21,22 +21,14 @@ use super::subscription::Delivery;
 /// Statuses Pub/Sub counts as an ack; everything else is a nack.
 pub(crate) const ACK_STATUSES: [u16; 5] = [102, 200, 201, 202, 204];
 /// Google's push user agent, which endpoints sometimes check.
-const USER_AGENT: &str =
-    "APIs-Google; (+https://developers.google.com/webmasters/APIs-Google.html)";
+const USER_AGENT: &str = "APIs-Google; (+https://developers.google.com/webmasters/APIs-Google.html)";
 /// Requests in flight a new pusher starts with (slow start).
 const INITIAL_WINDOW: usize = 8;
 
 /// Starts a pusher for every subscription name it is sent (once), and restarts one when a
 /// pusher exits while its subscription still pushes. Aborting this task stops all pushes.
-pub(crate) async fn run_manager(
-    broker: Shared,
-    signer: Arc<Signer>,
-    mut starts: mpsc::UnboundedReceiver<String>,
-) {
-    let client = reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .build()
-        .unwrap_or_default();
+pub(crate) async fn run_manager(broker: Shared, signer: Arc<Signer>, mut starts: mpsc::UnboundedReceiver<String>) {
+    let client = reqwest::Client::builder().user_agent(USER_AGENT).build().unwrap_or_default();
     let mut pushers: JoinSet<String> = JoinSet::new();
     let mut running: HashSet<String> = HashSet::new();
     loop {
@@ -69,26 +61,14 @@ struct Window {
 
 impl Window {
     fn on(&mut self, ok: bool) {
-        self.size = if ok {
-            (self.size + 1).min(self.max)
-        } else {
-            (self.size / 2).max(1)
-        };
+        self.size = if ok { (self.size + 1).min(self.max) } else { (self.size / 2).max(1) };
     }
 }
 
 /// Delivers one subscription until it is deleted. Returns its name.
-async fn pusher(
-    broker: Shared,
-    signer: Arc<Signer>,
-    client: reqwest::Client,
-    name: String,
-) -> String {
+async fn pusher(broker: Shared, signer: Arc<Signer>, client: reqwest::Client, name: String) -> String {
     let max = broker.opts.max_outstanding_pushes.max(1);
-    let mut window = Window {
-        size: INITIAL_WINDOW.min(max),
-        max,
-    };
+    let mut window = Window { size: INITIAL_WINDOW.min(max), max };
     let mut sends: JoinSet<bool> = JoinSet::new();
     // Until the subscription is deleted.
     while let Ok(notify) = broker.notifier(&name) {
@@ -105,13 +85,7 @@ async fn pusher(
                 Ok(Some((batch, target))) if !batch.is_empty() => {
                     let target = Arc::new(target);
                     for d in batch {
-                        sends.spawn(send(
-                            broker.clone(),
-                            signer.clone(),
-                            client.clone(),
-                            target.clone(),
-                            d,
-                        ));
+                        sends.spawn(send(broker.clone(), signer.clone(), client.clone(), target.clone(), d));
                     }
                     continue;
                 }
@@ -161,11 +135,7 @@ fn request(
     let msg = &d.msg.pb;
     let mut req = client.post(&cfg.push_endpoint).timeout(target.ack_deadline);
     if let Some(pb::push_config::AuthenticationMethod::OidcToken(o)) = &cfg.authentication_method {
-        let aud = if o.audience.is_empty() {
-            cfg.push_endpoint.as_str()
-        } else {
-            o.audience.as_str()
-        };
+        let aud = if o.audience.is_empty() { cfg.push_endpoint.as_str() } else { o.audience.as_str() };
         let token = signer.token(&target.subscription, &o.service_account_email, aud)?;
         req = req.bearer_auth(token);
     }
@@ -175,11 +145,7 @@ fn request(
             req = req.header(k.as_str(), v.as_str());
         }
         if w.write_metadata {
-            let time = msg
-                .publish_time
-                .as_ref()
-                .map(super::json::timestamp_out)
-                .unwrap_or_default();
+            let time = msg.publish_time.as_ref().map(super::json::timestamp_out).unwrap_or_default();
             req = req
                 .header("x-goog-pubsub-subscription-name", &target.subscription)
                 .header("x-goog-pubsub-message-id", &msg.message_id)

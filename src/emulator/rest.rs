@@ -32,10 +32,7 @@ struct RestState {
 
 /// The REST router: every path goes to one handler that parses Google's path forms.
 pub(crate) fn router(broker: Shared, signer: Arc<Signer>) -> Router {
-    Router::new()
-        .fallback(handle)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(RestState { broker, signer })
+    Router::new().fallback(handle).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(RestState { broker, signer })
 }
 
 async fn handle(State(st): State<RestState>, method: Method, uri: Uri, body: Bytes) -> Response {
@@ -49,9 +46,7 @@ async fn handle(State(st): State<RestState>, method: Method, uri: Uri, body: Byt
         return "Ok\n".into_response();
     }
     let query = uri.query().unwrap_or("");
-    let enc = Enc {
-        int_enums: query.contains("enum-encoding=int"),
-    };
+    let enc = Enc { int_enums: query.contains("enum-encoding=int") };
     match route(&st.broker, &method, path, query, &body, enc).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
@@ -67,9 +62,7 @@ fn query_param(query: &str, key: &str) -> Option<String> {
 
 fn page_args(query: &str) -> ApiResult<(i32, String)> {
     let size = match query_param(query, "pageSize") {
-        Some(s) if !s.is_empty() => s
-            .parse()
-            .map_err(|_| ApiError::invalid(format!("Invalid pageSize: {s}")))?,
+        Some(s) if !s.is_empty() => s.parse().map_err(|_| ApiError::invalid(format!("Invalid pageSize: {s}")))?,
         _ => 0,
     };
     let token = query_param(query, "pageToken").unwrap_or_default();
@@ -104,12 +97,10 @@ fn parse_body(body: &[u8]) -> ApiResult<Value> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(Value::Object(Map::new()));
     }
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("Invalid JSON payload received. {e}")))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("Invalid JSON payload received. {e}")))?;
     if !v.is_object() {
-        return Err(ApiError::invalid(
-            "Invalid JSON payload received. Expected an object.",
-        ));
+        return Err(ApiError::invalid("Invalid JSON payload received. Expected an object."));
     }
     Ok(v)
 }
@@ -120,9 +111,7 @@ fn strings(v: &Value, key: &str) -> ApiResult<Vec<String>> {
         Some(Value::Array(a)) => a
             .iter()
             .map(|x| {
-                x.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| ApiError::invalid(format!("Invalid value at '{key}'")))
+                x.as_str().map(str::to_string).ok_or_else(|| ApiError::invalid(format!("Invalid value at '{key}'")))
             })
             .collect(),
         Some(_) => Err(ApiError::invalid(format!("Invalid value at '{key}'"))),
@@ -136,23 +125,13 @@ fn int(v: &Value, key: &str) -> ApiResult<i32> {
             .as_i64()
             .and_then(|n| i32::try_from(n).ok())
             .ok_or_else(|| ApiError::invalid(format!("Invalid value at '{key}'"))),
-        Some(Value::String(s)) => s
-            .parse()
-            .map_err(|_| ApiError::invalid(format!("Invalid value at '{key}'"))),
+        Some(Value::String(s)) => s.parse().map_err(|_| ApiError::invalid(format!("Invalid value at '{key}'"))),
         Some(_) => Err(ApiError::invalid(format!("Invalid value at '{key}'"))),
     }
 }
 
-async fn route(
-    broker: &Shared,
-    method: &Method,
-    path: &str,
-    query: &str,
-    body: &[u8],
-    enc: Enc,
-) -> ApiResult<Value> {
-    let unknown =
-        || ApiError::Unimplemented(format!("{method} {path} is not served by the emulator."));
+async fn route(broker: &Shared, method: &Method, path: &str, query: &str, body: &[u8], enc: Enc) -> ApiResult<Value> {
+    let unknown = || ApiError::Unimplemented(format!("{method} {path} is not served by the emulator."));
     let rest = path.strip_prefix("/v1/").ok_or_else(unknown)?;
     let segs: Vec<&str> = rest.split('/').collect();
     let (resource, verb) = match rest.rsplit_once(':') {
@@ -174,7 +153,8 @@ async fn route(
         (["projects", p, "subscriptions"], None) if *method == Method::GET => {
             let (size, token) = page_args(query)?;
             let (subs, next) = broker.list_subscriptions(&format!("projects/{p}"), size, &token)?;
-            let mut out = json!({"subscriptions": subs.iter().map(|s| json::subscription_out(s, enc)).collect::<Vec<_>>()});
+            let mut out =
+                json!({"subscriptions": subs.iter().map(|s| json::subscription_out(s, enc)).collect::<Vec<_>>()});
             if !next.is_empty() {
                 out["nextPageToken"] = json!(next);
             }
@@ -195,19 +175,14 @@ async fn route(
         (["projects", _, "topics", _], Some("publish")) if *method == Method::POST => {
             let v = parse_body(body)?;
             let msgs = match v.get("messages") {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(json::message_in)
-                    .collect::<ApiResult<Vec<_>>>()?,
+                Some(Value::Array(a)) => a.iter().map(json::message_in).collect::<ApiResult<Vec<_>>>()?,
                 None | Some(Value::Null) => Vec::new(),
                 Some(_) => return Err(ApiError::invalid("Invalid value at 'messages'")),
             };
             let ids = broker.publish(resource, msgs)?;
             Ok(json!({"messageIds": ids}))
         }
-        (["projects", _, "subscriptions", _], None) => {
-            subscription_method(broker, method, resource, body, enc)
-        }
+        (["projects", _, "subscriptions", _], None) => subscription_method(broker, method, resource, body, enc),
         (["projects", _, "subscriptions", _], Some(verb)) if *method == Method::POST => {
             subscription_verb(broker, resource, verb, body).await
         }
@@ -215,13 +190,7 @@ async fn route(
     }
 }
 
-fn topic_method(
-    broker: &Shared,
-    method: &Method,
-    name: &str,
-    body: &[u8],
-    enc: Enc,
-) -> ApiResult<Value> {
+fn topic_method(broker: &Shared, method: &Method, name: &str, body: &[u8], enc: Enc) -> ApiResult<Value> {
     match *method {
         Method::PUT => {
             let mut t = json::topic_in(&parse_body(body)?)?;
@@ -230,19 +199,11 @@ fn topic_method(
         }
         Method::GET => Ok(json::topic_out(&broker.get_topic(name)?, enc)),
         Method::DELETE => broker.delete_topic(name).map(|_| json!({})),
-        _ => Err(ApiError::Unimplemented(format!(
-            "{method} on topics is not served by the emulator."
-        ))),
+        _ => Err(ApiError::Unimplemented(format!("{method} on topics is not served by the emulator."))),
     }
 }
 
-fn subscription_method(
-    broker: &Shared,
-    method: &Method,
-    name: &str,
-    body: &[u8],
-    enc: Enc,
-) -> ApiResult<Value> {
+fn subscription_method(broker: &Shared, method: &Method, name: &str, body: &[u8], enc: Enc) -> ApiResult<Value> {
     match *method {
         Method::PUT => {
             let mut s = json::subscription_in(&parse_body(body)?)?;
@@ -259,40 +220,24 @@ fn subscription_method(
             };
             s.name = name.to_string();
             let paths: Vec<String> = match v.get("updateMask") {
-                Some(Value::String(m)) => m
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_string)
-                    .collect(),
+                Some(Value::String(m)) => {
+                    m.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect()
+                }
                 Some(Value::Object(o)) => strings(&Value::Object(o.clone()), "paths")?,
                 _ => Vec::new(),
             };
-            Ok(json::subscription_out(
-                &broker.update_subscription(s, &paths)?,
-                enc,
-            ))
+            Ok(json::subscription_out(&broker.update_subscription(s, &paths)?, enc))
         }
-        _ => Err(ApiError::Unimplemented(format!(
-            "{method} on subscriptions is not served by the emulator."
-        ))),
+        _ => Err(ApiError::Unimplemented(format!("{method} on subscriptions is not served by the emulator."))),
     }
 }
 
-async fn subscription_verb(
-    broker: &Shared,
-    name: &str,
-    verb: &str,
-    body: &[u8],
-) -> ApiResult<Value> {
+async fn subscription_verb(broker: &Shared, name: &str, verb: &str, body: &[u8]) -> ApiResult<Value> {
     let v = parse_body(body)?;
     match verb {
         "pull" => {
             let max = int(&v, "maxMessages")?;
-            let immediately = v
-                .get("returnImmediately")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+            let immediately = v.get("returnImmediately").and_then(Value::as_bool).unwrap_or(false);
             let got = broker.pull_wait(name, max, immediately, PULL_WAIT).await?;
             let received: Vec<Value> = got
                 .iter()
@@ -307,22 +252,14 @@ async fn subscription_verb(
                     m
                 })
                 .collect();
-            Ok(if received.is_empty() {
-                json!({})
-            } else {
-                json!({"receivedMessages": received})
-            })
+            Ok(if received.is_empty() { json!({}) } else { json!({"receivedMessages": received}) })
         }
         "acknowledge" => {
             broker.acknowledge(name, &strings(&v, "ackIds")?)?;
             Ok(json!({}))
         }
         "modifyAckDeadline" => {
-            broker.modify_ack_deadline(
-                name,
-                &strings(&v, "ackIds")?,
-                int(&v, "ackDeadlineSeconds")?,
-            )?;
+            broker.modify_ack_deadline(name, &strings(&v, "ackIds")?, int(&v, "ackDeadlineSeconds")?)?;
             Ok(json!({}))
         }
         "modifyPushConfig" => {
@@ -333,8 +270,6 @@ async fn subscription_verb(
             broker.modify_push_config(name, cfg)?;
             Ok(json!({}))
         }
-        other => Err(ApiError::Unimplemented(format!(
-            "subscriptions:{other} is not served by the emulator."
-        ))),
+        other => Err(ApiError::Unimplemented(format!("subscriptions:{other} is not served by the emulator."))),
     }
 }

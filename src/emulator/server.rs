@@ -40,9 +40,7 @@ pub(crate) async fn serve(
     background.spawn(push::run_manager(broker.clone(), signer.clone(), push_rx));
 
     let rest = rest::router(broker.clone(), signer);
-    let svc = Grpc {
-        broker: broker.clone(),
-    };
+    let svc = Grpc { broker: broker.clone() };
     let grpc = tonic::service::Routes::new(
         PublisherServer::new(svc.clone())
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
@@ -83,10 +81,7 @@ pub(crate) async fn serve(
 async fn connection(stream: TcpStream, rest: Router, grpc: Router) {
     let svc = tower::service_fn(move |req: Request<Incoming>| {
         let is_grpc = req.version() == Version::HTTP_2
-            && req
-                .headers()
-                .get(CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            && req.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let router = if is_grpc { grpc.clone() } else { rest.clone() };
         router.oneshot(req)
     });

@@ -123,20 +123,11 @@ impl SubState {
 
     /// Whether this subscription wants `msg` (its filter), before enqueueing.
     pub(crate) fn wants(&self, msg: &pb::PubsubMessage) -> bool {
-        self.filter
-            .as_ref()
-            .is_none_or(|f| f.matches(&msg.attributes))
+        self.filter.as_ref().is_none_or(|f| f.matches(&msg.attributes))
     }
 
     pub(crate) fn enqueue(&mut self, seq: u64, msg: Arc<Msg>, now: Instant) {
-        self.backlog.insert(
-            seq,
-            Pending {
-                msg,
-                attempts: 0,
-                not_before: now,
-            },
-        );
+        self.backlog.insert(seq, Pending { msg, attempts: 0, not_before: now });
     }
 
     /// Drops a consumer's flow-control accounting when its stream ends. Its leases stay
@@ -164,17 +155,9 @@ impl SubState {
         if room == 0 {
             return Vec::new();
         }
-        let retention = self
-            .config
-            .message_retention_duration
-            .as_ref()
-            .map(|d| clock.real(super::json::to_std(d)));
+        let retention = self.config.message_retention_duration.as_ref().map(|d| clock.real(super::json::to_std(d)));
         let ordered = self.ordered();
-        let mut bytes_left = if limits.max_bytes > 0 {
-            limits.max_bytes - usage.bytes
-        } else {
-            i64::MAX
-        };
+        let mut bytes_left = if limits.max_bytes > 0 { limits.max_bytes - usage.bytes } else { i64::MAX };
         let mut picked = Vec::new();
         let mut expired = Vec::new();
         let mut blocked: Vec<&str> = Vec::new();
@@ -219,30 +202,14 @@ impl SubState {
             let ack_id = format!("{:x}-{:x}", self.generation, self.next_ack);
             let attempts = p.attempts + 1;
             if ordered && !p.msg.pb.ordering_key.is_empty() {
-                let e = self
-                    .keys
-                    .entry(p.msg.pb.ordering_key.clone())
-                    .or_insert((consumer, 0));
+                let e = self.keys.entry(p.msg.pb.ordering_key.clone()).or_insert((consumer, 0));
                 e.1 += 1;
             }
             let u = self.usage.entry(consumer).or_default();
             u.msgs += 1;
             u.bytes += p.msg.size;
-            out.push(Delivery {
-                ack_id: ack_id.clone(),
-                msg: p.msg.clone(),
-                attempt: attempts,
-            });
-            self.leases.insert(
-                ack_id,
-                Lease {
-                    seq,
-                    msg: p.msg,
-                    attempts,
-                    deadline: now + deadline,
-                    consumer,
-                },
-            );
+            out.push(Delivery { ack_id: ack_id.clone(), msg: p.msg.clone(), attempt: attempts });
+            self.leases.insert(ack_id, Lease { seq, msg: p.msg, attempts, deadline: now + deadline, consumer });
         }
         out
     }
@@ -287,19 +254,11 @@ impl SubState {
 
     /// Emulated backoff before redelivering a message nacked after `attempts` deliveries:
     /// the retry policy's minimum doubled per attempt up to its maximum, else `fallback`.
-    pub(crate) fn backoff(
-        &self,
-        attempts: i32,
-        fallback: Option<(Duration, Duration)>,
-    ) -> Duration {
+    pub(crate) fn backoff(&self, attempts: i32, fallback: Option<(Duration, Duration)>) -> Duration {
         let bounds = match &self.config.retry_policy {
             Some(rp) => Some((
-                rp.minimum_backoff
-                    .as_ref()
-                    .map_or(DEFAULT_MIN_BACKOFF, super::json::to_std),
-                rp.maximum_backoff
-                    .as_ref()
-                    .map_or(DEFAULT_MAX_BACKOFF, super::json::to_std),
+                rp.minimum_backoff.as_ref().map_or(DEFAULT_MIN_BACKOFF, super::json::to_std),
+                rp.maximum_backoff.as_ref().map_or(DEFAULT_MAX_BACKOFF, super::json::to_std),
             )),
             None => fallback,
         };
@@ -332,11 +291,7 @@ impl SubState {
             && !dlp.dead_letter_topic.is_empty()
             && lease.attempts >= dlp.max_delivery_attempts.max(1)
         {
-            let dead = DeadLetter {
-                msg: lease.msg,
-                attempts: lease.attempts,
-                topic: dlp.dead_letter_topic.clone(),
-            };
+            let dead = DeadLetter { msg: lease.msg, attempts: lease.attempts, topic: dlp.dead_letter_topic.clone() };
             return (Some(dead), None);
         }
         let not_before = now + clock.real(self.backoff(lease.attempts, fallback));
@@ -351,25 +306,11 @@ impl SubState {
             for id in later {
                 if let Some(l) = self.leases.remove(&id) {
                     self.release(&l);
-                    self.backlog.insert(
-                        l.seq,
-                        Pending {
-                            msg: l.msg,
-                            attempts: l.attempts,
-                            not_before: now,
-                        },
-                    );
+                    self.backlog.insert(l.seq, Pending { msg: l.msg, attempts: l.attempts, not_before: now });
                 }
             }
         }
-        self.backlog.insert(
-            lease.seq,
-            Pending {
-                msg: lease.msg,
-                attempts: lease.attempts,
-                not_before,
-            },
-        );
+        self.backlog.insert(lease.seq, Pending { msg: lease.msg, attempts: lease.attempts, not_before });
         (None, Some(not_before))
     }
 
@@ -382,12 +323,8 @@ impl SubState {
         clock: &Clock,
         fallback: Option<(Duration, Duration)>,
     ) -> (Vec<DeadLetter>, bool) {
-        let due: Vec<String> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| l.deadline <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let due: Vec<String> =
+            self.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| id.clone()).collect();
         let mut changed = !due.is_empty();
         let mut dead = Vec::new();
         for id in due {
@@ -396,10 +333,7 @@ impl SubState {
             }
         }
         if !changed {
-            changed = self
-                .backlog
-                .values()
-                .any(|p| p.not_before > since && p.not_before <= now);
+            changed = self.backlog.values().any(|p| p.not_before > since && p.not_before <= now);
         }
         (dead, changed)
     }
@@ -407,11 +341,7 @@ impl SubState {
     /// The next instant something here changes by itself (a lease expiring, a backoff ending).
     pub(crate) fn next_event(&self, now: Instant) -> Option<Instant> {
         let leases = self.leases.values().map(|l| l.deadline);
-        let backoffs = self
-            .backlog
-            .values()
-            .map(|p| p.not_before)
-            .filter(|t| *t > now);
+        let backoffs = self.backlog.values().map(|p| p.not_before).filter(|t| *t > now);
         leases.chain(backoffs).min()
     }
 }

@@ -43,7 +43,14 @@ pub async fn start_api(pool: PgPool) -> TestApi {
 }
 
 pub async fn start_api_with(pool: PgPool, cors_origins: &[String]) -> TestApi {
-    let state = ApiState { pool, registry: Arc::new(Registry::builtin()), verifier: verifier(), limits: limits() };
+    let state = ApiState {
+        pool,
+        registry: Arc::new(Registry::builtin()),
+        verifier: verifier(),
+        limits: limits(),
+        outbox: None,
+        internal: None,
+    };
     let router = api::router(state, cors_origins);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

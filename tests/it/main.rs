@@ -5,4 +5,5 @@ mod api;
 mod auth;
 mod binary;
 mod common;
+mod e2e;
 mod emulator;

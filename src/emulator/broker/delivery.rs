@@ -33,11 +33,7 @@ impl Broker {
     pub(crate) fn notifier(&self, name: &str) -> ApiResult<Arc<Notify>> {
         let (_, id) = names::subscription(name)?;
         let inner = self.lock();
-        inner
-            .subs
-            .get(name)
-            .map(|s| s.notify.clone())
-            .ok_or_else(|| ApiError::not_found(&id))
+        inner.subs.get(name).map(|s| s.notify.clone()).ok_or_else(|| ApiError::not_found(&id))
     }
 
     /// Whether the subscription has a dead-letter policy and its ack deadline.
@@ -58,18 +54,11 @@ impl Broker {
         let (_, id) = names::subscription(name)?;
         let now = Instant::now();
         let clock = self.clock;
-        let sub = inner
-            .subs
-            .get_mut(name)
-            .ok_or_else(|| ApiError::not_found(&id))?;
+        let sub = inner.subs.get_mut(name).ok_or_else(|| ApiError::not_found(&id))?;
         let secs = deadline_secs.unwrap_or(sub.config.ack_deadline_seconds);
         let deadline = clock.real_secs(secs.max(0) as u64);
         let out = sub.take(now, &clock, consumer, max, limits, deadline);
-        let config = if out.is_empty() {
-            pb::Subscription::default()
-        } else {
-            sub.config.clone()
-        };
+        let config = if out.is_empty() { pb::Subscription::default() } else { sub.config.clone() };
         if !out.is_empty() {
             self.schedule(inner, now + deadline);
         }
@@ -86,8 +75,7 @@ impl Broker {
         deadline_secs: Option<i32>,
     ) -> ApiResult<Vec<pb::ReceivedMessage>> {
         let mut inner = self.lock();
-        let (out, config) =
-            self.take_locked(&mut inner, name, consumer, max, limits, deadline_secs)?;
+        let (out, config) = self.take_locked(&mut inner, name, consumer, max, limits, deadline_secs)?;
         drop(inner);
         let dlq = config.dead_letter_policy.is_some();
         Ok(out
@@ -129,17 +117,10 @@ impl Broker {
     }
 
     /// Leases up to `max` messages for the pusher; `None` once it is no longer a push subscription.
-    pub(crate) fn push_take(
-        &self,
-        name: &str,
-        max: usize,
-    ) -> ApiResult<Option<(Vec<Delivery>, PushTarget)>> {
+    pub(crate) fn push_take(&self, name: &str, max: usize) -> ApiResult<Option<(Vec<Delivery>, PushTarget)>> {
         let mut inner = self.lock();
         let (_, id) = names::subscription(name)?;
-        let sub = inner
-            .subs
-            .get_mut(name)
-            .ok_or_else(|| ApiError::not_found(&id))?;
+        let sub = inner.subs.get_mut(name).ok_or_else(|| ApiError::not_found(&id))?;
         if !is_push(&sub.config) {
             return Ok(None);
         }
@@ -155,10 +136,7 @@ impl Broker {
 
     /// Whether `name` exists and pushes (the push manager restarts pushers by this).
     pub(crate) fn is_push(&self, name: &str) -> bool {
-        self.lock()
-            .subs
-            .get(name)
-            .is_some_and(|s| is_push(&s.config))
+        self.lock().subs.get(name).is_some_and(|s| is_push(&s.config))
     }
 
     pub(crate) fn acknowledge(&self, name: &str, ack_ids: &[String]) -> ApiResult<()> {
@@ -167,10 +145,7 @@ impl Broker {
             return Err(ApiError::invalid("ack_ids must not be empty."));
         }
         let mut inner = self.lock();
-        let sub = inner
-            .subs
-            .get_mut(name)
-            .ok_or_else(|| ApiError::not_found(&id))?;
+        let sub = inner.subs.get_mut(name).ok_or_else(|| ApiError::not_found(&id))?;
         let mut any = false;
         for a in ack_ids {
             any |= sub.ack(a);
@@ -182,12 +157,7 @@ impl Broker {
     }
 
     /// ModifyAckDeadline: 0 nacks, 1–600 extends from now. Unknown ack ids are ignored.
-    pub(crate) fn modify_ack_deadline(
-        &self,
-        name: &str,
-        ack_ids: &[String],
-        seconds: i32,
-    ) -> ApiResult<()> {
+    pub(crate) fn modify_ack_deadline(&self, name: &str, ack_ids: &[String], seconds: i32) -> ApiResult<()> {
         let (_, id) = names::subscription(name)?;
         if !(0..=600).contains(&seconds) {
             return Err(ApiError::invalid(format!(

@@ -140,24 +140,14 @@ impl Broker {
         if inner.topics.contains_key(&t.name) {
             return Err(ApiError::already_exists(&id));
         }
-        inner.topics.insert(
-            t.name.clone(),
-            TopicState {
-                pb: t.clone(),
-                subs: BTreeSet::new(),
-            },
-        );
+        inner.topics.insert(t.name.clone(), TopicState { pb: t.clone(), subs: BTreeSet::new() });
         Ok(t)
     }
 
     pub(crate) fn get_topic(&self, name: &str) -> ApiResult<pb::Topic> {
         let (_, id) = names::topic(name)?;
         let inner = self.lock();
-        inner
-            .topics
-            .get(name)
-            .map(|t| t.pb.clone())
-            .ok_or_else(|| ApiError::not_found(&id))
+        inner.topics.get(name).map(|t| t.pb.clone()).ok_or_else(|| ApiError::not_found(&id))
     }
 
     pub(crate) fn list_topics(
@@ -188,20 +178,14 @@ impl Broker {
     ) -> ApiResult<(Vec<String>, String)> {
         let (_, id) = names::topic(topic)?;
         let inner = self.lock();
-        let t = inner
-            .topics
-            .get(topic)
-            .ok_or_else(|| ApiError::not_found(&id))?;
+        let t = inner.topics.get(topic).ok_or_else(|| ApiError::not_found(&id))?;
         page(t.subs.iter().map(|n| (n, n.clone())), page_size, token)
     }
 
     pub(crate) fn delete_topic(&self, name: &str) -> ApiResult<()> {
         let (_, id) = names::topic(name)?;
         let mut inner = self.lock();
-        let t = inner
-            .topics
-            .remove(name)
-            .ok_or_else(|| ApiError::not_found(&id))?;
+        let t = inner.topics.remove(name).ok_or_else(|| ApiError::not_found(&id))?;
         for s in t.subs {
             if let Some(sub) = inner.subs.get_mut(&s) {
                 sub.config.topic = DELETED_TOPIC.to_string();
@@ -211,16 +195,10 @@ impl Broker {
     }
 
     /// Publishes to every subscription attached to `topic` now. Returns the message ids.
-    pub(crate) fn publish(
-        &self,
-        topic: &str,
-        messages: Vec<pb::PubsubMessage>,
-    ) -> ApiResult<Vec<String>> {
+    pub(crate) fn publish(&self, topic: &str, messages: Vec<pb::PubsubMessage>) -> ApiResult<Vec<String>> {
         let (_, id) = names::topic(topic)?;
         if messages.is_empty() {
-            return Err(ApiError::invalid(
-                "The publish request contains no messages.",
-            ));
+            return Err(ApiError::invalid("The publish request contains no messages."));
         }
         let mut total = 0;
         for m in &messages {
@@ -236,41 +214,21 @@ impl Broker {
             return Err(ApiError::not_found(&id));
         }
         let now = Instant::now();
-        Ok(messages
-            .into_iter()
-            .map(|m| self.fanout(&mut inner, topic, m, now))
-            .collect())
+        Ok(messages.into_iter().map(|m| self.fanout(&mut inner, topic, m, now)).collect())
     }
 
     /// Stamps id and publish time on `m` and enqueues it on the topic's subscriptions.
-    fn fanout(
-        &self,
-        inner: &mut Inner,
-        topic: &str,
-        mut m: pb::PubsubMessage,
-        now: Instant,
-    ) -> String {
+    fn fanout(&self, inner: &mut Inner, topic: &str, mut m: pb::PubsubMessage, now: Instant) -> String {
         inner.next_message_id += 1;
         m.message_id = inner.next_message_id.to_string();
-        let wall = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        m.publish_time = Some(prost_types::Timestamp {
-            seconds: wall.as_secs() as i64,
-            nanos: wall.subsec_nanos() as i32,
-        });
+        let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        m.publish_time =
+            Some(prost_types::Timestamp { seconds: wall.as_secs() as i64, nanos: wall.subsec_nanos() as i32 });
         let id = m.message_id.clone();
         let size = (m.data.len()
             + m.ordering_key.len()
-            + m.attributes
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()) as i64;
-        let msg = Arc::new(Msg {
-            pb: m,
-            size,
-            published: now,
-        });
+            + m.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as i64;
+        let msg = Arc::new(Msg { pb: m, size, published: now });
         let Some(t) = inner.topics.get(topic) else {
             return id;
         };
@@ -297,27 +255,11 @@ impl Broker {
         }
         let mut m = d.msg.pb.clone();
         let (project, _) = names::subscription(source).unwrap_or_default();
-        let publish_time = m
-            .publish_time
-            .as_ref()
-            .map(super::json::timestamp_out)
-            .unwrap_or_default();
-        m.attributes.insert(
-            "CloudPubSubDeadLetterSourceDeliveryCount".into(),
-            d.attempts.to_string(),
-        );
-        m.attributes.insert(
-            "CloudPubSubDeadLetterSourceSubscription".into(),
-            source.to_string(),
-        );
-        m.attributes.insert(
-            "CloudPubSubDeadLetterSourceSubscriptionProject".into(),
-            project,
-        );
-        m.attributes.insert(
-            "CloudPubSubDeadLetterSourceTopicPublishTime".into(),
-            publish_time,
-        );
+        let publish_time = m.publish_time.as_ref().map(super::json::timestamp_out).unwrap_or_default();
+        m.attributes.insert("CloudPubSubDeadLetterSourceDeliveryCount".into(), d.attempts.to_string());
+        m.attributes.insert("CloudPubSubDeadLetterSourceSubscription".into(), source.to_string());
+        m.attributes.insert("CloudPubSubDeadLetterSourceSubscriptionProject".into(), project);
+        m.attributes.insert("CloudPubSubDeadLetterSourceTopicPublishTime".into(), publish_time);
         self.fanout(inner, &d.topic, m, now);
     }
 
@@ -338,9 +280,7 @@ impl Broker {
         inner.next_generation += 1;
         let generation = inner.next_generation;
         let push = is_push(&s);
-        inner
-            .subs
-            .insert(s.name.clone(), SubState::new(s.clone(), filter, generation));
+        inner.subs.insert(s.name.clone(), SubState::new(s.clone(), filter, generation));
         if push {
             let _ = self.push_tx.send(s.name.clone());
         }
@@ -350,11 +290,7 @@ impl Broker {
     pub(crate) fn get_subscription(&self, name: &str) -> ApiResult<pb::Subscription> {
         let (_, id) = names::subscription(name)?;
         let inner = self.lock();
-        inner
-            .subs
-            .get(name)
-            .map(|s| s.config.clone())
-            .ok_or_else(|| ApiError::not_found(&id))
+        inner.subs.get(name).map(|s| s.config.clone()).ok_or_else(|| ApiError::not_found(&id))
     }
 
     /// Applies the fields named in `paths` (snake_case or camelCase) from `update`.
@@ -365,15 +301,10 @@ impl Broker {
     ) -> ApiResult<pb::Subscription> {
         let (_, id) = names::subscription(&update.name)?;
         if paths.is_empty() {
-            return Err(ApiError::invalid(
-                "update_mask must name at least one field.",
-            ));
+            return Err(ApiError::invalid("update_mask must name at least one field."));
         }
         let mut inner = self.lock();
-        let sub = inner
-            .subs
-            .get_mut(&update.name)
-            .ok_or_else(|| ApiError::not_found(&id))?;
+        let sub = inner.subs.get_mut(&update.name).ok_or_else(|| ApiError::not_found(&id))?;
         let mut next = sub.config.clone();
         for path in paths {
             match snake_case(path).as_str() {
@@ -382,26 +313,18 @@ impl Broker {
                 "retry_policy" => next.retry_policy = update.retry_policy,
                 "dead_letter_policy" => next.dead_letter_policy = update.dead_letter_policy.clone(),
                 "labels" => next.labels = update.labels.clone(),
-                "message_retention_duration" => {
-                    next.message_retention_duration = update.message_retention_duration
-                }
+                "message_retention_duration" => next.message_retention_duration = update.message_retention_duration,
                 "expiration_policy" => next.expiration_policy = update.expiration_policy,
-                "retain_acked_messages" => {
-                    next.retain_acked_messages = update.retain_acked_messages
-                }
+                "retain_acked_messages" => next.retain_acked_messages = update.retain_acked_messages,
                 "enable_exactly_once_delivery" => {
                     next.enable_exactly_once_delivery = update.enable_exactly_once_delivery
                 }
                 "detached" => next.detached = update.detached,
                 "filter" | "enable_message_ordering" | "topic" | "name" => {
-                    return Err(ApiError::invalid(format!(
-                        "The field {path} of a subscription cannot be updated."
-                    )));
+                    return Err(ApiError::invalid(format!("The field {path} of a subscription cannot be updated.")));
                 }
                 other => {
-                    return Err(ApiError::invalid(format!(
-                        "Invalid update_mask path: {other}"
-                    )));
+                    return Err(ApiError::invalid(format!("Invalid update_mask path: {other}")));
                 }
             }
         }
@@ -438,10 +361,7 @@ impl Broker {
     pub(crate) fn delete_subscription(&self, name: &str) -> ApiResult<()> {
         let (_, id) = names::subscription(name)?;
         let mut inner = self.lock();
-        let sub = inner
-            .subs
-            .remove(name)
-            .ok_or_else(|| ApiError::not_found(&id))?;
+        let sub = inner.subs.remove(name).ok_or_else(|| ApiError::not_found(&id))?;
         if let Some(t) = inner.topics.get_mut(&sub.config.topic) {
             t.subs.remove(name);
         }
@@ -449,20 +369,13 @@ impl Broker {
         Ok(())
     }
 
-    pub(crate) fn modify_push_config(
-        &self,
-        name: &str,
-        config: Option<pb::PushConfig>,
-    ) -> ApiResult<()> {
+    pub(crate) fn modify_push_config(&self, name: &str, config: Option<pb::PushConfig>) -> ApiResult<()> {
         let (_, id) = names::subscription(name)?;
         if let Some(p) = &config {
             check_push_config(p)?;
         }
         let mut inner = self.lock();
-        let sub = inner
-            .subs
-            .get_mut(name)
-            .ok_or_else(|| ApiError::not_found(&id))?;
+        let sub = inner.subs.get_mut(name).ok_or_else(|| ApiError::not_found(&id))?;
         sub.config.push_config = config;
         sub.notify.notify_waiters();
         if is_push(&sub.config) {

@@ -27,8 +27,7 @@ pub(super) const MAX_TOPIC_RETENTION: Duration = Duration::from_secs(31 * 24 * 3
 pub(super) const DEFAULT_EXPIRATION_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
 /// Backoff for failed pushes on subscriptions without a retry policy (Pub/Sub backs off
 /// push failures on its own, from about 100 ms to 60 s).
-pub(crate) const PUSH_BACKOFF: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_secs(60));
+pub(crate) const PUSH_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(60));
 /// What a subscription whose topic was deleted reports as its topic, as in Pub/Sub.
 pub(super) const DELETED_TOPIC: &str = "_deleted-topic_";
 /// Page size when a list request leaves it 0, and the most we return.
@@ -42,9 +41,7 @@ pub(super) fn validate_message(m: &pb::PubsubMessage) -> ApiResult<usize> {
         ));
     }
     if m.attributes.len() > 100 {
-        return Err(ApiError::invalid(
-            "A message may have at most 100 attributes.",
-        ));
+        return Err(ApiError::invalid("A message may have at most 100 attributes."));
     }
     for (k, v) in &m.attributes {
         if k.is_empty() || k.len() > 256 || v.len() > 1024 {
@@ -61,38 +58,25 @@ pub(super) fn validate_message(m: &pb::PubsubMessage) -> ApiResult<usize> {
     if m.ordering_key.len() > 1024 {
         return Err(ApiError::invalid("Ordering keys are at most 1024 bytes."));
     }
-    let size = m.data.len()
-        + m.ordering_key.len()
-        + m.attributes
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>();
+    let size = m.data.len() + m.ordering_key.len() + m.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
     if size > MAX_MESSAGE_BYTES {
-        return Err(ApiError::invalid(format!(
-            "Message size {size} exceeds the limit of {MAX_MESSAGE_BYTES} bytes."
-        )));
+        return Err(ApiError::invalid(format!("Message size {size} exceeds the limit of {MAX_MESSAGE_BYTES} bytes.")));
     }
     Ok(size)
 }
 
 pub(super) fn check_push_config(p: &pb::PushConfig) -> ApiResult<()> {
     if !p.push_endpoint.is_empty() {
-        let url = reqwest::Url::parse(&p.push_endpoint).map_err(|_| {
-            ApiError::invalid(format!("Invalid push endpoint: {}", p.push_endpoint))
-        })?;
+        let url = reqwest::Url::parse(&p.push_endpoint)
+            .map_err(|_| ApiError::invalid(format!("Invalid push endpoint: {}", p.push_endpoint)))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(ApiError::invalid(format!(
-                "Invalid push endpoint: {}",
-                p.push_endpoint
-            )));
+            return Err(ApiError::invalid(format!("Invalid push endpoint: {}", p.push_endpoint)));
         }
     }
     if let Some(pb::push_config::AuthenticationMethod::OidcToken(o)) = &p.authentication_method
         && o.service_account_email.is_empty()
     {
-        return Err(ApiError::invalid(
-            "pushConfig.oidcToken.serviceAccountEmail is required.",
-        ));
+        return Err(ApiError::invalid("pushConfig.oidcToken.serviceAccountEmail is required."));
     }
     Ok(())
 }
@@ -112,28 +96,17 @@ pub(super) fn normalize(mut s: pb::Subscription) -> ApiResult<(pb::Subscription,
             s.ack_deadline_seconds
         )));
     }
-    let retention = s
-        .message_retention_duration
-        .as_ref()
-        .map_or(DEFAULT_RETENTION, to_std);
+    let retention = s.message_retention_duration.as_ref().map_or(DEFAULT_RETENTION, to_std);
     if !(MIN_RETENTION..=MAX_SUB_RETENTION).contains(&retention) {
-        return Err(ApiError::invalid(
-            "Invalid message_retention_duration: it must be between 10 minutes and 7 days.",
-        ));
+        return Err(ApiError::invalid("Invalid message_retention_duration: it must be between 10 minutes and 7 days."));
     }
     s.message_retention_duration = Some(from_std(retention));
     if let Some(p) = &s.push_config {
         check_push_config(p)?;
     }
     if let Some(rp) = &mut s.retry_policy {
-        let min = rp
-            .minimum_backoff
-            .as_ref()
-            .map_or(DEFAULT_MIN_BACKOFF, to_std);
-        let max = rp
-            .maximum_backoff
-            .as_ref()
-            .map_or(DEFAULT_MAX_BACKOFF, to_std);
+        let min = rp.minimum_backoff.as_ref().map_or(DEFAULT_MIN_BACKOFF, to_std);
+        let max = rp.maximum_backoff.as_ref().map_or(DEFAULT_MAX_BACKOFF, to_std);
         let limit = Duration::from_secs(600);
         if min > limit || max > limit || min > max {
             return Err(ApiError::invalid(
@@ -145,10 +118,7 @@ pub(super) fn normalize(mut s: pb::Subscription) -> ApiResult<(pb::Subscription,
     }
     if let Some(d) = &mut s.dead_letter_policy {
         names::topic(&d.dead_letter_topic).map_err(|_| {
-            ApiError::invalid(format!(
-                "Invalid dead_letter_policy.dead_letter_topic: {:?}",
-                d.dead_letter_topic
-            ))
+            ApiError::invalid(format!("Invalid dead_letter_policy.dead_letter_topic: {:?}", d.dead_letter_topic))
         })?;
         if d.max_delivery_attempts == 0 {
             d.max_delivery_attempts = DEFAULT_DELIVERY_ATTEMPTS;
@@ -161,26 +131,19 @@ pub(super) fn normalize(mut s: pb::Subscription) -> ApiResult<(pb::Subscription,
         }
     }
     if s.expiration_policy.is_none() {
-        s.expiration_policy = Some(pb::ExpirationPolicy {
-            ttl: Some(from_std(DEFAULT_EXPIRATION_TTL)),
-        });
+        s.expiration_policy = Some(pb::ExpirationPolicy { ttl: Some(from_std(DEFAULT_EXPIRATION_TTL)) });
     }
     let filter = if s.filter.is_empty() {
         None
     } else {
-        Some(
-            Filter::parse(&s.filter)
-                .map_err(|e| ApiError::invalid(format!("Invalid filter: {e}")))?,
-        )
+        Some(Filter::parse(&s.filter).map_err(|e| ApiError::invalid(format!("Invalid filter: {e}")))?)
     };
     s.state = pb::subscription::State::Active as i32;
     Ok((s, filter))
 }
 
 pub(super) fn is_push(s: &pb::Subscription) -> bool {
-    s.push_config
-        .as_ref()
-        .is_some_and(|p| !p.push_endpoint.is_empty())
+    s.push_config.as_ref().is_some_and(|p| !p.push_endpoint.is_empty())
 }
 
 /// Backoff used when a subscription has no retry policy: none for pull, [`PUSH_BACKOFF`] for push.

@@ -14,43 +14,19 @@ async fn topics_and_subscriptions_crud() {
     let topics = topic_admin(&h).await;
     let subs = sub_admin(&h).await;
 
-    let t = topics
-        .create_topic()
-        .set_name("projects/p/topics/orders")
-        .set_labels([("team", "jobs")])
-        .send()
-        .await
-        .unwrap();
+    let t =
+        topics.create_topic().set_name("projects/p/topics/orders").set_labels([("team", "jobs")]).send().await.unwrap();
     assert_eq!(t.name, "projects/p/topics/orders");
     assert_eq!(t.labels.get("team").map(String::as_str), Some("jobs"));
     create_topic(&h, "projects/p/topics/dead").await;
     create_topic(&h, "projects/other/topics/elsewhere").await;
 
-    let got = topics
-        .get_topic()
-        .set_topic("projects/p/topics/orders")
-        .send()
-        .await
-        .unwrap();
+    let got = topics.get_topic().set_topic("projects/p/topics/orders").send().await.unwrap();
     assert_eq!(got.name, "projects/p/topics/orders");
-    let listed = topics
-        .list_topics()
-        .set_project("projects/p")
-        .send()
-        .await
-        .unwrap();
+    let listed = topics.list_topics().set_project("projects/p").send().await.unwrap();
     let names: Vec<_> = listed.topics.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["projects/p/topics/dead", "projects/p/topics/orders"]
-    );
-    let paged = topics
-        .list_topics()
-        .set_project("projects/p")
-        .set_page_size(1)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(names, ["projects/p/topics/dead", "projects/p/topics/orders"]);
+    let paged = topics.list_topics().set_project("projects/p").set_page_size(1).send().await.unwrap();
     assert_eq!(paged.topics.len(), 1);
     assert!(!paged.next_page_token.is_empty());
 
@@ -61,24 +37,12 @@ async fn topics_and_subscriptions_crud() {
         .set_ack_deadline_seconds(600)
         .set_enable_message_ordering(true)
         .set_filter(r#"attributes.kind = "a""#)
-        .set_push_config(
-            PushConfig::new()
-                .set_push_endpoint("http://127.0.0.1:9/push")
-                .set_oidc_token(
-                    OidcToken::new()
-                        .set_service_account_email("push@p.iam.gserviceaccount.com")
-                        .set_audience("https://worker"),
-                ),
-        )
-        .set_retry_policy(
-            RetryPolicy::new()
-                .set_minimum_backoff(dur("5s"))
-                .set_maximum_backoff(dur("300s")),
-        )
+        .set_push_config(PushConfig::new().set_push_endpoint("http://127.0.0.1:9/push").set_oidc_token(
+            OidcToken::new().set_service_account_email("push@p.iam.gserviceaccount.com").set_audience("https://worker"),
+        ))
+        .set_retry_policy(RetryPolicy::new().set_minimum_backoff(dur("5s")).set_maximum_backoff(dur("300s")))
         .set_dead_letter_policy(
-            DeadLetterPolicy::new()
-                .set_dead_letter_topic("projects/p/topics/dead")
-                .set_max_delivery_attempts(7),
+            DeadLetterPolicy::new().set_dead_letter_topic("projects/p/topics/dead").set_max_delivery_attempts(7),
         )
         .send()
         .await
@@ -109,40 +73,20 @@ async fn topics_and_subscriptions_crud() {
     assert_eq!(pull.ack_deadline_seconds, 10);
     assert!(pull.push_config.is_none_or(|p| p.push_endpoint.is_empty()));
 
-    let got = subs
-        .get_subscription()
-        .set_subscription("projects/p/subscriptions/orders-push")
-        .send()
-        .await
-        .unwrap();
+    let got = subs.get_subscription().set_subscription("projects/p/subscriptions/orders-push").send().await.unwrap();
     assert_eq!(got, created);
-    let listed = subs
-        .list_subscriptions()
-        .set_project("projects/p")
-        .send()
-        .await
-        .unwrap();
+    let listed = subs.list_subscriptions().set_project("projects/p").send().await.unwrap();
     assert_eq!(listed.subscriptions.len(), 2);
-    let of_topic = topics
-        .list_topic_subscriptions()
-        .set_topic("projects/p/topics/orders")
-        .send()
-        .await
-        .unwrap();
+    let of_topic = topics.list_topic_subscriptions().set_topic("projects/p/topics/orders").send().await.unwrap();
     assert_eq!(
         of_topic.subscriptions,
-        [
-            "projects/p/subscriptions/orders-pull",
-            "projects/p/subscriptions/orders-push"
-        ]
+        ["projects/p/subscriptions/orders-pull", "projects/p/subscriptions/orders-push"]
     );
 
     let updated = subs
         .update_subscription()
         .set_subscription(
-            Subscription::new()
-                .set_name("projects/p/subscriptions/orders-pull")
-                .set_ack_deadline_seconds(42),
+            Subscription::new().set_name("projects/p/subscriptions/orders-pull").set_ack_deadline_seconds(42),
         )
         .set_update_mask(google_cloud_wkt::FieldMask::default().set_paths(["ack_deadline_seconds"]))
         .send()
@@ -156,50 +100,18 @@ async fn topics_and_subscriptions_crud() {
         .send()
         .await
         .unwrap();
-    let got = subs
-        .get_subscription()
-        .set_subscription("projects/p/subscriptions/orders-pull")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        got.push_config.unwrap().push_endpoint,
-        "http://127.0.0.1:9/other"
-    );
+    let got = subs.get_subscription().set_subscription("projects/p/subscriptions/orders-pull").send().await.unwrap();
+    assert_eq!(got.push_config.unwrap().push_endpoint, "http://127.0.0.1:9/other");
 
-    subs.delete_subscription()
-        .set_subscription("projects/p/subscriptions/orders-pull")
-        .send()
-        .await
-        .unwrap();
-    let e = subs
-        .get_subscription()
-        .set_subscription("projects/p/subscriptions/orders-pull")
-        .send()
-        .await
-        .unwrap_err();
+    subs.delete_subscription().set_subscription("projects/p/subscriptions/orders-pull").send().await.unwrap();
+    let e = subs.get_subscription().set_subscription("projects/p/subscriptions/orders-pull").send().await.unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
 
-    topics
-        .delete_topic()
-        .set_topic("projects/p/topics/orders")
-        .send()
-        .await
-        .unwrap();
-    let e = topics
-        .get_topic()
-        .set_topic("projects/p/topics/orders")
-        .send()
-        .await
-        .unwrap_err();
+    topics.delete_topic().set_topic("projects/p/topics/orders").send().await.unwrap();
+    let e = topics.get_topic().set_topic("projects/p/topics/orders").send().await.unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
     // A subscription outlives its topic, pointing at the deleted-topic marker.
-    let orphan = subs
-        .get_subscription()
-        .set_subscription("projects/p/subscriptions/orders-push")
-        .send()
-        .await
-        .unwrap();
+    let orphan = subs.get_subscription().set_subscription("projects/p/subscriptions/orders-push").send().await.unwrap();
     assert_eq!(orphan.topic, "_deleted-topic_");
     h.shutdown().await;
 }
@@ -211,35 +123,15 @@ async fn errors_carry_pubsub_codes() {
     let subs = sub_admin(&h).await;
     create_topic(&h, "projects/p/topics/t-1").await;
 
-    let e = topics
-        .create_topic()
-        .set_name("projects/p/topics/t-1")
-        .send()
-        .await
-        .unwrap_err();
+    let e = topics.create_topic().set_name("projects/p/topics/t-1").send().await.unwrap_err();
     assert_eq!(code(&e), Code::AlreadyExists);
     for bad in ["goog-topic", "ab", "1abc", "has space", "a*b"] {
-        let e = topics
-            .create_topic()
-            .set_name(format!("projects/p/topics/{bad}"))
-            .send()
-            .await
-            .unwrap_err();
+        let e = topics.create_topic().set_name(format!("projects/p/topics/{bad}")).send().await.unwrap_err();
         assert_eq!(code(&e), Code::InvalidArgument, "topic id {bad:?}");
     }
-    let e = topics
-        .get_topic()
-        .set_topic("projects/p/topics/missing")
-        .send()
-        .await
-        .unwrap_err();
+    let e = topics.get_topic().set_topic("projects/p/topics/missing").send().await.unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
-    let e = topics
-        .delete_topic()
-        .set_topic("projects/p/topics/missing")
-        .send()
-        .await
-        .unwrap_err();
+    let e = topics.delete_topic().set_topic("projects/p/topics/missing").send().await.unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
 
     let sub = |name: &str| {
@@ -261,11 +153,7 @@ async fn errors_carry_pubsub_codes() {
     let e = sub("goog-sub").send().await.unwrap_err();
     assert_eq!(code(&e), Code::InvalidArgument);
     for deadline in [5, 9, 601] {
-        let e = sub("s-2")
-            .set_ack_deadline_seconds(deadline)
-            .send()
-            .await
-            .unwrap_err();
+        let e = sub("s-2").set_ack_deadline_seconds(deadline).send().await.unwrap_err();
         assert_eq!(code(&e), Code::InvalidArgument, "ack deadline {deadline}");
     }
     for attempts in [4, 101] {
@@ -281,47 +169,24 @@ async fn errors_carry_pubsub_codes() {
         assert_eq!(code(&e), Code::InvalidArgument, "max attempts {attempts}");
     }
     let e = sub("s-2")
-        .set_retry_policy(
-            RetryPolicy::new()
-                .set_minimum_backoff(dur("60s"))
-                .set_maximum_backoff(dur("10s")),
-        )
+        .set_retry_policy(RetryPolicy::new().set_minimum_backoff(dur("60s")).set_maximum_backoff(dur("10s")))
         .send()
         .await
         .unwrap_err();
     assert_eq!(code(&e), Code::InvalidArgument);
-    let e = sub("s-2")
-        .set_filter("attributes.")
-        .send()
-        .await
-        .unwrap_err();
+    let e = sub("s-2").set_filter("attributes.").send().await.unwrap_err();
     assert_eq!(code(&e), Code::InvalidArgument);
-    let e = sub("s-2")
-        .set_push_config(PushConfig::new().set_push_endpoint("not a url"))
-        .send()
-        .await
-        .unwrap_err();
+    let e = sub("s-2").set_push_config(PushConfig::new().set_push_endpoint("not a url")).send().await.unwrap_err();
     assert_eq!(code(&e), Code::InvalidArgument);
-    let e = subs
-        .get_subscription()
-        .set_subscription("projects/p/subscriptions/missing")
-        .send()
-        .await
-        .unwrap_err();
+    let e = subs.get_subscription().set_subscription("projects/p/subscriptions/missing").send().await.unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
 
     // Publishing: missing topic, oversized and empty messages.
     let missing = publisher(&h, "projects/p/topics/missing").await;
-    let e = missing
-        .publish(Message::new().set_data("x"))
-        .await
-        .unwrap_err();
+    let e = missing.publish(Message::new().set_data("x")).await.unwrap_err();
     assert!(format!("{e:?}").contains("NotFound"), "{e:?}");
     let p = publisher(&h, "projects/p/topics/t-1").await;
-    let e = p
-        .publish(Message::new().set_data(vec![b'x'; 10 * 1024 * 1024 + 1]))
-        .await
-        .unwrap_err();
+    let e = p.publish(Message::new().set_data(vec![b'x'; 10 * 1024 * 1024 + 1])).await.unwrap_err();
     assert!(format!("{e:?}").contains("InvalidArgument"), "{e:?}");
     let e = p.publish(Message::new()).await.unwrap_err();
     assert!(format!("{e:?}").contains("InvalidArgument"), "{e:?}");

@@ -24,42 +24,23 @@ async fn ten_thousand_messages_each_received_once_when_acked() {
         .await
         .unwrap();
     let publisher = publisher(&h, "projects/p/topics/bulk").await;
-    let futures: Vec<_> = (0..N)
-        .map(|i| publisher.publish(Message::new().set_data(format!("m{i}"))))
-        .collect();
-    let ids: HashSet<String> = futures::future::try_join_all(futures)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let futures: Vec<_> = (0..N).map(|i| publisher.publish(Message::new().set_data(format!("m{i}")))).collect();
+    let ids: HashSet<String> = futures::future::try_join_all(futures).await.unwrap().into_iter().collect();
     assert_eq!(ids.len(), N, "message ids are unique");
 
-    let mut stream = subscriber(&h)
-        .await
-        .subscribe("projects/p/subscriptions/bulk")
-        .build();
+    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/bulk").build();
     let mut seen = HashSet::new();
     let mut data = HashSet::new();
     while seen.len() < N {
-        let (m, handler) = next_within(&mut stream, Duration::from_secs(20))
-            .await
-            .expect("all messages arrive");
-        assert!(
-            seen.insert(m.message_id.clone()),
-            "duplicate {}",
-            m.message_id
-        );
+        let (m, handler) = next_within(&mut stream, Duration::from_secs(20)).await.expect("all messages arrive");
+        assert!(seen.insert(m.message_id.clone()), "duplicate {}", m.message_id);
         data.insert(m.data.clone());
         handler.ack();
     }
     assert_eq!(seen, ids);
     assert_eq!(data.len(), N);
     // Acked means gone: nothing comes back.
-    assert!(
-        next_within(&mut stream, Duration::from_millis(700))
-            .await
-            .is_none()
-    );
+    assert!(next_within(&mut stream, Duration::from_millis(700)).await.is_none());
     h.shutdown().await;
 }
 
@@ -85,22 +66,11 @@ async fn redelivered_after_the_ack_deadline() {
     let h = start(0.01).await;
     create_topic(&h, "projects/p/topics/t-1").await;
     pull_sub(&h, "sub", |b| b).await;
-    let id = publisher(&h, "projects/p/topics/t-1")
-        .await
-        .publish(Message::new().set_data("late"))
-        .await
-        .unwrap();
-    let mut stream = subscriber(&h)
-        .await
-        .subscribe("projects/p/subscriptions/sub")
-        .build();
-    let (first, held) = next_within(&mut stream, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let id = publisher(&h, "projects/p/topics/t-1").await.publish(Message::new().set_data("late")).await.unwrap();
+    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/sub").build();
+    let (first, held) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
     assert_eq!(first.message_id, id);
-    let (again, h2) = next_within(&mut stream, Duration::from_secs(5))
-        .await
-        .expect("redelivered after the deadline");
+    let (again, h2) = next_within(&mut stream, Duration::from_secs(5)).await.expect("redelivered after the deadline");
     assert_eq!(again.message_id, id);
     assert_eq!(again.data, first.data);
     h2.ack();
@@ -113,18 +83,9 @@ async fn redelivered_after_a_nack() {
     let h = start(1.0).await;
     create_topic(&h, "projects/p/topics/t-1").await;
     pull_sub(&h, "sub", |b| b.set_ack_deadline_seconds(600)).await;
-    let id = publisher(&h, "projects/p/topics/t-1")
-        .await
-        .publish(Message::new().set_data("again"))
-        .await
-        .unwrap();
-    let mut stream = subscriber(&h)
-        .await
-        .subscribe("projects/p/subscriptions/sub")
-        .build();
-    let (m, handler) = next_within(&mut stream, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let id = publisher(&h, "projects/p/topics/t-1").await.publish(Message::new().set_data("again")).await.unwrap();
+    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/sub").build();
+    let (m, handler) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
     assert_eq!(m.message_id, id);
     handler.nack();
     let (m, handler) = next_within(&mut stream, Duration::from_secs(5))
@@ -132,11 +93,7 @@ async fn redelivered_after_a_nack() {
         .expect("a nack redelivers at once without a retry policy");
     assert_eq!(m.message_id, id);
     handler.ack();
-    assert!(
-        next_within(&mut stream, Duration::from_millis(500))
-            .await
-            .is_none()
-    );
+    assert!(next_within(&mut stream, Duration::from_millis(500)).await.is_none());
     h.shutdown().await;
 }
 
@@ -150,21 +107,14 @@ async fn ordering_keys_keep_order_per_key() {
     let mut futures = Vec::new();
     for i in 0..200 {
         for k in keys {
-            futures.push(
-                publisher.publish(Message::new().set_data(format!("{i}")).set_ordering_key(k)),
-            );
+            futures.push(publisher.publish(Message::new().set_data(format!("{i}")).set_ordering_key(k)));
         }
     }
     futures::future::try_join_all(futures).await.unwrap();
-    let mut stream = subscriber(&h)
-        .await
-        .subscribe("projects/p/subscriptions/sub")
-        .build();
+    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/sub").build();
     let mut got: HashMap<String, Vec<u32>> = HashMap::new();
     for _ in 0..600 {
-        let (m, handler) = next_within(&mut stream, Duration::from_secs(10))
-            .await
-            .unwrap();
+        let (m, handler) = next_within(&mut stream, Duration::from_secs(10)).await.unwrap();
         let n: u32 = std::str::from_utf8(&m.data).unwrap().parse().unwrap();
         got.entry(m.ordering_key.clone()).or_default().push(n);
         handler.ack();
@@ -181,27 +131,15 @@ async fn nacks_back_off_per_retry_policy() {
     let h = start(0.02).await;
     create_topic(&h, "projects/p/topics/t-1").await;
     pull_sub(&h, "sub", |b| {
-        b.set_ack_deadline_seconds(600).set_retry_policy(
-            RetryPolicy::new()
-                .set_minimum_backoff(dur("10s"))
-                .set_maximum_backoff(dur("40s")),
-        )
+        b.set_ack_deadline_seconds(600)
+            .set_retry_policy(RetryPolicy::new().set_minimum_backoff(dur("10s")).set_maximum_backoff(dur("40s")))
     })
     .await;
-    publisher(&h, "projects/p/topics/t-1")
-        .await
-        .publish(Message::new().set_data("retry me"))
-        .await
-        .unwrap();
-    let mut stream = subscriber(&h)
-        .await
-        .subscribe("projects/p/subscriptions/sub")
-        .build();
+    publisher(&h, "projects/p/topics/t-1").await.publish(Message::new().set_data("retry me")).await.unwrap();
+    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/sub").build();
     let mut times = Vec::new();
     for _ in 0..5 {
-        let (_, handler) = next_within(&mut stream, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let (_, handler) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
         times.push(Instant::now());
         handler.nack();
     }
@@ -232,52 +170,31 @@ async fn dead_lettered_after_max_delivery_attempts() {
         .unwrap();
     pull_sub(&h, "sub", |b| {
         b.set_dead_letter_policy(
-            DeadLetterPolicy::new()
-                .set_dead_letter_topic("projects/p/topics/dead")
-                .set_max_delivery_attempts(5),
+            DeadLetterPolicy::new().set_dead_letter_topic("projects/p/topics/dead").set_max_delivery_attempts(5),
         )
     })
     .await;
     publisher(&h, "projects/p/topics/t-1")
         .await
-        .publish(
-            Message::new()
-                .set_data("poison")
-                .set_attributes([("k", "v")]),
-        )
+        .publish(Message::new().set_data("poison").set_attributes([("k", "v")]))
         .await
         .unwrap();
     let client = subscriber(&h).await;
     let mut stream = client.subscribe("projects/p/subscriptions/sub").build();
     let mut attempts = Vec::new();
     for _ in 0..5 {
-        let (_, handler) = next_within(&mut stream, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let (_, handler) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
         attempts.push(handler.delivery_attempt());
         handler.nack();
     }
     assert_eq!(attempts, [1, 2, 3, 4, 5].map(Some));
-    assert!(
-        next_within(&mut stream, Duration::from_millis(500))
-            .await
-            .is_none(),
-        "no sixth delivery"
-    );
+    assert!(next_within(&mut stream, Duration::from_millis(500)).await.is_none(), "no sixth delivery");
     let mut dead = client.subscribe("projects/p/subscriptions/dead").build();
-    let (m, handler) = next_within(&mut dead, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (m, handler) = next_within(&mut dead, Duration::from_secs(5)).await.unwrap();
     assert_eq!(&m.data[..], b"poison");
     assert_eq!(m.attributes["k"], "v");
-    assert_eq!(
-        m.attributes["CloudPubSubDeadLetterSourceDeliveryCount"],
-        "5"
-    );
-    assert_eq!(
-        m.attributes["CloudPubSubDeadLetterSourceSubscription"],
-        "projects/p/subscriptions/sub"
-    );
+    assert_eq!(m.attributes["CloudPubSubDeadLetterSourceDeliveryCount"], "5");
+    assert_eq!(m.attributes["CloudPubSubDeadLetterSourceSubscription"], "projects/p/subscriptions/sub");
     handler.ack();
     h.shutdown().await;
 }
@@ -288,46 +205,21 @@ async fn fan_out_reaches_subscriptions_that_existed_at_publish() {
     create_topic(&h, "projects/p/topics/t-1").await;
     pull_sub(&h, "early", |b| b).await;
     let publisher = publisher(&h, "projects/p/topics/t-1").await;
-    publisher
-        .publish(Message::new().set_data("one"))
-        .await
-        .unwrap();
+    publisher.publish(Message::new().set_data("one")).await.unwrap();
     pull_sub(&h, "late", |b| b).await;
     pull_sub(&h, "only-a", |b| b.set_filter(r#"attributes.kind = "a""#)).await;
-    publisher
-        .publish(
-            Message::new()
-                .set_data("two")
-                .set_attributes([("kind", "a")]),
-        )
-        .await
-        .unwrap();
-    publisher
-        .publish(
-            Message::new()
-                .set_data("three")
-                .set_attributes([("kind", "b")]),
-        )
-        .await
-        .unwrap();
+    publisher.publish(Message::new().set_data("two").set_attributes([("kind", "a")])).await.unwrap();
+    publisher.publish(Message::new().set_data("three").set_attributes([("kind", "b")])).await.unwrap();
     let client = subscriber(&h).await;
     let drain = async |name: &str, n: usize| {
-        let mut stream = client
-            .subscribe(format!("projects/p/subscriptions/{name}"))
-            .build();
+        let mut stream = client.subscribe(format!("projects/p/subscriptions/{name}")).build();
         let mut got = Vec::new();
         for _ in 0..n {
-            let (m, handler) = next_within(&mut stream, Duration::from_secs(5))
-                .await
-                .unwrap();
+            let (m, handler) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
             got.push(String::from_utf8(m.data.to_vec()).unwrap());
             handler.ack();
         }
-        assert!(
-            next_within(&mut stream, Duration::from_millis(300))
-                .await
-                .is_none()
-        );
+        assert!(next_within(&mut stream, Duration::from_millis(300)).await.is_none());
         got.sort();
         got
     };

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
-use google_cloud_pubsub::model::{
-    DeadLetterPolicy, Message, PushConfig, RetryPolicy, push_config::OidcToken,
-};
+use google_cloud_pubsub::model::{DeadLetterPolicy, Message, PushConfig, RetryPolicy, push_config::OidcToken};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -33,22 +31,14 @@ struct Endpoint {
     script: Script,
 }
 
-async fn receive(
-    State(ep): State<Endpoint>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> StatusCode {
+async fn receive(State(ep): State<Endpoint>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
     let n = {
         let mut c = ep.count.lock().unwrap();
         *c += 1;
         *c - 1
     };
     let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let _ = ep.hits.send(Hit {
-        at: Instant::now(),
-        headers,
-        body,
-    });
+    let _ = ep.hits.send(Hit { at: Instant::now(), headers, body });
     let (status, delay) = (ep.script)(n);
     tokio::time::sleep(delay).await;
     status
@@ -59,14 +49,8 @@ async fn endpoint(
     script: impl Fn(usize) -> (StatusCode, Duration) + Send + Sync + 'static,
 ) -> (String, mpsc::UnboundedReceiver<Hit>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let ep = Endpoint {
-        hits: tx,
-        count: Arc::new(Mutex::new(0)),
-        script: Arc::new(script),
-    };
-    let app = axum::Router::new()
-        .route("/push", axum::routing::post(receive))
-        .with_state(ep);
+    let ep = Endpoint { hits: tx, count: Arc::new(Mutex::new(0)), script: Arc::new(script) };
+    let app = axum::Router::new().route("/push", axum::routing::post(receive)).with_state(ep);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/push", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -89,30 +73,17 @@ struct Claims {
 
 /// Verifies a bearer token as runq's push verifier would, with the served JWKS.
 async fn verify(h: &runq::emulator::EmulatorHandle, headers: &HeaderMap, aud: &str) -> Claims {
-    let token = headers["authorization"]
-        .to_str()
-        .unwrap()
-        .strip_prefix("Bearer ")
-        .expect("a bearer token");
-    let jwks: jsonwebtoken::jwk::JwkSet = reqwest::get(h.jwks_url())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = headers["authorization"].to_str().unwrap().strip_prefix("Bearer ").expect("a bearer token");
+    let jwks: jsonwebtoken::jwk::JwkSet = reqwest::get(h.jwks_url()).await.unwrap().json().await.unwrap();
     let header = jsonwebtoken::decode_header(token).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
-    let jwk = jwks
-        .find(header.kid.as_deref().expect("kid"))
-        .expect("kid in JWKS");
+    let jwk = jwks.find(header.kid.as_deref().expect("kid")).expect("kid in JWKS");
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     v.set_issuer(&["https://accounts.google.com"]);
     v.set_audience(&[aud]);
     v.set_required_spec_claims(&["exp", "iss", "aud"]);
-    let claims = jsonwebtoken::decode::<Claims>(token, &key, &v)
-        .unwrap()
-        .claims;
+    let claims = jsonwebtoken::decode::<Claims>(token, &key, &v).unwrap().claims;
     // A token for another audience must not verify.
     let mut wrong = v.clone();
     wrong.set_audience(&["https://someone-else"]);
@@ -138,9 +109,7 @@ async fn push_envelope_and_oidc_token() {
             ),
         )
         .set_dead_letter_policy(
-            DeadLetterPolicy::new()
-                .set_dead_letter_topic("projects/p/topics/dead")
-                .set_max_delivery_attempts(5),
+            DeadLetterPolicy::new().set_dead_letter_topic("projects/p/topics/dead").set_max_delivery_attempts(5),
         )
         .send()
         .await
@@ -155,17 +124,13 @@ async fn push_envelope_and_oidc_token() {
         )
         .await
         .unwrap();
-    let hit = next_hit(&mut hits, Duration::from_secs(5))
-        .await
-        .expect("a push");
+    let hit = next_hit(&mut hits, Duration::from_secs(5)).await.expect("a push");
     assert_eq!(hit.headers["content-type"], "application/json");
     let b = &hit.body;
     assert_eq!(b["subscription"], "projects/p/subscriptions/worker");
     assert_eq!(b["deliveryAttempt"], 1);
     let m = &b["message"];
-    let data = base64::engine::general_purpose::STANDARD
-        .decode(m["data"].as_str().unwrap())
-        .unwrap();
+    let data = base64::engine::general_purpose::STANDARD.decode(m["data"].as_str().unwrap()).unwrap();
     assert_eq!(data, b"\x00job bytes\xff");
     assert_eq!(m["attributes"]["function"], "transcribe");
     assert_eq!(m["attributes"]["priority"], "high");
@@ -174,12 +139,7 @@ async fn push_envelope_and_oidc_token() {
     let time = m["publishTime"].as_str().unwrap();
     assert_eq!(m["publish_time"], time);
     let published = chrono::DateTime::parse_from_rfc3339(time).unwrap();
-    assert!(
-        (chrono::Utc::now() - published.to_utc())
-            .num_seconds()
-            .abs()
-            < 60
-    );
+    assert!((chrono::Utc::now() - published.to_utc()).num_seconds().abs() < 60);
     assert_eq!(m["orderingKey"], "user-1");
 
     let claims = verify(&h, &hit.headers, "https://worker.example").await;
@@ -190,33 +150,25 @@ async fn push_envelope_and_oidc_token() {
     assert_eq!(claims.exp - claims.iat, 3600);
     assert!((claims.iat - chrono::Utc::now().timestamp()).abs() < 60);
     // 204 acked it: no redelivery.
-    assert!(
-        next_hit(&mut hits, Duration::from_millis(500))
-            .await
-            .is_none()
-    );
+    assert!(next_hit(&mut hits, Duration::from_millis(500)).await.is_none());
 
     // Without an audience the token is for the endpoint URL; without a dead-letter
     // policy there is no deliveryAttempt.
     subs.create_subscription()
         .set_name("projects/p/subscriptions/plain")
         .set_topic("projects/p/topics/jobs")
-        .set_push_config(PushConfig::new().set_push_endpoint(&url).set_oidc_token(
-            OidcToken::new().set_service_account_email("other@p.iam.gserviceaccount.com"),
-        ))
+        .set_push_config(
+            PushConfig::new()
+                .set_push_endpoint(&url)
+                .set_oidc_token(OidcToken::new().set_service_account_email("other@p.iam.gserviceaccount.com")),
+        )
         .send()
         .await
         .unwrap();
-    publisher(&h, "projects/p/topics/jobs")
-        .await
-        .publish(Message::new().set_data("x"))
-        .await
-        .unwrap();
+    publisher(&h, "projects/p/topics/jobs").await.publish(Message::new().set_data("x")).await.unwrap();
     let mut plain = None;
     for _ in 0..2 {
-        let hit = next_hit(&mut hits, Duration::from_secs(5))
-            .await
-            .expect("a push");
+        let hit = next_hit(&mut hits, Duration::from_secs(5)).await.expect("a push");
         if hit.body["subscription"] == "projects/p/subscriptions/plain" {
             plain = Some(hit);
         }
@@ -248,24 +200,14 @@ async fn failed_and_slow_pushes_are_redelivered_with_backoff() {
         .set_name("projects/p/subscriptions/worker")
         .set_topic("projects/p/topics/jobs")
         .set_push_config(PushConfig::new().set_push_endpoint(&url))
-        .set_retry_policy(
-            RetryPolicy::new()
-                .set_minimum_backoff(dur("10s"))
-                .set_maximum_backoff(dur("600s")),
-        )
+        .set_retry_policy(RetryPolicy::new().set_minimum_backoff(dur("10s")).set_maximum_backoff(dur("600s")))
         .send()
         .await
         .unwrap();
-    let id = publisher(&h, "projects/p/topics/jobs")
-        .await
-        .publish(Message::new().set_data("flaky"))
-        .await
-        .unwrap();
+    let id = publisher(&h, "projects/p/topics/jobs").await.publish(Message::new().set_data("flaky")).await.unwrap();
     let mut times = Vec::new();
     for _ in 0..4 {
-        let hit = next_hit(&mut hits, Duration::from_secs(5))
-            .await
-            .expect("a push");
+        let hit = next_hit(&mut hits, Duration::from_secs(5)).await.expect("a push");
         assert_eq!(hit.body["message"]["messageId"], id.as_str());
         times.push(hit.at);
     }
@@ -280,12 +222,7 @@ async fn failed_and_slow_pushes_are_redelivered_with_backoff() {
             gaps[i]
         );
     }
-    assert!(
-        next_hit(&mut hits, Duration::from_millis(500))
-            .await
-            .is_none(),
-        "200 acked it"
-    );
+    assert!(next_hit(&mut hits, Duration::from_millis(500)).await.is_none(), "200 acked it");
     h.shutdown().await;
 }
 
@@ -307,43 +244,23 @@ async fn failing_pushes_are_dead_lettered() {
         .set_topic("projects/p/topics/jobs")
         .set_push_config(PushConfig::new().set_push_endpoint(&url))
         .set_dead_letter_policy(
-            DeadLetterPolicy::new()
-                .set_dead_letter_topic("projects/p/topics/dead")
-                .set_max_delivery_attempts(5),
+            DeadLetterPolicy::new().set_dead_letter_topic("projects/p/topics/dead").set_max_delivery_attempts(5),
         )
         .send()
         .await
         .unwrap();
-    publisher(&h, "projects/p/topics/jobs")
-        .await
-        .publish(Message::new().set_data("never works"))
-        .await
-        .unwrap();
+    publisher(&h, "projects/p/topics/jobs").await.publish(Message::new().set_data("never works")).await.unwrap();
     let mut attempts = Vec::new();
     for _ in 0..5 {
-        let hit = next_hit(&mut hits, Duration::from_secs(5))
-            .await
-            .expect("a push");
+        let hit = next_hit(&mut hits, Duration::from_secs(5)).await.expect("a push");
         attempts.push(hit.body["deliveryAttempt"].as_i64().unwrap());
     }
     assert_eq!(attempts, [1, 2, 3, 4, 5]);
-    assert!(
-        next_hit(&mut hits, Duration::from_millis(500))
-            .await
-            .is_none()
-    );
-    let mut dead = subscriber(&h)
-        .await
-        .subscribe("projects/p/subscriptions/dead")
-        .build();
-    let (m, handler) = next_within(&mut dead, Duration::from_secs(5))
-        .await
-        .unwrap();
+    assert!(next_hit(&mut hits, Duration::from_millis(500)).await.is_none());
+    let mut dead = subscriber(&h).await.subscribe("projects/p/subscriptions/dead").build();
+    let (m, handler) = next_within(&mut dead, Duration::from_secs(5)).await.unwrap();
     assert_eq!(&m.data[..], b"never works");
-    assert_eq!(
-        m.attributes["CloudPubSubDeadLetterSourceDeliveryCount"],
-        "5"
-    );
+    assert_eq!(m.attributes["CloudPubSubDeadLetterSourceDeliveryCount"], "5");
     handler.ack();
     h.shutdown().await;
 }

@@ -8,12 +8,7 @@ use serde_json::{Value, json};
 
 use super::common::*;
 
-async fn call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    body: Option<Value>,
-) -> (u16, Value) {
+async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
     let mut req = http.request(method, url);
     if let Some(b) = body {
         req = req.json(&b);
@@ -51,13 +46,7 @@ async fn rest_publish_pull_modack_ack_and_error_bodies() {
     let id = r["messageIds"][0].as_str().unwrap().to_string();
 
     let pull = json!({"maxMessages": 10});
-    let (_, r) = call(
-        &http,
-        Method::POST,
-        format!("{base}/subscriptions/raw-sub:pull"),
-        Some(pull.clone()),
-    )
-    .await;
+    let (_, r) = call(&http, Method::POST, format!("{base}/subscriptions/raw-sub:pull"), Some(pull.clone())).await;
     let rm = &r["receivedMessages"][0];
     assert_eq!(rm["message"]["data"], "aGVsbG8=");
     assert_eq!(rm["message"]["messageId"], id.as_str());
@@ -73,17 +62,8 @@ async fn rest_publish_pull_modack_ack_and_error_bodies() {
     )
     .await;
     assert_eq!(s, 200);
-    let (_, r) = call(
-        &http,
-        Method::POST,
-        format!("{base}/subscriptions/raw-sub:pull"),
-        Some(pull.clone()),
-    )
-    .await;
-    let ack_id = r["receivedMessages"][0]["ackId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, r) = call(&http, Method::POST, format!("{base}/subscriptions/raw-sub:pull"), Some(pull.clone())).await;
+    let ack_id = r["receivedMessages"][0]["ackId"].as_str().unwrap().to_string();
     let (s, _) = call(
         &http,
         Method::POST,
@@ -109,44 +89,20 @@ async fn rest_publish_pull_modack_ack_and_error_bodies() {
     assert!(e["error"]["message"].as_str().unwrap().contains("missing"));
     let (s, e) = call(&http, Method::PUT, format!("{base}/topics/raw"), None).await;
     assert_eq!((s, &e["error"]["status"]), (409, &json!("ALREADY_EXISTS")));
-    let bad = http
-        .put(format!("{base}/topics/bad-json"))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let bad = http.put(format!("{base}/topics/bad-json")).body("{not json").send().await.unwrap();
     assert_eq!(bad.status().as_u16(), 400);
     let e: Value = bad.json().await.unwrap();
     assert_eq!(e["error"]["status"], "INVALID_ARGUMENT");
     for (verb, body) in [
-        (
-            "modifyAckDeadline",
-            json!({"ackIds": ["x"], "ackDeadlineSeconds": 601}),
-        ),
+        ("modifyAckDeadline", json!({"ackIds": ["x"], "ackDeadlineSeconds": 601})),
         ("pull", json!({"maxMessages": 0})),
         ("acknowledge", json!({"ackIds": []})),
         ("pull", json!({"maxMessages": "many"})),
     ] {
-        let (s, e) = call(
-            &http,
-            Method::POST,
-            format!("{base}/subscriptions/raw-sub:{verb}"),
-            Some(body),
-        )
-        .await;
-        assert_eq!(
-            (s, &e["error"]["status"]),
-            (400, &json!("INVALID_ARGUMENT")),
-            "{verb}"
-        );
+        let (s, e) = call(&http, Method::POST, format!("{base}/subscriptions/raw-sub:{verb}"), Some(body)).await;
+        assert_eq!((s, &e["error"]["status"]), (400, &json!("INVALID_ARGUMENT")), "{verb}");
     }
-    let (s, e) = call(
-        &http,
-        Method::POST,
-        format!("{base}/subscriptions/raw-sub:seek"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, e) = call(&http, Method::POST, format!("{base}/subscriptions/raw-sub:seek"), Some(json!({}))).await;
     assert_eq!((s, &e["error"]["status"]), (501, &json!("UNIMPLEMENTED")));
     let (s, jwks) = call(&http, Method::GET, h.jwks_url(), None).await;
     assert_eq!(s, 200);
@@ -159,33 +115,16 @@ async fn grpc_admin_unary_pull_and_status_codes() {
     let h = start(1.0).await;
     let mut publisher = PublisherClient::connect(h.endpoint()).await.unwrap();
     let mut subscriber = SubscriberClient::connect(h.endpoint()).await.unwrap();
-    publisher
-        .create_topic(pb::Topic {
-            name: "projects/p/topics/g-topic".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    publisher.create_topic(pb::Topic { name: "projects/p/topics/g-topic".into(), ..Default::default() }).await.unwrap();
     let e = publisher
-        .create_topic(pb::Topic {
-            name: "projects/p/topics/g-topic".into(),
-            ..Default::default()
-        })
+        .create_topic(pb::Topic { name: "projects/p/topics/g-topic".into(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
-    let e = publisher
-        .get_topic(pb::GetTopicRequest {
-            topic: "projects/p/topics/nope".into(),
-        })
-        .await
-        .unwrap_err();
+    let e = publisher.get_topic(pb::GetTopicRequest { topic: "projects/p/topics/nope".into() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     let listed = publisher
-        .list_topics(pb::ListTopicsRequest {
-            project: "projects/p".into(),
-            ..Default::default()
-        })
+        .list_topics(pb::ListTopicsRequest { project: "projects/p".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -209,10 +148,7 @@ async fn grpc_admin_unary_pull_and_status_codes() {
         .await
         .unwrap();
 
-    let msg = |data: Vec<u8>| pb::PubsubMessage {
-        data: data.into(),
-        ..Default::default()
-    };
+    let msg = |data: Vec<u8>| pb::PubsubMessage { data: data.into(), ..Default::default() };
     let e = publisher
         .publish(pb::PublishRequest {
             topic: "projects/p/topics/g-topic".into(),
@@ -244,10 +180,7 @@ async fn grpc_admin_unary_pull_and_status_codes() {
         .into_inner()
         .received_messages;
     assert_eq!(pulled.len(), 2);
-    let data: Vec<_> = pulled
-        .iter()
-        .map(|r| r.message.as_ref().unwrap().data.to_vec())
-        .collect();
+    let data: Vec<_> = pulled.iter().map(|r| r.message.as_ref().unwrap().data.to_vec()).collect();
     assert_eq!(data, [b"one".to_vec(), b"two".to_vec()]);
     let ack_ids: Vec<String> = pulled.iter().map(|r| r.ack_id.clone()).collect();
     subscriber
@@ -259,10 +192,7 @@ async fn grpc_admin_unary_pull_and_status_codes() {
         .await
         .unwrap();
     subscriber
-        .acknowledge(pb::AcknowledgeRequest {
-            subscription: "projects/p/subscriptions/g-sub".into(),
-            ack_ids,
-        })
+        .acknowledge(pb::AcknowledgeRequest { subscription: "projects/p/subscriptions/g-sub".into(), ack_ids })
         .await
         .unwrap();
     #[allow(deprecated)]
@@ -277,17 +207,10 @@ async fn grpc_admin_unary_pull_and_status_codes() {
         .into_inner();
     assert!(empty.received_messages.is_empty());
     subscriber
-        .delete_subscription(pb::DeleteSubscriptionRequest {
-            subscription: "projects/p/subscriptions/g-sub".into(),
-        })
+        .delete_subscription(pb::DeleteSubscriptionRequest { subscription: "projects/p/subscriptions/g-sub".into() })
         .await
         .unwrap();
-    publisher
-        .delete_topic(pb::DeleteTopicRequest {
-            topic: "projects/p/topics/g-topic".into(),
-        })
-        .await
-        .unwrap();
+    publisher.delete_topic(pb::DeleteTopicRequest { topic: "projects/p/topics/g-topic".into() }).await.unwrap();
     let e = subscriber
         .acknowledge(pb::AcknowledgeRequest {
             subscription: "projects/p/subscriptions/g-sub".into(),

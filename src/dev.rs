@@ -1,0 +1,432 @@
+//! `runq dev`: the whole system in one process for a laptop or CI: the API, one worker per
+//! priority, the embedded Pub/Sub emulator pushing to them with OIDC, and the sweep loop
+//! (relay + reaper), against one Postgres database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::model::push_config::OidcToken;
+use google_cloud_pubsub::model::{DeadLetterPolicy as PsDeadLetterPolicy, PushConfig, RetryPolicy};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiState, DeadLetterPolicy, InternalAuth, Limits};
+use crate::auth::{GoogleOidcVerifier, JwksCache, UserAuthConfig, UserVerifier};
+use crate::dispatch::{self, Dispatcher, Outbox, PubSubSettings, anonymous};
+use crate::emulator::{EmulatorHandle, EmulatorOptions};
+use crate::function::Registry;
+use crate::job::Priority;
+use crate::store;
+use crate::worker::{self, WorkerState};
+
+/// The service account the dev push subscriptions sign as.
+pub const DEV_PUSH_ACCOUNT: &str = "runq-push@runq-dev.iam.gserviceaccount.com";
+/// The service account of the dev dead-letter subscription.
+pub const DEV_DEAD_LETTER_ACCOUNT: &str = "runq-dead-letter@runq-dev.iam.gserviceaccount.com";
+
+/// How to assemble a dev stack.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// The database (must exist; it is migrated).
+    pub database_url: String,
+    /// Where the API listens (`127.0.0.1:0` for any port).
+    pub api_addr: String,
+    /// Where the emulator listens.
+    pub emulator_addr: String,
+    /// The HS256 secret of the API's tokens.
+    pub secret: String,
+    /// Pub/Sub project and topic prefix.
+    pub project: String,
+    pub topic_prefix: String,
+    /// How often the relay and reaper run.
+    pub sweep_every: Duration,
+    /// Leases of the workers' claims.
+    pub lease: Duration,
+    /// Push retry backoff bounds of the subscriptions.
+    pub push_backoff: (Duration, Duration),
+    /// Emulator test clock (1.0 = real time).
+    pub emulator_time_scale: f64,
+    /// How long runs may finish at shutdown.
+    pub grace: Duration,
+    /// Dead-letter rounds before a never-claimed job fails.
+    pub dead_letter: DeadLetterPolicy,
+    /// Queues served by a worker outside this process, at this push URL (tests run a real
+    /// `runq worker` process there to kill it).
+    pub external_workers: Vec<(Priority, String)>,
+}
+
+impl DevOptions {
+    /// Defaults for a laptop: API on `127.0.0.1:8080`, emulator on `127.0.0.1:8085`.
+    pub fn new(database_url: String, secret: String) -> Self {
+        Self {
+            database_url,
+            api_addr: "127.0.0.1:8080".into(),
+            emulator_addr: "127.0.0.1:8085".into(),
+            secret,
+            project: "runq-dev".into(),
+            topic_prefix: "runq".into(),
+            sweep_every: Duration::from_secs(1),
+            lease: worker::DEFAULT_LEASE,
+            push_backoff: (Duration::from_secs(1), Duration::from_secs(60)),
+            emulator_time_scale: 1.0,
+            grace: Duration::from_secs(5),
+            dead_letter: DeadLetterPolicy { max_rounds: 5, backoff: Duration::from_secs(5) },
+            external_workers: Vec::new(),
+        }
+    }
+}
+
+/// A running dev stack. [`DevStack::shutdown`] stops it the way Cloud Run would (SIGTERM).
+pub struct DevStack {
+    /// The API's base URL.
+    pub api_url: String,
+    /// Each worker's push URL.
+    pub worker_urls: Vec<(Priority, String)>,
+    /// The embedded emulator (`None` while a test has it stopped).
+    pub emulator: Option<EmulatorHandle>,
+    emulator_addr: std::net::SocketAddr,
+    emulator_time_scale: f64,
+    dead_letter_url: String,
+    push_backoff: (Duration, Duration),
+    /// The durable pool (for tests and tools).
+    pub pool: PgPool,
+    pub settings: PubSubSettings,
+    pub dispatcher: Dispatcher,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Per-worker stop switches, so a test can kill one worker.
+    worker_stops: Vec<(Priority, watch::Sender<bool>)>,
+}
+
+async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("can't listen on {addr}: {e}")))
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl DevStack {
+    /// Starts everything and creates the topics and push subscriptions.
+    pub async fn start(options: DevOptions, registry: Registry) -> Result<Self, BoxError> {
+        let registry = Arc::new(registry);
+        let pool = store::connect_lazy(&options.database_url, 16, Duration::from_secs(5))?;
+        let relaxed = store::connect_relaxed(&options.database_url, 4, Duration::from_secs(5))?;
+        store::migrate(&pool).await?;
+
+        let emulator_listener = bind(&options.emulator_addr).await?;
+        let emulator = crate::emulator::start(
+            emulator_listener,
+            EmulatorOptions { project: Some(options.project.clone()), ..EmulatorOptions::default() }
+                .with_time_scale(options.emulator_time_scale),
+        )
+        .await?;
+        let settings = PubSubSettings {
+            emulator_host: Some(emulator.host()),
+            project: options.project.clone(),
+            topic_prefix: options.topic_prefix.clone(),
+            redispatch_after: dispatch::DEFAULT_REDISPATCH_AFTER,
+        };
+        let http = reqwest::Client::new();
+        let jwks = Arc::new(JwksCache::new(emulator.jwks_url(), http.clone())?);
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut worker_urls = Vec::new();
+        let mut worker_stops = Vec::new();
+        for queue in Priority::ALL {
+            if let Some((_, url)) = options.external_workers.iter().find(|(q, _)| *q == queue) {
+                worker_urls.push((queue, url.clone()));
+                continue;
+            }
+            let listener = bind("127.0.0.1:0").await?;
+            let url = format!("http://{}/push", listener.local_addr()?);
+            let verifier = GoogleOidcVerifier::new(jwks.clone(), url.clone(), vec![DEV_PUSH_ACCOUNT.into()]);
+            let (state, shutdown) =
+                WorkerState::new(pool.clone(), relaxed.clone(), registry.clone(), verifier, queue, options.lease);
+            let (worker_stop, worker_stop_rx) = watch::channel(false);
+            let mut all = stop_rx.clone();
+            let mut own = worker_stop_rx;
+            let signal = async move {
+                tokio::select! {
+                    _ = all.wait_for(|s| *s) => {},
+                    _ = own.wait_for(|s| *s) => {},
+                }
+            };
+            let grace = options.grace;
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = worker::serve(listener, state, shutdown, signal, grace).await {
+                    tracing::error!(error = %e, %queue, "worker stopped");
+                }
+            }));
+            worker_urls.push((queue, url));
+            worker_stops.push((queue, worker_stop));
+        }
+
+        let api_listener = bind(&options.api_addr).await?;
+        let api_url = format!("http://{}", api_listener.local_addr()?);
+        let dead_letter_url = format!("{api_url}/internal/dead-letter");
+        let dispatcher = Dispatcher::connect(&settings).await?;
+        let user_cfg = UserAuthConfig { hs256_secret: Some(options.secret.clone()), ..UserAuthConfig::default() };
+        let state = ApiState {
+            pool: pool.clone(),
+            registry: registry.clone(),
+            verifier: UserVerifier::new(user_cfg, http.clone())?,
+            limits: Limits {
+                max_args_bytes: crate::config::DEFAULT_MAX_ARGS_BYTES,
+                idempotency_retention: crate::config::DEFAULT_IDEMPOTENCY_RETENTION,
+            },
+            outbox: Some(Outbox::new(dispatcher.clone(), relaxed.clone())),
+            internal: Some(Arc::new(InternalAuth {
+                dead_letter: GoogleOidcVerifier::new(
+                    jwks.clone(),
+                    dead_letter_url.clone(),
+                    vec![DEV_DEAD_LETTER_ACCOUNT.into()],
+                ),
+                dead_letter_policy: options.dead_letter,
+            })),
+        };
+        let router = api::router(state, &[]);
+        let grace = options.grace;
+        let api_stop = stopped(stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = api::serve(api_listener, router, api_stop, grace).await {
+                tracing::error!(error = %e, "api stopped");
+            }
+        }));
+
+        create_pubsub_layout(&emulator, &settings, &worker_urls, &dead_letter_url, options.push_backoff).await?;
+
+        // The sweep: relay (due retries, undispatched and delayed jobs) and reaper (expired leases).
+        let (sweep_pool, sweep_dispatcher, every) = (pool.clone(), dispatcher.clone(), options.sweep_every);
+        let redispatch_after = settings.redispatch_after;
+        let mut sweep_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = sweep_stop.wait_for(|s| *s) => return,
+                }
+                if let Err(e) = sweep_once(&sweep_pool, &sweep_dispatcher, redispatch_after).await {
+                    tracing::warn!(error = %e, "sweep failed");
+                }
+            }
+        }));
+
+        Ok(Self {
+            api_url,
+            worker_urls,
+            emulator_addr: emulator.local_addr(),
+            emulator: Some(emulator),
+            emulator_time_scale: options.emulator_time_scale,
+            dead_letter_url,
+            push_backoff: options.push_backoff,
+            pool,
+            settings,
+            dispatcher,
+            stop,
+            tasks,
+            worker_stops,
+        })
+    }
+
+    /// Stops one worker as SIGTERM would (its running jobs get the grace period, then are released).
+    pub fn stop_worker(&self, queue: Priority) {
+        if let Some((_, s)) = self.worker_stops.iter().find(|(q, _)| *q == queue) {
+            let _ = s.send(true);
+        }
+    }
+
+    /// The emulator's `host:port` (for `PUBSUB_EMULATOR_HOST`).
+    pub fn emulator_host(&self) -> String {
+        self.emulator_addr.to_string()
+    }
+
+    /// The emulator's JWKS URL (what workers verify push tokens against).
+    pub fn jwks_url(&self) -> String {
+        format!("http://{}/oauth2/v3/certs", self.emulator_addr)
+    }
+
+    /// Stops the emulator, as an outage would (its topics and messages are gone).
+    pub async fn stop_emulator(&mut self) {
+        if let Some(emulator) = self.emulator.take() {
+            emulator.shutdown().await;
+        }
+    }
+
+    /// Starts a fresh emulator on the same address and recreates the topics and subscriptions.
+    pub async fn restart_emulator(&mut self) -> Result<(), BoxError> {
+        self.stop_emulator().await;
+        let listener = bind(&self.emulator_addr.to_string()).await?;
+        let emulator = crate::emulator::start(
+            listener,
+            EmulatorOptions { project: Some(self.settings.project.clone()), ..EmulatorOptions::default() }
+                .with_time_scale(self.emulator_time_scale),
+        )
+        .await?;
+        create_pubsub_layout(&emulator, &self.settings, &self.worker_urls, &self.dead_letter_url, self.push_backoff)
+            .await?;
+        self.emulator = Some(emulator);
+        Ok(())
+    }
+
+    /// Stops everything and waits for it.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+        self.stop_emulator().await;
+    }
+}
+
+/// One sweep: the relay, then the reaper. What the `runq.sweep` schedule runs in production.
+pub async fn sweep_once(
+    pool: &PgPool,
+    dispatcher: &Dispatcher,
+    redispatch_after: Duration,
+) -> Result<(dispatch::RelayReport, usize), store::StoreError> {
+    let reaped = store::reap_expired(pool, 1000).await?;
+    for (id, status) in &reaped {
+        tracing::warn!(job_id = %id, %status, "lease expired (worker lost); job reaped");
+    }
+    let relay = dispatch::relay_once(pool, dispatcher, redispatch_after).await?;
+    if relay.published > 0 || relay.promoted > 0 {
+        tracing::debug!(promoted = relay.promoted, published = relay.published, "relay");
+    }
+    Ok((relay, reaped.len()))
+}
+
+/// Creates the topics (one per priority and the dead-letter topic) and the push subscriptions
+/// (to each worker, with OIDC, retry and dead-letter policies; the dead-letter topic to the API).
+async fn create_pubsub_layout(
+    emulator: &EmulatorHandle,
+    settings: &PubSubSettings,
+    worker_urls: &[(Priority, String)],
+    dead_letter_url: &str,
+    push_backoff: (Duration, Duration),
+) -> Result<(), BoxError> {
+    let topics = TopicAdmin::builder().with_endpoint(emulator.endpoint()).with_credentials(anonymous()).build().await?;
+    let subs =
+        SubscriptionAdmin::builder().with_endpoint(emulator.endpoint()).with_credentials(anonymous()).build().await?;
+    let project = &settings.project;
+    let dead_topic = format!("projects/{project}/topics/{}", settings.dead_letter_topic_id());
+    topics.create_topic().set_name(&dead_topic).send().await?;
+    let duration = |d: Duration| google_cloud_wkt::Duration::clamp(d.as_secs() as i64, 0);
+    let retry =
+        RetryPolicy::new().set_minimum_backoff(duration(push_backoff.0)).set_maximum_backoff(duration(push_backoff.1));
+    for (queue, url) in worker_urls {
+        let topic = settings.topic(*queue);
+        topics.create_topic().set_name(&topic).send().await?;
+        subs.create_subscription()
+            .set_name(format!("projects/{project}/subscriptions/{}-worker-{queue}", settings.topic_prefix))
+            .set_topic(&topic)
+            .set_ack_deadline_seconds(600)
+            .set_push_config(
+                PushConfig::new()
+                    .set_push_endpoint(url)
+                    .set_oidc_token(OidcToken::new().set_service_account_email(DEV_PUSH_ACCOUNT).set_audience(url)),
+            )
+            .set_retry_policy(retry.clone())
+            .set_dead_letter_policy(
+                PsDeadLetterPolicy::new().set_dead_letter_topic(&dead_topic).set_max_delivery_attempts(5),
+            )
+            .send()
+            .await?;
+    }
+    subs.create_subscription()
+        .set_name(format!("projects/{project}/subscriptions/{}-dead-letter", settings.topic_prefix))
+        .set_topic(&dead_topic)
+        .set_ack_deadline_seconds(60)
+        .set_push_config(PushConfig::new().set_push_endpoint(dead_letter_url).set_oidc_token(
+            OidcToken::new().set_service_account_email(DEV_DEAD_LETTER_ACCOUNT).set_audience(dead_letter_url),
+        ))
+        .set_retry_policy(retry)
+        .send()
+        .await?;
+    Ok(())
+}
+
+/// Finds a database for `runq dev`: `DATABASE_URL` when set, else `runq` on the local server
+/// (created if missing). Errors with what to do when there is none.
+pub async fn find_database() -> Result<String, BoxError> {
+    if let Some(url) = crate::config::var("DATABASE_URL")? {
+        return Ok(url);
+    }
+    let server = "postgres://postgres@127.0.0.1:5432";
+    let admin = store::connect_lazy(&format!("{server}/postgres"), 1, Duration::from_secs(3))?;
+    match sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'runq')")
+        .fetch_one(&admin)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            sqlx::query("CREATE DATABASE runq").execute(&admin).await?;
+        }
+        Err(e) => {
+            return Err(format!(
+                "no DATABASE_URL and no Postgres at {server} ({e}). Start one (Debian: apt-get install postgresql; \
+                 pg_ctlcluster 15 main start) or set DATABASE_URL=postgres://user@host:5432/db"
+            )
+            .into());
+        }
+    }
+    admin.close().await;
+    Ok(format!("{server}/runq"))
+}
+
+/// The dev token secret: `RUNQ_AUTH_HS256_SECRET`, else one kept in `.runq/dev-secret` so
+/// tokens survive restarts.
+pub fn dev_secret() -> Result<String, BoxError> {
+    if let Some(secret) = crate::config::var("RUNQ_AUTH_HS256_SECRET")? {
+        return Ok(secret);
+    }
+    let path = std::path::Path::new(".runq/dev-secret");
+    if let Ok(secret) = std::fs::read_to_string(path)
+        && secret.trim().len() >= 16
+    {
+        return Ok(secret.trim().to_owned());
+    }
+    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    std::fs::create_dir_all(".runq")?;
+    std::fs::write(path, &secret)?;
+    Ok(secret)
+}
+
+/// `runq dev`: starts the stack, prints how to use it, runs until Ctrl-C or SIGTERM.
+pub async fn run(registry: Registry, api_addr: String, emulator_addr: String) -> Result<(), BoxError> {
+    let database_url = find_database().await?;
+    let secret = dev_secret()?;
+    let mut options = DevOptions::new(database_url, secret.clone());
+    options.api_addr = api_addr;
+    options.emulator_addr = emulator_addr;
+    let stack = DevStack::start(options, registry).await?;
+    let token = crate::auth::mint_hs256(
+        &secret,
+        "dev",
+        true,
+        Duration::from_secs(30 * 86_400),
+        "scope",
+        "runq:admin",
+        None,
+        None,
+    )?;
+    println!("runq dev is up");
+    println!("  API       {}", stack.api_url);
+    println!("  Pub/Sub   export PUBSUB_EMULATOR_HOST={}", stack.emulator_host());
+    println!("  token     export RUNQ_TOKEN={token}");
+    println!("  try       runq submit sleep --args '{{\"seconds\": 5, \"steps\": 5}}' --wait");
+    crate::app::shutdown_signal().await;
+    println!("runq dev: shutting down");
+    stack.shutdown().await;
+    Ok(())
+}

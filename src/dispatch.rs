@@ -1,0 +1,228 @@
+//! Dispatch: publishing job ids to Pub/Sub, the outbox marker, and the relay that republishes
+//! whatever a crash or an outage left undispatched.
+//!
+//! A job exists once its row commits; publishing is an optimisation the relay can always redo.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::model::Message;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::config::{ConfigError, var};
+use crate::job::Priority;
+use crate::store::{self, Dispatch};
+
+/// How long one publish may take before it counts as failed (the relay retries later).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// A queued job whose message went out this long ago without a claim is published again.
+pub const DEFAULT_REDISPATCH_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Jobs one relay batch locks and publishes.
+pub const RELAY_BATCH: i64 = 500;
+
+/// Where jobs are published.
+#[derive(Debug, Clone)]
+pub struct PubSubSettings {
+    /// `PUBSUB_EMULATOR_HOST`: talk to an emulator at this `host:port` with no credentials.
+    pub emulator_host: Option<String>,
+    /// `RUNQ_PUBSUB_PROJECT` (else `GOOGLE_CLOUD_PROJECT`): the project of the topics.
+    pub project: String,
+    /// `RUNQ_TOPIC_PREFIX` (default `runq`): topics are `{prefix}-jobs-{priority}`.
+    pub topic_prefix: String,
+    /// `RUNQ_REDISPATCH_AFTER_SECS`: republish a queued job whose message went unclaimed this long.
+    pub redispatch_after: Duration,
+}
+
+impl PubSubSettings {
+    /// Reads the Pub/Sub variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let project = match var("RUNQ_PUBSUB_PROJECT")? {
+            Some(p) => p,
+            None => var("GOOGLE_CLOUD_PROJECT")?.ok_or(ConfigError {
+                var: "RUNQ_PUBSUB_PROJECT",
+                reason: "is not set (nor GOOGLE_CLOUD_PROJECT): the project whose Pub/Sub topics runq publishes to"
+                    .into(),
+            })?,
+        };
+        Ok(Self {
+            emulator_host: var("PUBSUB_EMULATOR_HOST")?,
+            project,
+            topic_prefix: var("RUNQ_TOPIC_PREFIX")?.unwrap_or_else(|| "runq".into()),
+            redispatch_after: crate::config::parse("RUNQ_REDISPATCH_AFTER_SECS", "seconds")?
+                .map_or(DEFAULT_REDISPATCH_AFTER, Duration::from_secs),
+        })
+    }
+
+    /// The endpoint clients must use, when it isn't Google's.
+    pub fn endpoint(&self) -> Option<String> {
+        self.emulator_host.as_ref().map(|h| if h.contains("://") { h.clone() } else { format!("http://{h}") })
+    }
+
+    /// The topic id of a priority's queue, e.g. `runq-jobs-high`.
+    pub fn topic_id(&self, priority: Priority) -> String {
+        format!("{}-jobs-{}", self.topic_prefix, priority.as_str())
+    }
+
+    /// The full topic name of a priority's queue.
+    pub fn topic(&self, priority: Priority) -> String {
+        format!("projects/{}/topics/{}", self.project, self.topic_id(priority))
+    }
+
+    /// The dead-letter topic's id.
+    pub fn dead_letter_topic_id(&self) -> String {
+        format!("{}-jobs-dead", self.topic_prefix)
+    }
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("can't create the Pub/Sub publisher: {0}")]
+    Client(String),
+    #[error("publish failed: {0}")]
+    Publish(String),
+    #[error("publish timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Publishes `{"job_id", "attempt"}` to each priority's topic. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Dispatcher {
+    publishers: Arc<HashMap<Priority, Publisher>>,
+    timeout: Duration,
+}
+
+/// Credentials for the emulator: none.
+pub fn anonymous() -> google_cloud_auth::credentials::Credentials {
+    google_cloud_auth::credentials::anonymous::Builder::new().build()
+}
+
+impl Dispatcher {
+    /// Builds one publisher per priority (batching a few milliseconds, so concurrent submits
+    /// share requests).
+    pub async fn connect(settings: &PubSubSettings) -> Result<Self, DispatchError> {
+        let mut publishers = HashMap::new();
+        for priority in Priority::ALL {
+            let mut builder =
+                Publisher::builder(settings.topic(priority)).set_delay_threshold(Duration::from_millis(5));
+            if let Some(endpoint) = settings.endpoint() {
+                builder = builder.with_endpoint(endpoint).with_credentials(anonymous());
+            }
+            let publisher = builder.build().await.map_err(|e| DispatchError::Client(e.to_string()))?;
+            publishers.insert(priority, publisher);
+        }
+        Ok(Self { publishers: Arc::new(publishers), timeout: PUBLISH_TIMEOUT })
+    }
+
+    /// Publishes one job's message.
+    pub async fn publish(&self, job: &Dispatch) -> Result<(), DispatchError> {
+        let data = serde_json::json!({ "job_id": job.id, "attempt": job.attempt }).to_string();
+        let mut attributes = vec![("function", job.function.clone()), ("priority", job.priority.as_str().to_owned())];
+        if let Some(tp) = &job.trace_context {
+            attributes.push(("traceparent", tp.clone()));
+        }
+        let message = Message::new().set_data(data).set_attributes(attributes);
+        let publisher = &self.publishers[&job.priority];
+        match tokio::time::timeout(self.timeout, publisher.publish(message)).await {
+            Ok(Ok(_message_id)) => Ok(()),
+            Ok(Err(e)) => Err(DispatchError::Publish(e.to_string())),
+            Err(_) => Err(DispatchError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Publishes a batch concurrently; returns the ids that went out.
+    pub async fn publish_all(&self, batch: Vec<Dispatch>) -> Vec<Uuid> {
+        let results = futures::future::join_all(batch.iter().map(|job| self.publish(job))).await;
+        let mut published = Vec::with_capacity(batch.len());
+        let mut first_error = None;
+        for (job, result) in batch.iter().zip(results) {
+            match result {
+                Ok(()) => published.push(job.id),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            tracing::warn!(error = %e, failed = batch.len() - published.len(), "publishing failed; the relay will retry");
+        }
+        published
+    }
+}
+
+/// Publishes jobs right after their submit commits, off the request path, and marks them
+/// dispatched in batches on the relaxed pool. Anything it misses, the relay picks up.
+#[derive(Clone)]
+pub struct Outbox {
+    dispatcher: Dispatcher,
+    published: mpsc::Sender<Uuid>,
+}
+
+/// Most dispatched marks written in one statement.
+const MARK_BATCH: usize = 512;
+
+impl Outbox {
+    /// Starts the marker task writing `dispatched_at` through `relaxed`.
+    pub fn new(dispatcher: Dispatcher, relaxed: PgPool) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Uuid>(16 * MARK_BATCH);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MARK_BATCH);
+            while rx.recv_many(&mut batch, MARK_BATCH).await > 0 {
+                if let Err(e) = store::mark_dispatched(&relaxed, &batch).await {
+                    // The relay republishes after the redispatch delay: a duplicate, never a loss.
+                    tracing::warn!(error = %e, count = batch.len(), "could not mark jobs dispatched");
+                }
+                batch.clear();
+            }
+        });
+        Self { dispatcher, published: tx }
+    }
+
+    /// Publishes a newly committed job in the background.
+    pub fn dispatch(&self, job: Dispatch) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.dispatcher.publish(&job).await {
+                Ok(()) => {
+                    let _ = this.published.send(job.id).await;
+                }
+                Err(e) => tracing::warn!(job_id = %job.id, error = %e, "publish failed; the relay will retry"),
+            }
+        });
+    }
+}
+
+/// What one relay pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayReport {
+    /// `retrying` jobs whose backoff passed, moved to `queued`.
+    pub promoted: u64,
+    /// Due queued jobs found undispatched (or stale).
+    pub found: usize,
+    /// Of those, how many were published.
+    pub published: usize,
+}
+
+/// One relay pass: promote due retries, then publish undispatched due jobs batch by batch
+/// until none are left or a batch fails entirely (Pub/Sub down: try again next pass).
+pub async fn relay_once(
+    pool: &PgPool,
+    dispatcher: &Dispatcher,
+    redispatch_after: Duration,
+) -> Result<RelayReport, store::StoreError> {
+    let mut report =
+        RelayReport { promoted: store::promote_due_retries(pool, 10 * RELAY_BATCH).await?, ..Default::default() };
+    loop {
+        let (found, published) =
+            store::relay_batch(pool, RELAY_BATCH, redispatch_after, |batch| dispatcher.publish_all(batch)).await?;
+        report.found += found;
+        report.published += published;
+        if found < RELAY_BATCH as usize || published == 0 {
+            return Ok(report);
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Postgres, the source of truth: the pool, migrations, and every query on jobs.
+//!
+//! Each status change is one UPDATE guarded by the current status (never read-then-write), so
+//! concurrent API instances, workers and the relay can't step on each other.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+mod jobs;
+mod runs;
+
+pub use jobs::*;
+pub use runs::*;
+
+/// The migrations compiled into the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Postgres can't be reached or is shutting down: the caller should retry later (503).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyConflict,
+    /// The idempotency key's job has been cleaned up, so it can't be returned again.
+    #[error("idempotency key refers to a job that no longer exists")]
+    IdempotencyExpiredJob,
+    /// The schema is older than this binary needs and migrations are off.
+    #[error("database schema is at version {found:?} but this runq needs {needed}: run `runq migrate`")]
+    SchemaTooOld { found: Option<i64>, needed: i64 },
+    /// Anything else: a bug or a broken database.
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) { StoreError::Unavailable(e) } else { StoreError::Other(e) }
+    }
+}
+
+/// True for errors that mean "Postgres isn't there right now" rather than "this query is wrong".
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 08: connection exceptions; 57P0x: shutting down / starting up; 53300: too many connections.
+            code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
+/// Opens a pool without waiting for Postgres: requests answer 503 until it is reachable.
+pub fn connect_lazy(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    let options = options.application_name("runq");
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy_with(options))
+}
+
+/// Opens a pool whose commits don't wait for the WAL flush (`synchronous_commit = off`), for
+/// writes that may be lost in a crash at no cost but a stale value: progress, heartbeats,
+/// dispatched marks. Kept apart from the durable pool so a busy API can't starve leases.
+pub fn connect_relaxed(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    let options = options.application_name("runq-relaxed").options([("synchronous_commit", "off")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy_with(options))
+}
+
+/// Applies every pending migration.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Errors unless every migration this binary knows has been applied.
+pub async fn check_schema(pool: &PgPool) -> Result<(), StoreError> {
+    let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let found: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .or_else(|e| match &e {
+            // No migrations table at all: nothing applied.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(None),
+            _ => Err(e),
+        })?;
+    if found.is_none_or(|v| v < needed) {
+        return Err(StoreError::SchemaTooOld { found, needed });
+    }
+    Ok(())
+}
+
+/// Checks that Postgres answers (for `/readyz`).
+pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! Runs and dispatch: claims, heartbeats, progress, outcomes, lease release, the relay's
+//! publish batches, the reaper and dead letters.
+//!
+//! Every write of a run is fenced by its `claim_id` and `status = 'running'`: a run whose
+//! claim was taken away (reaped, re-claimed) writes nothing.
+
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::job::{JobError, Priority, Status};
+
+/// A job a worker has claimed: what it needs to run it, and the claim that fences its writes.
+#[derive(Debug)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub function: String,
+    pub args: Box<RawValue>,
+    /// This run's number, 1-based.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    /// Fences every later write of this run.
+    pub claim_id: Uuid,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Claims a job for one run: one conditional UPDATE, committed durably, so two runs of a job
+/// can never overlap even across a database crash. `None` when the job isn't claimable
+/// (running, finished, cancelled, not due, out of attempts, or unknown).
+pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) -> Result<Option<Claimed>, StoreError> {
+    let row = sqlx::query!(
+        r#"WITH claimed AS (
+              UPDATE jobs SET status = 'running', attempt = attempt + 1, claim_id = gen_random_uuid(),
+                     worker_id = $2, lease_until = now() + make_interval(secs => $3), started_at = now(),
+                     finished_at = NULL, updated_at = now()
+              WHERE id = $1 AND status = 'queued' AND run_after <= now() AND NOT cancel_requested
+                    AND attempt < max_attempts
+              RETURNING id, function, args, attempt, max_attempts, claim_id, worker_id),
+           run AS (INSERT INTO job_runs (claim_id, job_id, attempt, worker_id)
+                   SELECT claim_id, id, attempt, worker_id FROM claimed)
+           SELECT id AS "id!", function AS "function!", args::text AS "args!", attempt AS "attempt!",
+                  max_attempts AS "max_attempts!", claim_id AS "claim_id!" FROM claimed"#,
+        id,
+        worker_id,
+        secs(lease),
+    )
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        let args = RawValue::from_string(r.args).map_err(|e| StoreError::Other(sqlx::Error::Decode(Box::new(e))))?;
+        Ok(Claimed {
+            id: r.id,
+            function: r.function,
+            args,
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            claim_id: r.claim_id,
+        })
+    })
+    .transpose()
+}
+
+/// Why a delivery found nothing to claim, for the log line that acknowledges it.
+#[derive(Debug)]
+pub struct Unclaimable {
+    pub status: Status,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub cancel_requested: bool,
+    /// Whether a `running` job's lease is still live.
+    pub lease_live: bool,
+    /// Whether a `queued` job is due.
+    pub due: bool,
+}
+
+/// Reads why `id` couldn't be claimed; `None` when there is no such job.
+pub async fn unclaimable(pool: &PgPool, id: Uuid) -> Result<Option<Unclaimable>, StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT status, attempt, max_attempts, cancel_requested,
+                  coalesce(lease_until > now(), false) AS "lease_live!", run_after <= now() AS "due!"
+           FROM jobs WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| Unclaimable {
+        status: r.status.parse().unwrap_or(Status::Failed),
+        attempt: r.attempt,
+        max_attempts: r.max_attempts,
+        cancel_requested: r.cancel_requested,
+        lease_live: r.lease_live,
+        due: r.due,
+    }))
+}
+
+/// Extends the leases of live runs in one statement (on the relaxed pool: a lost heartbeat
+/// costs nothing but the next one). Returns, per run still held, whether a cancel was requested;
+/// a run missing from the answer has lost its claim and must stop.
+pub async fn heartbeat(
+    relaxed: &PgPool,
+    runs: &[(Uuid, Uuid)],
+    lease: Duration,
+) -> Result<Vec<(Uuid, bool)>, StoreError> {
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, claims): (Vec<Uuid>, Vec<Uuid>) = runs.iter().copied().unzip();
+    let rows = sqlx::query!(
+        r#"UPDATE jobs j SET lease_until = now() + make_interval(secs => $3)
+           FROM unnest($1::uuid[], $2::uuid[]) AS held(id, claim_id)
+           WHERE j.id = held.id AND j.claim_id = held.claim_id AND j.status = 'running'
+           RETURNING j.id, j.cancel_requested"#,
+        &ids,
+        &claims,
+        secs(lease),
+    )
+    .fetch_all(relaxed)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.cancel_requested)).collect())
+}
+
+/// Records a run's progress and extends its lease. `Some(cancel_requested)` while the claim
+/// holds; `None` when it was lost.
+pub async fn progress(
+    relaxed: &PgPool,
+    id: Uuid,
+    claim_id: Uuid,
+    fraction: f32,
+    message: Option<&str>,
+    lease: Duration,
+) -> Result<Option<bool>, StoreError> {
+    let row = sqlx::query_scalar!(
+        r#"UPDATE jobs SET progress = $3, message = $4, lease_until = now() + make_interval(secs => $5),
+                  updated_at = now()
+           WHERE id = $1 AND claim_id = $2 AND status = 'running'
+           RETURNING cancel_requested"#,
+        id,
+        claim_id,
+        fraction,
+        message,
+        secs(lease),
+    )
+    .fetch_optional(relaxed)
+    .await?;
+    Ok(row)
+}
+
+/// Where a successful run's result goes.
+#[derive(Debug)]
+pub enum ResultValue<'a> {
+    /// Small enough to keep in the row.
+    Inline(&'a RawValue),
+    /// Stored elsewhere (GCS), at this URI.
+    Uri(&'a str),
+}
+
+/// Records success (and the run's last progress message, which coalescing may not have written
+/// yet). Durable. `false` when the claim was lost (the outcome is dropped).
+pub async fn succeed(
+    pool: &PgPool,
+    id: Uuid,
+    claim_id: Uuid,
+    result: ResultValue<'_>,
+    final_message: Option<&str>,
+) -> Result<bool, StoreError> {
+    let (inline, uri) = match result {
+        ResultValue::Inline(raw) => (Some(raw.get()), None),
+        ResultValue::Uri(uri) => (None, Some(uri)),
+    };
+    let done = sqlx::query!(
+        r#"WITH done AS (
+              UPDATE jobs SET status = 'succeeded', progress = 1, result = $3::text::jsonb, result_uri = $4,
+                     message = coalesce($5, message), error = NULL, finished_at = now(), updated_at = now(),
+                     lease_until = NULL
+              WHERE id = $1 AND claim_id = $2 AND status = 'running' RETURNING id)
+           UPDATE job_runs SET finished_at = now(), outcome = 'succeeded'
+           WHERE claim_id = $2 AND EXISTS (SELECT 1 FROM done)"#,
+        id,
+        claim_id,
+        inline,
+        uri,
+        final_message,
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records a failed run. Durable. A retryable error with attempts left (and no cancel request)
+/// moves the job to `retrying`, due after `retry_delay`; otherwise it ends `failed` (or
+/// `cancelled` when a cancel was requested). `None` when the claim was lost.
+pub async fn fail(
+    pool: &PgPool,
+    id: Uuid,
+    claim_id: Uuid,
+    error: &JobError,
+    retry_delay: Duration,
+) -> Result<Option<Status>, StoreError> {
+    let error_json = serde_json::to_string(error).expect("JobError serializes");
+    let status = sqlx::query_scalar!(
+        r#"WITH done AS (
+              UPDATE jobs SET
+                 status = CASE WHEN cancel_requested THEN 'cancelled'
+                               WHEN $4 AND attempt < max_attempts THEN 'retrying'
+                               ELSE 'failed' END,
+                 run_after = CASE WHEN NOT cancel_requested AND $4 AND attempt < max_attempts
+                                  THEN now() + make_interval(secs => $5) ELSE run_after END,
+                 finished_at = CASE WHEN NOT cancel_requested AND $4 AND attempt < max_attempts
+                                    THEN NULL ELSE now() END,
+                 error = $3::text::jsonb, lease_until = NULL, updated_at = now()
+              WHERE id = $1 AND claim_id = $2 AND status = 'running'
+              RETURNING status, run_after, error)
+           UPDATE job_runs r SET finished_at = now(), outcome = done.status, error = done.error,
+                  retry_at = CASE WHEN done.status = 'retrying' THEN done.run_after END
+           FROM done WHERE r.claim_id = $2
+           RETURNING done.status"#,
+        id,
+        claim_id,
+        error_json,
+        error.retryable,
+        secs(retry_delay),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(status.map(|s| s.parse().unwrap_or(Status::Failed)))
+}
+
+/// Records that a run stopped because its job was cancelled. `false` when the claim was lost.
+pub async fn cancelled(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, StoreError> {
+    let done = sqlx::query!(
+        r#"WITH done AS (
+              UPDATE jobs SET status = 'cancelled', finished_at = now(), updated_at = now(), lease_until = NULL,
+                     error = '{"kind": "cancelled", "message": "cancelled while running", "retryable": false}'::jsonb
+              WHERE id = $1 AND claim_id = $2 AND status = 'running' RETURNING id)
+           UPDATE job_runs SET finished_at = now(), outcome = 'cancelled'
+           WHERE claim_id = $2 AND EXISTS (SELECT 1 FROM done)"#,
+        id,
+        claim_id,
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives a run back on shutdown: the job is queued again at once (its interrupted attempt
+/// doesn't count) unless a cancel was requested. Fenced by the claim. `false` if it was lost.
+pub async fn release(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, StoreError> {
+    let done = sqlx::query!(
+        r#"WITH done AS (
+              UPDATE jobs SET
+                 status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+                 finished_at = CASE WHEN cancel_requested THEN now() ELSE NULL END,
+                 attempt = greatest(attempt - 1, 0), claim_id = NULL, worker_id = NULL, lease_until = NULL,
+                 dispatched_at = NULL, run_after = now(), updated_at = now()
+              WHERE id = $1 AND claim_id = $2 AND status = 'running' RETURNING id)
+           UPDATE job_runs SET finished_at = now(), outcome = 'released'
+           WHERE claim_id = $2 AND EXISTS (SELECT 1 FROM done)"#,
+        id,
+        claim_id,
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A job the relay should publish.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub id: Uuid,
+    pub attempt: i32,
+    pub function: String,
+    pub priority: Priority,
+    pub trace_context: Option<String>,
+}
+
+/// Moves `retrying` jobs whose backoff has passed back to `queued` (undispatched).
+pub async fn promote_due_retries(pool: &PgPool, limit: i64) -> Result<u64, StoreError> {
+    let done = sqlx::query!(
+        r#"UPDATE jobs SET status = 'queued', dispatched_at = NULL, updated_at = now()
+           WHERE id IN (SELECT id FROM jobs WHERE status = 'retrying' AND run_after <= now()
+                        ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED)
+             AND status = 'retrying'"#,
+        limit,
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// One relay batch: locks up to `limit` due, undispatched (or stale-dispatched) queued jobs
+/// with `SKIP LOCKED` so concurrent relays never publish the same job, lets `publish` send
+/// them, and marks the ones it returns as dispatched, all in one transaction.
+pub async fn relay_batch<F, Fut>(
+    pool: &PgPool,
+    limit: i64,
+    redispatch_after: Duration,
+    publish: F,
+) -> Result<(usize, usize), StoreError>
+where
+    F: FnOnce(Vec<Dispatch>) -> Fut,
+    Fut: Future<Output = Vec<Uuid>>,
+{
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    let rows = sqlx::query!(
+        r#"SELECT id, attempt, function, priority, trace_context FROM jobs
+           WHERE status = 'queued' AND run_after <= now() AND NOT cancel_requested
+             AND (dispatched_at IS NULL OR dispatched_at < now() - make_interval(secs => $2))
+           ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED"#,
+        limit,
+        secs(redispatch_after),
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok((0, 0));
+    }
+    let found = rows.len();
+    let batch = rows
+        .into_iter()
+        .map(|r| Dispatch {
+            id: r.id,
+            attempt: r.attempt,
+            function: r.function,
+            priority: r.priority.parse().unwrap_or_default(),
+            trace_context: r.trace_context,
+        })
+        .collect();
+    let published = publish(batch).await;
+    sqlx::query!("UPDATE jobs SET dispatched_at = now() WHERE id = ANY($1)", &published).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok((found, published.len()))
+}
+
+/// Marks freshly published jobs as dispatched (relaxed: losing it costs one republish).
+pub async fn mark_dispatched(relaxed: &PgPool, ids: &[Uuid]) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE jobs SET dispatched_at = now() WHERE id = ANY($1) AND status = 'queued' AND dispatched_at IS NULL",
+        ids
+    )
+    .execute(relaxed)
+    .await?;
+    Ok(())
+}
+
+/// Ends or requeues runs whose lease expired (their worker died): back to `queued` while
+/// attempts are left, else `failed` with kind `lost` (`cancelled` if a cancel was requested).
+/// Returns the jobs touched with their new status.
+pub async fn reap_expired(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Status)>, StoreError> {
+    let rows = sqlx::query!(
+        r#"WITH expired AS (
+              SELECT id, claim_id FROM jobs WHERE status = 'running' AND lease_until < now()
+              ORDER BY lease_until LIMIT $1 FOR UPDATE SKIP LOCKED),
+           reaped AS (
+              UPDATE jobs j SET
+                 status = CASE WHEN j.cancel_requested THEN 'cancelled'
+                               WHEN j.attempt < j.max_attempts THEN 'queued' ELSE 'failed' END,
+                 error = CASE WHEN j.cancel_requested OR j.attempt < j.max_attempts THEN j.error
+                              ELSE '{"kind": "lost", "message": "the worker stopped renewing its lease (crashed or killed) and no attempts are left", "retryable": false}'::jsonb END,
+                 finished_at = CASE WHEN NOT j.cancel_requested AND j.attempt < j.max_attempts THEN NULL ELSE now() END,
+                 claim_id = NULL, worker_id = NULL, lease_until = NULL, dispatched_at = NULL, updated_at = now()
+              FROM expired WHERE j.id = expired.id AND j.status = 'running'
+              RETURNING j.id, j.status, expired.claim_id),
+           runs AS (UPDATE job_runs r SET finished_at = now(), outcome = 'reaped'
+                    FROM reaped WHERE r.claim_id = reaped.claim_id)
+           SELECT id AS "id!", status AS "status!" FROM reaped"#,
+        limit,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.status.parse().unwrap_or(Status::Failed))).collect())
+}
+
+/// What a dead-lettered message did to its job.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeadLetterOutcome {
+    /// Still queued and never claimed since that message: re-dispatched after a backoff.
+    Requeued,
+    /// Dead-lettered too many times: failed with kind `undeliverable`.
+    Failed,
+    /// Running, finished, or claimed since: left alone.
+    Ignored,
+}
+
+/// Handles a dead-lettered message for run `attempt` of job `id`, guarded like every
+/// transition: only a job still `queued` at that attempt is touched. The re-dispatch waits
+/// `backoff`, doubled each round.
+pub async fn dead_letter(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    max_rounds: i32,
+    backoff: Duration,
+) -> Result<DeadLetterOutcome, StoreError> {
+    let status = sqlx::query_scalar!(
+        r#"UPDATE jobs SET dead_letters = dead_letters + 1,
+              status = CASE WHEN dead_letters + 1 >= $3 THEN 'failed' ELSE 'queued' END,
+              run_after = CASE WHEN dead_letters + 1 >= $3 THEN run_after
+                               ELSE now() + make_interval(secs => $4 * power(2, dead_letters)) END,
+              finished_at = CASE WHEN dead_letters + 1 >= $3 THEN now() ELSE NULL END,
+              error = CASE WHEN dead_letters + 1 >= $3
+                           THEN '{"kind": "undeliverable", "message": "Pub/Sub could not deliver the job to a worker", "retryable": false}'::jsonb
+                           ELSE error END,
+              dispatched_at = NULL, updated_at = now()
+           WHERE id = $1 AND attempt = $2 AND status = 'queued'
+           RETURNING status"#,
+        id,
+        attempt,
+        max_rounds,
+        secs(backoff),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(match status.as_deref() {
+        Some("failed") => DeadLetterOutcome::Failed,
+        Some(_) => DeadLetterOutcome::Requeued,
+        None => DeadLetterOutcome::Ignored,
+    })
+}

@@ -1,0 +1,175 @@
+//! The worker: the `/push` endpoint Pub/Sub invokes, which claims the job, runs its function
+//! and records the outcome, plus the lease keeper and graceful shutdown that releases the
+//! runs that can't finish.
+
+mod leases;
+mod push;
+mod run;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+pub use leases::{Leases, RunSignal};
+pub use push::{JobMessage, PushEnvelope, PushError, authenticate, decode};
+pub use run::{INLINE_RESULT_LIMIT, PROGRESS_INTERVAL, Recorded, execute};
+
+use crate::auth::GoogleOidcVerifier;
+use crate::config::{ConfigError, var};
+use crate::function::Registry;
+use crate::job::{JobError, Priority};
+
+/// A claim's lease unless `RUNQ_LEASE_SECS` says otherwise; heartbeats run every third of it.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// Who may push to a worker, and how leases are kept.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// `RUNQ_PUSH_AUDIENCE`: the `aud` Pub/Sub's push tokens carry (the worker's URL).
+    pub push_audience: String,
+    /// `RUNQ_PUSH_SERVICE_ACCOUNTS`: comma-separated accounts allowed to push (empty: any verified).
+    pub push_service_accounts: Vec<String>,
+    /// `RUNQ_OIDC_JWKS_URL`: Google's keys (default), or the emulator's locally.
+    pub oidc_jwks_url: String,
+    /// `RUNQ_LEASE_SECS`: how long a claim lives without a heartbeat.
+    pub lease: Duration,
+}
+
+/// Splits a comma-separated list.
+pub fn list(raw: Option<String>) -> Vec<String> {
+    raw.map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
+}
+
+impl WorkerSettings {
+    /// Reads the worker's variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let lease =
+            crate::config::parse::<u64>("RUNQ_LEASE_SECS", "seconds")?.map_or(DEFAULT_LEASE, Duration::from_secs);
+        if lease < Duration::from_secs(3) {
+            return Err(ConfigError { var: "RUNQ_LEASE_SECS", reason: "must be at least 3 seconds".into() });
+        }
+        Ok(Self {
+            push_audience: var("RUNQ_PUSH_AUDIENCE")?.ok_or(ConfigError {
+                var: "RUNQ_PUSH_AUDIENCE",
+                reason: "is not set: the audience of Pub/Sub's push tokens (the worker's URL)".into(),
+            })?,
+            push_service_accounts: list(var("RUNQ_PUSH_SERVICE_ACCOUNTS")?),
+            oidc_jwks_url: var("RUNQ_OIDC_JWKS_URL")?.unwrap_or_else(|| crate::auth::GOOGLE_JWKS_URL.to_owned()),
+            lease,
+        })
+    }
+}
+
+/// What the push handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkerState {
+    /// Claims and outcomes: durable commits.
+    pub pool: PgPool,
+    /// Progress and heartbeats: `synchronous_commit = off`, its own connections.
+    pub relaxed: PgPool,
+    pub registry: Arc<Registry>,
+    /// Verifies Pub/Sub's push tokens.
+    pub verifier: GoogleOidcVerifier,
+    /// The queue this worker serves (for logs and metrics).
+    pub queue: Priority,
+    /// Recorded on claims, so an operator can tell which instance ran a job.
+    pub worker_id: Arc<str>,
+    pub lease: Duration,
+    pub leases: Leases,
+    /// `Some(grace)` once shutdown began: runs get `grace` to finish, then are released.
+    pub shutdown: watch::Receiver<Option<Duration>>,
+}
+
+impl WorkerState {
+    /// Stores a result too large for the row. Without a results bucket the run fails with
+    /// kind `result_too_large`.
+    pub async fn offload_result(&self, _id: Uuid, _claim: Uuid, bytes: Vec<u8>) -> Result<String, JobError> {
+        Err(JobError {
+            kind: "result_too_large".into(),
+            message: format!(
+                "the result is {} bytes, over the {} byte inline limit, and no RUNQ_RESULTS_BUCKET is configured",
+                bytes.len(),
+                INLINE_RESULT_LIMIT
+            ),
+            retryable: false,
+        })
+    }
+}
+
+/// A worker id for this process: the Cloud Run revision (or host) and a random suffix.
+pub fn worker_id(queue: Priority) -> String {
+    let host = std::env::var("K_REVISION").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "local".into());
+    format!("{host}/{queue}/{}", &Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// The worker's routes: `POST /push`, `/healthz`, `/readyz`.
+pub fn router(state: WorkerState) -> Router {
+    Router::new()
+        .route("/push", post(push::push))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+        .layer(axum::middleware::from_fn(crate::telemetry::trace_request))
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<WorkerState>) -> axum::http::StatusCode {
+    match crate::store::ping(&state.pool).await {
+        Ok(()) => axum::http::StatusCode::OK,
+        Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl WorkerState {
+    /// A worker's state and the sender that starts its shutdown.
+    pub fn new(
+        pool: PgPool,
+        relaxed: PgPool,
+        registry: Arc<Registry>,
+        verifier: GoogleOidcVerifier,
+        queue: Priority,
+        lease: Duration,
+    ) -> (Self, watch::Sender<Option<Duration>>) {
+        let (tx, rx) = watch::channel(None);
+        let state = Self {
+            pool,
+            relaxed,
+            registry,
+            verifier,
+            queue,
+            worker_id: worker_id(queue).into(),
+            lease,
+            leases: Leases::default(),
+            shutdown: rx,
+        };
+        (state, tx)
+    }
+}
+
+/// Serves the worker on `listener` until `signal` resolves. Then it stops accepting pushes,
+/// gives running jobs `grace` to finish, releases the rest (fenced by their claims, so they
+/// are retried at once elsewhere and never overlap), and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: WorkerState,
+    shutdown: watch::Sender<Option<Duration>>,
+    signal: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let keeper = state.leases.spawn_keeper(state.relaxed.clone(), state.lease);
+    let queue = state.queue;
+    let leases = state.leases.clone();
+    let stop = async move {
+        signal.await;
+        tracing::info!(%queue, running = leases.len(), "worker shutting down");
+        let _ = shutdown.send(Some(grace));
+    };
+    // Runs get `grace`; recording their release takes a moment more.
+    let result = crate::api::serve(listener, router(state), stop, grace + Duration::from_secs(2)).await;
+    keeper.abort();
+    result
+}

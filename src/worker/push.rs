@@ -1,0 +1,159 @@
+//! The Pub/Sub push envelope and the `/push` handler: verify, decode, claim, run, answer.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::WorkerState;
+use super::run::{Recorded, execute};
+use crate::auth::{AuthError, GoogleOidcVerifier, ServiceIdentity, bearer_token};
+use crate::store::{self, StoreError};
+
+/// The JSON body Pub/Sub POSTs to a push endpoint.
+#[derive(Debug, Deserialize)]
+pub struct PushEnvelope {
+    pub message: PushMessage,
+    /// The subscription that delivered it.
+    #[serde(default)]
+    pub subscription: Option<String>,
+    /// Present when the subscription has a dead-letter policy.
+    #[serde(default, rename = "deliveryAttempt")]
+    pub delivery_attempt: Option<i32>,
+}
+
+/// The message inside a push envelope.
+#[derive(Debug, Deserialize)]
+pub struct PushMessage {
+    /// Base64 of the payload.
+    #[serde(default)]
+    pub data: Option<String>,
+    #[serde(default)]
+    pub attributes: HashMap<String, String>,
+    #[serde(default, rename = "messageId")]
+    pub message_id: Option<String>,
+}
+
+/// What runq publishes: ids, never objects.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub struct JobMessage {
+    pub job_id: Uuid,
+    pub attempt: i32,
+}
+
+/// Why a push was refused before anything was touched.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("malformed push: {0}")]
+    Malformed(String),
+}
+
+impl PushError {
+    /// 401/403 for a refused token, 400 for a body that isn't a runq push.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            PushError::Auth(e) => e.status(),
+            PushError::Malformed(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Verifies the caller's Google OIDC token.
+pub async fn authenticate(verifier: &GoogleOidcVerifier, headers: &HeaderMap) -> Result<ServiceIdentity, PushError> {
+    let token = bearer_token(headers)?;
+    Ok(verifier.verify(token).await?)
+}
+
+/// Decodes a push body into the envelope and runq's job message.
+pub fn decode(body: &[u8]) -> Result<(PushEnvelope, JobMessage), PushError> {
+    let envelope: PushEnvelope =
+        serde_json::from_slice(body).map_err(|e| PushError::Malformed(format!("not a push envelope: {e}")))?;
+    let data = envelope.message.data.as_deref().ok_or_else(|| PushError::Malformed("message has no data".into()))?;
+    let bytes = STANDARD.decode(data).map_err(|e| PushError::Malformed(format!("message data is not base64: {e}")))?;
+    let job: JobMessage =
+        serde_json::from_slice(&bytes).map_err(|e| PushError::Malformed(format!("message is not a runq job: {e}")))?;
+    Ok((envelope, job))
+}
+
+/// `POST /push`: 204 once the delivery is handled (run recorded, or nothing to claim); 400 for a
+/// malformed body; 401/403 for a refused token; 503 when the outcome couldn't be recorded.
+pub async fn push(State(state): State<WorkerState>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    if let Err(e) = authenticate(&state.verifier, &headers).await {
+        tracing::warn!(error = %e, "push refused");
+        return e.status();
+    }
+    let (envelope, message) = match decode(&body) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            tracing::warn!(error = %e, "push refused");
+            return e.status();
+        }
+    };
+    let id = message.job_id;
+    let span = tracing::info_span!("push", job_id = %id, message_id = envelope.message.message_id.as_deref().unwrap_or(""),
+        delivery_attempt = envelope.delivery_attempt, trace_id = tracing::field::Empty);
+    if let Some(tp) = envelope.message.attributes.get("traceparent")
+        && let Some(trace) = tp.split('-').nth(1)
+    {
+        span.record("trace_id", trace);
+    }
+    let _enter = span.enter();
+    match handle(&state, id).await {
+        Ok(()) => StatusCode::NO_CONTENT,
+        Err(e) => {
+            tracing::error!(error = %e, "could not record the delivery; asking Pub/Sub to redeliver");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}
+
+async fn handle(state: &WorkerState, id: Uuid) -> Result<(), StoreError> {
+    let Some(claimed) = store::claim(&state.pool, id, &state.worker_id, state.lease).await? else {
+        match store::unclaimable(&state.pool, id).await? {
+            None => tracing::info!("delivery for an unknown job; acknowledged"),
+            Some(u) => tracing::info!(status = %u.status, attempt = u.attempt, max_attempts = u.max_attempts,
+                lease_live = u.lease_live, due = u.due, cancel_requested = u.cancel_requested,
+                "delivery for a job that can't be claimed now; acknowledged"),
+        }
+        return Ok(());
+    };
+    let Some(function) = state.registry.get(&claimed.function).cloned() else {
+        // A worker of another version: give the job back for one that knows the function.
+        store::release(&state.pool, claimed.id, claimed.claim_id).await?;
+        tracing::error!(function = %claimed.function, "this worker has no such function; job released");
+        return Err(StoreError::Other(sqlx::Error::Protocol(format!("unknown function {}", claimed.function))));
+    };
+    match execute(state, claimed, function).await? {
+        Recorded::Released => Err(StoreError::Other(sqlx::Error::Protocol("interrupted by shutdown".into()))),
+        Recorded::Status(_) | Recorded::Fenced => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_envelope() {
+        let id = Uuid::now_v7();
+        let data = STANDARD.encode(format!(r#"{{"job_id":"{id}","attempt":2}}"#));
+        let body = format!(
+            r#"{{"message":{{"data":"{data}","attributes":{{"function":"noop"}},"messageId":"7","message_id":"7"}},"subscription":"projects/p/subscriptions/s","deliveryAttempt":3}}"#
+        );
+        let (env, msg) = decode(body.as_bytes()).unwrap();
+        assert_eq!(msg, JobMessage { job_id: id, attempt: 2 });
+        assert_eq!(env.delivery_attempt, Some(3));
+        assert_eq!(env.message.attributes["function"], "noop");
+        for bad in ["not json", r#"{"message":{}}"#, r#"{"message":{"data":"!!!"}}"#, r#"{"message":{"data":"e30="}}"#]
+        {
+            assert!(matches!(decode(bad.as_bytes()), Err(PushError::Malformed(_))), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! End to end over real sockets: the API, the embedded Pub/Sub emulator pushing with OIDC, the
+//! workers and the sweep, against a fresh database per test (a `runq dev` stack). Nothing mocked.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use runq::dev::{DevOptions, DevStack};
+use runq::function::{Context, Echo, Fail, Function, FunctionError, Registry, Sleep};
+use runq::job::Priority;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::common::database_url;
+
+const SECRET: &str = "e2e-secret-0123456789abcdef012345";
+
+/// `noop` that counts how often its body runs, per job.
+#[derive(Clone, Default)]
+struct CountingNoop(Arc<Mutex<HashMap<Uuid, u32>>>);
+
+impl Function for CountingNoop {
+    type Args = serde_json::Value;
+    type Output = serde_json::Value;
+    fn name(&self) -> &'static str {
+        "noop"
+    }
+    async fn run(&self, ctx: Context, _args: Value) -> Result<Value, FunctionError> {
+        *self.0.lock().unwrap().entry(ctx.job_id()).or_default() += 1;
+        Ok(Value::Null)
+    }
+}
+
+/// Sleeps far past its 1 s hard limit.
+struct Slow;
+impl Function for Slow {
+    type Args = serde_json::Value;
+    type Output = serde_json::Value;
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+    fn hard_time_limit(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    async fn run(&self, _ctx: Context, _args: Value) -> Result<Value, FunctionError> {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(Value::Null)
+    }
+}
+
+/// Panics on its first attempt.
+struct PanicOnce;
+impl Function for PanicOnce {
+    type Args = serde_json::Value;
+    type Output = serde_json::Value;
+    fn name(&self) -> &'static str {
+        "panic_once"
+    }
+    fn backoff(&self) -> runq::function::Backoff {
+        runq::function::Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(100) }
+    }
+    async fn run(&self, ctx: Context, _args: Value) -> Result<Value, FunctionError> {
+        if ctx.attempt() == 1 {
+            panic!("boom on attempt 1");
+        }
+        Ok(json!({"attempt": ctx.attempt()}))
+    }
+}
+
+/// Returns a result over the 64 KiB inline limit.
+struct Big;
+impl Function for Big {
+    type Args = serde_json::Value;
+    type Output = serde_json::Value;
+    fn name(&self) -> &'static str {
+        "big"
+    }
+    async fn run(&self, _ctx: Context, _args: Value) -> Result<Value, FunctionError> {
+        Ok(json!({"blob": "x".repeat(70 * 1024)}))
+    }
+}
+
+pub struct Stack {
+    pub dev: DevStack,
+    pub http: reqwest::Client,
+    pub token: String,
+    counts: Arc<Mutex<HashMap<Uuid, u32>>>,
+}
+
+fn registry(counter: &CountingNoop) -> Registry {
+    let mut r = Registry::default();
+    r.register(counter.clone()).unwrap();
+    r.register(Sleep).unwrap();
+    r.register(Echo).unwrap();
+    r.register(Fail).unwrap();
+    r.register(Slow).unwrap();
+    r.register(PanicOnce).unwrap();
+    r.register(Big).unwrap();
+    r
+}
+
+pub fn options(pool: &PgPool) -> DevOptions {
+    let mut o = DevOptions::new(database_url(pool), SECRET.into());
+    o.api_addr = "127.0.0.1:0".into();
+    o.emulator_addr = "127.0.0.1:0".into();
+    o.sweep_every = Duration::from_millis(200);
+    o.lease = Duration::from_secs(3);
+    o.push_backoff = (Duration::from_secs(1), Duration::from_secs(2));
+    o.grace = Duration::from_secs(1);
+    o
+}
+
+pub async fn stack_with(options: DevOptions) -> Stack {
+    let counter = CountingNoop::default();
+    let dev = DevStack::start(options, registry(&counter)).await.expect("dev stack starts");
+    let token =
+        runq::auth::mint_hs256(SECRET, "e2e", false, Duration::from_secs(3600), "scope", "runq:admin", None, None)
+            .unwrap();
+    Stack { dev, http: reqwest::Client::new(), token, counts: counter.0 }
+}
+
+pub async fn stack(pool: &PgPool) -> Stack {
+    stack_with(options(pool)).await
+}
+
+impl Stack {
+    pub async fn submit(&self, body: Value) -> Value {
+        let resp = self
+            .http
+            .post(format!("{}/jobs", self.dev.api_url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "submit {body}");
+        resp.json().await.unwrap()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.http
+            .get(format!("{}/jobs/{id}", self.dev.api_url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the job until `done(job)` or `within` passes.
+    pub async fn wait_until(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let job = self.job(id).await;
+            if done(&job) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not get there in {within:?}: {job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn finished(&self, id: &str) -> Value {
+        self.wait_until(id, Duration::from_secs(30), |j| j["finished_at"].is_string()).await
+    }
+}
+
+fn id(job: &Value) -> String {
+    job["id"].as_str().unwrap().to_owned()
+}
+
+#[sqlx::test]
+async fn a_thousand_noops_across_priorities_each_run_exactly_once(pool: PgPool) {
+    let s = stack(&pool).await;
+    let priorities = ["high", "medium", "low"];
+    let mut ids = Vec::new();
+    let jobs = futures::future::join_all(
+        (0..1000).map(|i| s.submit(json!({"function": "noop", "priority": priorities[i % 3]}))),
+    )
+    .await;
+    for job in &jobs {
+        ids.push(Uuid::parse_str(job["id"].as_str().unwrap()).unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'succeeded'").fetch_one(&pool).await.unwrap();
+        if done == 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {done} of 1000 succeeded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counts = s.counts.lock().unwrap().clone();
+    assert_eq!(counts.len(), 1000, "every job's body ran");
+    assert!(ids.iter().all(|id| counts[id] == 1), "each body ran exactly once");
+    let by_priority: Vec<(String, i64)> =
+        sqlx::query_as("SELECT priority, count(*) FROM jobs GROUP BY priority ORDER BY priority")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(by_priority, vec![("high".into(), 334), ("low".into(), 333), ("medium".into(), 333)]);
+    let runs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE outcome = 'succeeded'").fetch_one(&pool).await.unwrap();
+    assert_eq!(runs, 1000);
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn sleep_progress_rises_while_it_runs(pool: PgPool) {
+    let s = stack(&pool).await;
+    let job = s.submit(json!({"function": "sleep", "args": {"seconds": 2, "steps": 8}})).await;
+    let url = format!("{}/jobs/{}/status", s.dev.api_url, id(&job));
+    let mut seen: Vec<f64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: Value = s.http.get(&url).bearer_auth(&s.token).send().await.unwrap().json().await.unwrap();
+        if status["status"] == "running" {
+            let p = status["progress"].as_f64().unwrap();
+            if seen.last() != Some(&p) {
+                seen.push(p);
+            }
+        }
+        if status["status"] == "succeeded" {
+            assert_eq!(status["progress"], 1.0);
+            assert_eq!(status["message"], "step 8 of 8", "the last progress message is kept");
+            break;
+        }
+        assert!(Instant::now() < deadline, "sleep finished");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "progress only rises: {seen:?}");
+    assert!(seen.iter().filter(|p| **p > 0.0 && **p < 1.0).count() >= 3, "several intermediate values: {seen:?}");
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn retries_backoff_and_failures(pool: PgPool) {
+    let s = stack(&pool).await;
+    // Fails twice, then succeeds on attempt 3, with the backoff gaps recorded per run.
+    let flaky = s.submit(json!({"function": "fail", "args": {"message": "flaky", "times": 2}})).await;
+    let fatal = s.submit(json!({"function": "fail", "args": {"message": "bad input", "retryable": false}})).await;
+    let exhausted = s.submit(json!({"function": "fail", "args": {"message": "always"}, "max_attempts": 2})).await;
+    let slow = s.submit(json!({"function": "slow"})).await;
+    let panicky = s.submit(json!({"function": "panic_once"})).await;
+
+    let done = s.finished(&id(&flaky)).await;
+    assert_eq!((done["status"].as_str(), done["attempt"].as_i64()), (Some("succeeded"), Some(3)));
+    assert_eq!(done["result"], json!({"succeeded_on_attempt": 3}));
+    let runs: Vec<(i32, String, Option<chrono::DateTime<chrono::Utc>>, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>)> =
+        sqlx::query_as("SELECT attempt, outcome, retry_at, started_at, finished_at FROM job_runs WHERE job_id = $1::uuid ORDER BY started_at")
+            .bind(id(&flaky))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        runs.iter().map(|r| (r.0, r.1.as_str())).collect::<Vec<_>>(),
+        vec![(1, "retrying"), (2, "retrying"), (3, "succeeded")]
+    );
+    for (i, pair) in runs.windows(2).enumerate() {
+        let (failed, next) = (&pair[0], &pair[1]);
+        let retry_at = failed.2.expect("a retrying run records when it is due");
+        let gap = retry_at - failed.4.unwrap();
+        // Full jitter under a ceiling of 1 s, then 2 s (the default policy).
+        assert!(
+            gap >= chrono::Duration::zero()
+                && gap <= chrono::Duration::milliseconds(1000 << i) + chrono::Duration::milliseconds(50),
+            "gap {gap} within the backoff ceiling"
+        );
+        assert!(next.3 >= retry_at, "retry {} started at {} before it was due at {retry_at}", i + 2, next.3);
+    }
+
+    let done = s.finished(&id(&fatal)).await;
+    assert_eq!((done["status"].as_str(), done["attempt"].as_i64()), (Some("failed"), Some(1)));
+    assert_eq!(done["error"], json!({"kind": "error", "message": "bad input", "retryable": false}));
+
+    let done = s.finished(&id(&exhausted)).await;
+    assert_eq!((done["status"].as_str(), done["attempt"].as_i64()), (Some("failed"), Some(2)));
+    assert_eq!(done["error"], json!({"kind": "error", "message": "always", "retryable": true}));
+
+    let done = s.finished(&id(&slow)).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["error"]["kind"], "timeout");
+
+    let done = s.finished(&id(&panicky)).await;
+    assert_eq!((done["status"].as_str(), done["attempt"].as_i64()), (Some("succeeded"), Some(2)));
+    let first_error: Value = sqlx::query_scalar("SELECT error FROM job_runs WHERE job_id = $1::uuid AND attempt = 1")
+        .bind(id(&panicky))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(first_error["kind"], "panic");
+    assert!(first_error["message"].as_str().unwrap().contains("boom on attempt 1"));
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn cancel_before_and_during_a_run(pool: PgPool) {
+    let s = stack(&pool).await;
+    // Queued (delayed, so not yet dispatched): cancelled, never runs.
+    let queued = s.submit(json!({"function": "noop", "delay_seconds": 1})).await;
+    let resp = s
+        .http
+        .post(format!("{}/jobs/{}/cancel", s.dev.api_url, id(&queued)))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Running: cancelled within a second of the request.
+    let long = s.submit(json!({"function": "sleep", "args": {"seconds": 60, "steps": 600}})).await;
+    s.wait_until(&id(&long), Duration::from_secs(10), |j| j["status"] == "running").await;
+    let asked = Instant::now();
+    let resp =
+        s.http.post(format!("{}/jobs/{}/cancel", s.dev.api_url, id(&long))).bearer_auth(&s.token).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let done = s.wait_until(&id(&long), Duration::from_secs(5), |j| j["status"] == "cancelled").await;
+    assert!(asked.elapsed() < Duration::from_secs(1), "cancelled {:?} after the request", asked.elapsed());
+    assert_eq!(done["error"]["kind"], "cancelled");
+
+    // Well past the delay, the cancelled job still never ran.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let job = s.job(&id(&queued)).await;
+    assert_eq!((job["status"].as_str(), job["attempt"].as_i64()), (Some("cancelled"), Some(0)));
+    assert!(s.counts.lock().unwrap().is_empty(), "the cancelled noop never ran");
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_message_delivered_twice_runs_once(pool: PgPool) {
+    let s = stack(&pool).await;
+    let job = s.submit(json!({"function": "noop", "priority": "high"})).await;
+    let done = s.finished(&id(&job)).await;
+    assert_eq!(done["status"], "succeeded");
+    // Publish the very same message again, twice: acknowledged, not run.
+    let dispatch = runq::store::Dispatch {
+        id: Uuid::parse_str(&id(&job)).unwrap(),
+        attempt: 0,
+        function: "noop".into(),
+        priority: Priority::High,
+        trace_context: None,
+    };
+    s.dev.dispatcher.publish(&dispatch).await.unwrap();
+    s.dev.dispatcher.publish(&dispatch).await.unwrap();
+    // A delayed marker job published after the duplicates finishes after them (same queue).
+    let marker = s.submit(json!({"function": "noop", "priority": "high"})).await;
+    s.finished(&id(&marker)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counts = s.counts.lock().unwrap().clone();
+    assert_eq!(counts[&Uuid::parse_str(&id(&job)).unwrap()], 1);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE job_id = $1::uuid")
+        .bind(id(&job))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1);
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn emulator_down_at_submit_then_the_relay_dispatches(pool: PgPool) {
+    let mut s = stack(&pool).await;
+    s.dev.stop_emulator().await;
+    let job = s.submit(json!({"function": "noop"})).await;
+    // Recorded and safe, but not dispatched while Pub/Sub is down.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, dispatched): (String, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT status, dispatched_at FROM jobs WHERE id = $1::uuid")
+            .bind(id(&job))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), dispatched), ("queued", None));
+    s.dev.restart_emulator().await.unwrap();
+    let done = s.finished(&id(&job)).await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(s.counts.lock().unwrap()[&Uuid::parse_str(&id(&job)).unwrap()], 1);
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn large_results_without_a_bucket_fail_clearly(pool: PgPool) {
+    let s = stack(&pool).await;
+    let job = s.submit(json!({"function": "big"})).await;
+    let done = s.finished(&id(&job)).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["error"]["kind"], "result_too_large");
+    s.dev.shutdown().await;
+}
