@@ -106,6 +106,7 @@ impl App {
                 println!("{token}");
                 Ok(())
             }
+            Command::Client(cmd) => std::process::exit(crate::client::run(cmd).await),
         }
     }
 
@@ -189,6 +190,8 @@ enum Command {
     Migrate,
     /// Print a local HS256 token signed with RUNQ_AUTH_HS256_SECRET.
     Token(TokenArgs),
+    #[command(flatten)]
+    Client(crate::client::ClientCommand),
 }
 
 #[derive(clap::Args, Debug)]

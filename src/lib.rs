@@ -14,10 +14,12 @@
 //! - [`auth`]: bearer JWTs for the public API, Google OIDC for push and internal calls.
 //! - [`emulator`]: a Pub/Sub emulator (REST and gRPC on one port, push with OIDC).
 //! - [`telemetry`]: logs in the Cloud Logging format, trace ids.
+//! - [`client`]: the command-line client of the API (`runq submit/status/cancel/wait/jobs`).
 
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod emulator;
 pub mod function;

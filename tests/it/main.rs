@@ -4,5 +4,6 @@
 mod api;
 mod auth;
 mod binary;
+mod client;
 mod common;
 mod emulator;
