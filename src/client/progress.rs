@@ -49,6 +49,7 @@ impl Progress {
             .expect("the template is valid")
             .progress_chars("=> ");
         bar.set_style(style);
+        bar.set_prefix("waiting");
         bar.enable_steady_tick(Duration::from_millis(120));
         Self::Bar { bar, last: None }
     }

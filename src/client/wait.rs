@@ -41,7 +41,7 @@ pub async fn wait(api: &ApiClient, id: &str) -> Result<u8, ClientError> {
     display.finish();
     match outcome {
         None => {
-            eprintln!("\nstopped waiting; job {id} keeps running. Resume with: runq wait {id}");
+            eprintln!("stopped waiting; job {id} keeps running. Resume with: runq wait {id}");
             Ok(EXIT_INTERRUPTED)
         }
         Some(Err(e)) => Err(e),
