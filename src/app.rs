@@ -122,6 +122,7 @@ impl App {
                 println!("{token}");
                 Ok(())
             }
+            Command::Client(cmd) => std::process::exit(crate::client::run(cmd).await),
         }
     }
 
@@ -255,6 +256,8 @@ enum Command {
     Dev(DevArgs),
     /// Run the Pub/Sub emulator alone.
     Emulator(crate::emulator::EmulatorArgs),
+    #[command(flatten)]
+    Client(crate::client::ClientCommand),
 }
 
 #[derive(clap::Args, Debug)]

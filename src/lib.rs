@@ -17,10 +17,12 @@
 //! - [`dev`]: `runq dev`, the whole system in one process.
 //! - [`emulator`]: a Pub/Sub emulator (REST and gRPC on one port, push with OIDC).
 //! - [`telemetry`]: logs in the Cloud Logging format, trace ids.
+//! - [`client`]: the command-line client of the API (`runq submit/status/cancel/wait/jobs`).
 
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod dev;
 pub mod dispatch;

@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod binary;
+mod client;
 mod common;
 mod e2e;
 mod emulator;

@@ -1,0 +1,336 @@
+//! The command-line client of the runq API: `runq submit/status/cancel/wait/jobs`.
+//! Owns the clap subcommands, token resolution (given or minted locally), the HTTP calls and
+//! the `--wait` loop with its progress bar. Exit codes: 0 succeeded, 1 failed/cancelled, 2 error.
+
+mod http;
+mod progress;
+mod wait;
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+pub use http::{ApiClient, ClientError, Poll};
+pub use wait::{GIVE_UP_AFTER, wait};
+
+/// The API's URL when neither `--api-url` nor `RUNQ_API_URL` is given: `runq api` or `runq dev`
+/// on this machine.
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8080";
+
+/// Exit code: the command did what was asked; a waited-for job succeeded.
+pub const EXIT_SUCCEEDED: u8 = 0;
+/// Exit code: a waited-for job ended `failed` or `cancelled`.
+pub const EXIT_JOB_FAILED: u8 = 1;
+/// Exit code: a usage error, or the API refused the request or could not be reached.
+pub const EXIT_ERROR: u8 = 2;
+/// Exit code: Ctrl-C stopped a wait (the job keeps running).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// The client subcommands, flattened into the `runq` command line.
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Submit a job to the API; with --wait, follow it to the end.
+    Submit(SubmitArgs),
+    /// Print a job (GET /jobs/ID); with --wait, follow it to the end.
+    Status(StatusArgs),
+    /// Cancel a job: a queued one at once, a running one is asked to stop.
+    Cancel(IdArgs),
+    /// Follow a job to the end with a progress bar (same as `status --wait`).
+    Wait(IdArgs),
+    /// List your jobs, newest first.
+    Jobs(JobsArgs),
+}
+
+/// Where the API is and who the caller is; accepted by every client subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// The runq API's base URL.
+    #[arg(long, env = "RUNQ_API_URL", default_value = DEFAULT_API_URL)]
+    pub api_url: String,
+    /// Bearer token for the API. Without one, a short-lived token is minted with
+    /// RUNQ_AUTH_HS256_SECRET (local development).
+    #[arg(long, env = "RUNQ_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Subject of a locally minted token [default: $USER, else `local`].
+    #[arg(long)]
+    pub sub: Option<String>,
+}
+
+impl Connection {
+    fn client(&self) -> Result<ApiClient, ClientError> {
+        let sub = self
+            .sub
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| "local".into());
+        let url = if self.api_url.trim().is_empty() { DEFAULT_API_URL } else { &self.api_url };
+        ApiClient::new(url, self.token.clone(), &sub)
+    }
+}
+
+/// `runq submit`.
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The function to run (a registered name, like `sleep`).
+    pub function: String,
+    /// The function's arguments as JSON, or @FILE to read them from a file [default: {}].
+    #[arg(long)]
+    pub args: Option<String>,
+    /// high, medium or low [default: the function's].
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// Runs allowed before the job fails [default: the function's].
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Don't start before this many seconds from now.
+    #[arg(long, value_name = "SECS")]
+    pub delay: Option<f64>,
+    /// Submitting again with the same key returns the first job instead of a new one.
+    #[arg(long, value_name = "K")]
+    pub idempotency_key: Option<String>,
+    /// Follow the job to the end; exit 0 if it succeeds, 1 if it fails or is cancelled.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `runq status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The job id.
+    pub id: String,
+    /// Follow the job to the end; exit 0 if it succeeds, 1 if it fails or is cancelled.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `runq cancel` and `runq wait`.
+#[derive(Args, Debug)]
+pub struct IdArgs {
+    /// The job id.
+    pub id: String,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `runq jobs`.
+#[derive(Args, Debug)]
+pub struct JobsArgs {
+    /// Only jobs in this status (queued, running, retrying, succeeded, failed, cancelled).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only jobs of this function.
+    #[arg(long)]
+    pub function: Option<String>,
+    /// At most this many jobs [API default: 50].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Continue after a previous page (the cursor it printed).
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Print the API's JSON page instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// Runs a client subcommand; returns the process exit code. Errors are printed to stderr.
+pub async fn run(command: ClientCommand) -> i32 {
+    match execute(command).await {
+        Ok(code) => i32::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            i32::from(EXIT_ERROR)
+        }
+    }
+}
+
+async fn execute(command: ClientCommand) -> Result<u8, ClientError> {
+    match command {
+        ClientCommand::Submit(a) => {
+            let body = submit_body(&a)?;
+            let api = a.connection.client()?;
+            let job = api.submit(&body, a.idempotency_key.as_deref()).await?;
+            if !a.wait {
+                print_json(&job);
+                return Ok(EXIT_SUCCEEDED);
+            }
+            let id = job_id(&job)?;
+            eprintln!("submitted job {id}");
+            wait(&api, &id).await
+        }
+        ClientCommand::Status(a) => {
+            let api = a.connection.client()?;
+            if a.wait {
+                return wait(&api, &a.id).await;
+            }
+            print_json(&api.job(&a.id).await?);
+            Ok(EXIT_SUCCEEDED)
+        }
+        ClientCommand::Wait(a) => wait(&a.connection.client()?, &a.id).await,
+        ClientCommand::Cancel(a) => {
+            let api = a.connection.client()?;
+            let (code, job) = api.cancel(&a.id).await?;
+            print_json(&job);
+            if code == reqwest::StatusCode::ACCEPTED {
+                eprintln!(
+                    "cancel requested: the running job stops at its next check; follow it with `runq wait {}`",
+                    a.id
+                );
+            }
+            Ok(EXIT_SUCCEEDED)
+        }
+        ClientCommand::Jobs(a) => {
+            let api = a.connection.client()?;
+            let query: Vec<(&str, String)> = [
+                ("status", a.status.clone()),
+                ("function", a.function.clone()),
+                ("limit", a.limit.map(|l| l.to_string())),
+                ("cursor", a.cursor.clone()),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+            let page = api.list(&query).await?;
+            if a.json {
+                print_json(&page);
+            } else {
+                print!("{}", jobs_table(&page));
+            }
+            if let Some(cursor) = page.get("next_cursor").and_then(Value::as_str) {
+                eprintln!("more jobs: add --cursor {cursor}");
+            }
+            Ok(EXIT_SUCCEEDED)
+        }
+    }
+}
+
+/// The `POST /jobs` body from the command line; `--args` must be JSON (or `@FILE` holding it).
+fn submit_body(a: &SubmitArgs) -> Result<Value, ClientError> {
+    let args = match a.args.as_deref().map(str::trim) {
+        None => None,
+        Some(raw) => {
+            let (text, source) = match raw.strip_prefix('@') {
+                Some(path) => (
+                    std::fs::read_to_string(path)
+                        .map_err(|e| ClientError::Usage(format!("can't read --args file {path:?}: {e}")))?,
+                    format!("the file {path:?}"),
+                ),
+                None => (raw.to_owned(), "--args".to_owned()),
+            };
+            Some(
+                serde_json::from_str::<Value>(&text)
+                    .map_err(|e| ClientError::Usage(format!("{source} is not valid JSON: {e}")))?,
+            )
+        }
+    };
+    let mut body = serde_json::Map::new();
+    body.insert("function".into(), a.function.clone().into());
+    if let Some(args) = args {
+        body.insert("args".into(), args);
+    }
+    if let Some(priority) = &a.priority {
+        body.insert("priority".into(), priority.clone().into());
+    }
+    if let Some(max_attempts) = a.max_attempts {
+        body.insert("max_attempts".into(), max_attempts.into());
+    }
+    if let Some(delay) = a.delay {
+        body.insert("delay_seconds".into(), delay.into());
+    }
+    Ok(Value::Object(body))
+}
+
+fn job_id(job: &Value) -> Result<String, ClientError> {
+    job.get("id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| ClientError::Protocol { url: "POST /jobs".into(), reason: "the job has no id".into() })
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub(crate) fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+}
+
+/// A page of `GET /jobs` as an aligned table, one job per line.
+fn jobs_table(page: &Value) -> String {
+    let jobs = page.get("jobs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let text = |job: &Value, field: &str| job.get(field).and_then(Value::as_str).unwrap_or("-").to_owned();
+    let mut rows = vec![["ID", "STATUS", "PROGRESS", "FUNCTION", "CREATED"].map(str::to_owned)];
+    for job in jobs {
+        let progress = job.get("progress").and_then(Value::as_f64).unwrap_or(0.0);
+        rows.push([
+            text(job, "id"),
+            text(job, "status"),
+            format!("{}%", (progress.clamp(0.0, 1.0) * 100.0).floor()),
+            text(job, "function"),
+            text(job, "created_at"),
+        ]);
+    }
+    let mut widths = [0; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn submit_args(args: Option<&str>) -> SubmitArgs {
+        SubmitArgs {
+            function: "sleep".into(),
+            args: args.map(str::to_owned),
+            priority: Some("high".into()),
+            max_attempts: None,
+            delay: Some(1.5),
+            idempotency_key: None,
+            wait: false,
+            connection: Connection { api_url: String::new(), token: None, sub: None },
+        }
+    }
+
+    #[test]
+    fn submit_body_carries_only_what_was_given() {
+        let body = submit_body(&submit_args(Some(r#" {"seconds": 1} "#))).unwrap();
+        assert_eq!(
+            body,
+            json!({"function": "sleep", "args": {"seconds": 1}, "priority": "high", "delay_seconds": 1.5})
+        );
+        let body = submit_body(&submit_args(None)).unwrap();
+        assert!(body.get("args").is_none());
+        let err = submit_body(&submit_args(Some("{seconds: 1}"))).unwrap_err();
+        assert!(err.to_string().contains("--args is not valid JSON"), "{err}");
+        let err = submit_body(&submit_args(Some("@/no/such/file.json"))).unwrap_err();
+        assert!(err.to_string().contains("can't read --args file"), "{err}");
+    }
+
+    #[test]
+    fn jobs_table_aligns_columns() {
+        let page = json!({"jobs": [
+            {"id": "a1", "status": "running", "progress": 0.5, "function": "sleep", "created_at": "t1"},
+            {"id": "b2", "status": "succeeded", "progress": 1.0, "function": "noop", "created_at": "t2"},
+        ], "next_cursor": null});
+        assert_eq!(
+            jobs_table(&page),
+            "ID  STATUS     PROGRESS  FUNCTION  CREATED\n\
+             a1  running    50%       sleep     t1\n\
+             b2  succeeded  100%      noop      t2\n"
+        );
+    }
+}
