@@ -13,6 +13,7 @@
 //! - [`api`]: the public JSON API (`/jobs`), health and OpenAPI.
 //! - [`auth`]: bearer JWTs for the public API, Google OIDC for push and internal calls.
 //! - [`emulator`]: a Pub/Sub emulator (REST and gRPC on one port, push with OIDC).
+//! - [`storage`]: Cloud Storage for large results and function inputs (`gs://` URIs).
 //! - [`telemetry`]: logs in the Cloud Logging format, trace ids.
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod emulator;
 pub mod function;
 pub mod job;
+pub mod storage;
 pub mod store;
 pub mod telemetry;
 

@@ -6,3 +6,4 @@ mod auth;
 mod binary;
 mod common;
 mod emulator;
+mod gcs;
