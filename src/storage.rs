@@ -170,13 +170,6 @@ impl StorageError {
     }
 }
 
-impl From<StorageError> for crate::function::FunctionError {
-    /// Transient storage failures retry the job; the rest fail it.
-    fn from(e: StorageError) -> Self {
-        if e.is_retryable() { Self::Retryable(e.to_string()) } else { Self::Fatal(e.to_string()) }
-    }
-}
-
 /// A validated `gs://bucket/object` location.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GcsUri {
@@ -481,9 +474,5 @@ mod tests {
         assert!(!s(400).is_retryable());
         assert_eq!(s(404), StorageError::NotFound { uri: "gs://b/o".into() });
         assert!(matches!(s(403), StorageError::Forbidden { .. }));
-        let fatal: crate::function::FunctionError = s(403).into();
-        assert!(matches!(fatal, crate::function::FunctionError::Fatal(_)));
-        let retry: crate::function::FunctionError = s(500).into();
-        assert!(matches!(retry, crate::function::FunctionError::Retryable(_)));
     }
 }

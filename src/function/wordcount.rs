@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{Context, Function, FunctionError};
-use crate::storage::{BlobStore, GcsUri};
+use crate::storage::{BlobStore, GcsUri, StorageError};
 
 /// How many of the most frequent words `top` lists.
 pub const WORDCOUNT_TOP: usize = 10;
@@ -100,6 +100,14 @@ impl Function for Wordcount {
         tokio::task::spawn_blocking(move || count(&text, &ctx))
             .await
             .map_err(|e| FunctionError::Retryable(format!("counting task failed: {e}")))?
+    }
+}
+
+/// Lets a function `?` a storage call: transient failures retry the job, the rest fail it. (Here
+/// rather than in `storage`, so storage doesn't depend on functions.)
+impl From<StorageError> for FunctionError {
+    fn from(e: StorageError) -> Self {
+        if e.is_retryable() { Self::Retryable(e.to_string()) } else { Self::Fatal(e.to_string()) }
     }
 }
 
@@ -228,6 +236,14 @@ mod tests {
         assert!(w.check(&args(None, None)).unwrap_err().contains("text or gcs_uri"));
         assert!(w.check(&args(None, Some("http://x/y"))).unwrap_err().contains("gs://"));
         assert!(w.check(&args(None, Some("gs://bucket"))).unwrap_err().contains("object"));
+    }
+
+    #[test]
+    fn storage_errors_map_to_retry_intent() {
+        let transient = StorageError::Transient { uri: "gs://b/o".into(), message: "503".into() };
+        assert!(matches!(FunctionError::from(transient), FunctionError::Retryable(m) if m.contains("503")));
+        let missing = StorageError::NotFound { uri: "gs://b/o".into() };
+        assert_eq!(FunctionError::from(missing), FunctionError::Fatal("gs://b/o not found".into()));
     }
 
     #[tokio::test]
