@@ -16,6 +16,7 @@
 //! - [`worker`]: the push endpoint that claims and runs jobs, leases, graceful shutdown.
 //! - [`dev`]: `runq dev`, the whole system in one process.
 //! - [`emulator`]: a Pub/Sub emulator (REST and gRPC on one port, push with OIDC).
+//! - [`storage`]: Cloud Storage for large results and function inputs (`gs://` URIs).
 //! - [`telemetry`]: logs in the Cloud Logging format, trace ids.
 //! - [`client`]: the command-line client of the API (`runq submit/status/cancel/wait/jobs`).
 
@@ -29,6 +30,7 @@ pub mod dispatch;
 pub mod emulator;
 pub mod function;
 pub mod job;
+pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

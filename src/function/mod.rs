@@ -4,6 +4,7 @@
 
 mod builtin;
 mod context;
+mod wordcount;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -17,6 +18,7 @@ use serde_json::value::RawValue;
 
 pub use builtin::{Echo, EchoArgs, Fail, FailArgs, Noop, NoopArgs, Sleep, SleepArgs};
 pub use context::{Context, Progress, RunControl};
+pub use wordcount::{WORDCOUNT_TOP, Wordcount, WordcountArgs, WordcountOutput};
 
 use crate::job::Priority;
 

@@ -8,3 +8,4 @@ mod client;
 mod common;
 mod e2e;
 mod emulator;
+mod gcs;
