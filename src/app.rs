@@ -135,8 +135,13 @@ impl App {
         let jwks = Arc::new(JwksCache::new(settings.oidc_jwks_url.clone(), reqwest::Client::new())?);
         let verifier =
             GoogleOidcVerifier::new(jwks, settings.push_audience.clone(), settings.push_service_accounts.clone());
-        let (state, shutdown) =
+        let (mut state, shutdown) =
             WorkerState::new(pool, relaxed, Arc::new(self.registry), verifier, queue, settings.lease);
+        let results_bucket = crate::config::var("RUNQ_RESULTS_BUCKET")?;
+        if results_bucket.is_some() || crate::config::var("STORAGE_EMULATOR_HOST")?.is_some() {
+            let storage = crate::storage::BlobStore::new(&crate::storage::StorageSettings::from_env()?).await?;
+            state = state.with_storage(Arc::new(storage), results_bucket);
+        }
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port)).await?;
         tracing::info!(port = config.port, %queue, "runq worker listening");
         worker::serve(listener, state, shutdown, shutdown_signal(), config.shutdown_grace).await?;

@@ -56,6 +56,9 @@ pub struct DevOptions {
     /// Queues served by a worker outside this process, at this push URL (tests run a real
     /// `runq worker` process there to kill it).
     pub external_workers: Vec<(Priority, String)>,
+    /// GCS for the workers (an emulator's settings in dev and tests), and the results bucket.
+    pub storage: Option<crate::storage::StorageSettings>,
+    pub results_bucket: Option<String>,
 }
 
 impl DevOptions {
@@ -75,6 +78,8 @@ impl DevOptions {
             grace: Duration::from_secs(5),
             dead_letter: DeadLetterPolicy { max_rounds: 5, backoff: Duration::from_secs(5) },
             external_workers: Vec::new(),
+            storage: None,
+            results_bucket: None,
         }
     }
 }
@@ -105,10 +110,8 @@ async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("can't listen on {addr}: {e}")))
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -137,6 +140,10 @@ impl DevStack {
         let http = reqwest::Client::new();
         let jwks = Arc::new(JwksCache::new(emulator.jwks_url(), http.clone())?);
 
+        let storage = match &options.storage {
+            Some(settings) => Some(Arc::new(crate::storage::BlobStore::new(settings).await?)),
+            None => None,
+        };
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut worker_urls = Vec::new();
@@ -149,8 +156,11 @@ impl DevStack {
             let listener = bind("127.0.0.1:0").await?;
             let url = format!("http://{}/push", listener.local_addr()?);
             let verifier = GoogleOidcVerifier::new(jwks.clone(), url.clone(), vec![DEV_PUSH_ACCOUNT.into()]);
-            let (state, shutdown) =
+            let (mut state, shutdown) =
                 WorkerState::new(pool.clone(), relaxed.clone(), registry.clone(), verifier, queue, options.lease);
+            if let Some(storage) = &storage {
+                state = state.with_storage(storage.clone(), options.results_bucket.clone());
+            }
             let (worker_stop, worker_stop_rx) = watch::channel(false);
             let mut all = stop_rx.clone();
             let mut own = worker_stop_rx;
@@ -409,6 +419,10 @@ pub async fn run(registry: Registry, api_addr: String, emulator_addr: String) ->
     let mut options = DevOptions::new(database_url, secret.clone());
     options.api_addr = api_addr;
     options.emulator_addr = emulator_addr;
+    if let Some(host) = crate::config::var("STORAGE_EMULATOR_HOST")? {
+        options.storage = Some(crate::storage::StorageSettings { emulator_host: Some(host), ..Default::default() });
+    }
+    options.results_bucket = crate::config::var("RUNQ_RESULTS_BUCKET")?;
     let stack = DevStack::start(options, registry).await?;
     let token = crate::auth::mint_hs256(
         &secret,

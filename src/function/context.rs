@@ -16,6 +16,8 @@ pub struct Progress {
 }
 
 struct Shared {
+    /// GCS, when the worker has it configured.
+    storage: Option<Arc<crate::storage::BlobStore>>,
     job_id: Uuid,
     attempt: u32,
     max_attempts: u32,
@@ -46,9 +48,19 @@ impl RunControl {
 impl Context {
     /// A context for run `attempt` (1-based) of `job_id`, and the control the worker keeps.
     pub fn new(job_id: Uuid, attempt: u32, max_attempts: u32) -> (Self, RunControl) {
+        Self::with_storage(job_id, attempt, max_attempts, None)
+    }
+
+    /// Like [`Context::new`], with access to GCS through `storage`.
+    pub fn with_storage(
+        job_id: Uuid,
+        attempt: u32,
+        max_attempts: u32,
+        storage: Option<Arc<crate::storage::BlobStore>>,
+    ) -> (Self, RunControl) {
         let (progress_tx, progress_rx) = watch::channel(Progress::default());
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        let shared = Shared { job_id, attempt, max_attempts, progress: progress_tx, cancelled: cancel_rx };
+        let shared = Shared { storage, job_id, attempt, max_attempts, progress: progress_tx, cancelled: cancel_rx };
         let control = RunControl { progress: progress_rx, cancel: cancel_tx };
         (Self { shared: Arc::new(shared) }, control)
     }
@@ -56,6 +68,11 @@ impl Context {
     /// The job's id.
     pub fn job_id(&self) -> Uuid {
         self.shared.job_id
+    }
+
+    /// GCS access (reading inputs by `gs://` URI, writing outputs), when the worker has it.
+    pub fn storage(&self) -> Option<&Arc<crate::storage::BlobStore>> {
+        self.shared.storage.as_ref()
     }
 
     /// Which run this is: 1 for the first.

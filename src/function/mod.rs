@@ -265,13 +265,15 @@ impl Registry {
         self.functions.keys().copied()
     }
 
-    /// The registry of the shipped binary: `noop`, `sleep`, `echo`, `fail`.
+    /// The registry of the shipped binary: `noop`, `sleep`, `echo`, `fail`, `wordcount` (which reads
+    /// GCS through its run's [`Context::storage`]).
     pub fn builtin() -> Self {
         let mut registry = Self::default();
         registry.register(Noop).expect("builtin");
         registry.register(Sleep).expect("builtin");
         registry.register(Echo).expect("builtin");
         registry.register(Fail).expect("builtin");
+        registry.register(Wordcount::default()).expect("builtin");
         registry
     }
 }

@@ -79,7 +79,8 @@ impl Function for Wordcount {
         let text = match (args.text, args.gcs_uri) {
             (Some(text), None) => text,
             (None, Some(uri)) => {
-                let store = self.store.as_ref().ok_or_else(|| {
+                // Its own store if it was given one, else the worker's (the run context's).
+                let store = self.store.clone().or_else(|| ctx.storage().cloned()).ok_or_else(|| {
                     FunctionError::Fatal(format!(
                         "cannot read {uri}: this runq has no GCS access configured \
                          (Google credentials, or STORAGE_EMULATOR_HOST for an emulator)"

@@ -23,6 +23,7 @@ use crate::auth::GoogleOidcVerifier;
 use crate::config::{ConfigError, var};
 use crate::function::Registry;
 use crate::job::{JobError, Priority};
+use crate::storage::BlobStore;
 
 /// A claim's lease unless `RUNQ_LEASE_SECS` says otherwise; heartbeats run every third of it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -83,20 +84,40 @@ pub struct WorkerState {
     pub leases: Leases,
     /// `Some(grace)` once shutdown began: runs get `grace` to finish, then are released.
     pub shutdown: watch::Receiver<Option<Duration>>,
+    /// GCS, given to runs through their context and used to offload large results.
+    pub storage: Option<Arc<BlobStore>>,
+    /// `RUNQ_RESULTS_BUCKET`: where results over the inline limit go.
+    pub results_bucket: Option<String>,
 }
 
 impl WorkerState {
-    /// Stores a result too large for the row. Without a results bucket the run fails with
-    /// kind `result_too_large`.
-    pub async fn offload_result(&self, _id: Uuid, _claim: Uuid, bytes: Vec<u8>) -> Result<String, JobError> {
-        Err(JobError {
-            kind: "result_too_large".into(),
-            message: format!(
-                "the result is {} bytes, over the {} byte inline limit, and no RUNQ_RESULTS_BUCKET is configured",
-                bytes.len(),
-                INLINE_RESULT_LIMIT
-            ),
-            retryable: false,
+    /// Gives the worker GCS access, and a bucket for results over the inline limit.
+    pub fn with_storage(mut self, storage: Arc<BlobStore>, results_bucket: Option<String>) -> Self {
+        self.storage = Some(storage);
+        self.results_bucket = results_bucket;
+        self
+    }
+
+    /// Stores a result too large for the row under a name fenced by the claim (a stale run's
+    /// upload can't overwrite a newer run's). Without a results bucket the run fails with kind
+    /// `result_too_large`.
+    pub async fn offload_result(&self, id: Uuid, claim: Uuid, bytes: Vec<u8>) -> Result<String, JobError> {
+        let (Some(storage), Some(bucket)) = (&self.storage, &self.results_bucket) else {
+            return Err(JobError {
+                kind: "result_too_large".into(),
+                message: format!(
+                    "the result is {} bytes, over the {} byte inline limit, and no RUNQ_RESULTS_BUCKET is configured",
+                    bytes.len(),
+                    INLINE_RESULT_LIMIT
+                ),
+                retryable: false,
+            });
+        };
+        let object = crate::storage::result_object_name(id, claim);
+        storage.put(bucket, &object, bytes.into(), "application/json").await.map_err(|e| JobError {
+            kind: "result_storage".into(),
+            message: format!("could not store the result in GCS: {e}"),
+            retryable: e.is_retryable(),
         })
     }
 }
@@ -145,6 +166,8 @@ impl WorkerState {
             lease,
             leases: Leases::default(),
             shutdown: rx,
+            storage: None,
+            results_bucket: None,
         };
         (state, tx)
     }

@@ -60,7 +60,8 @@ pub async fn execute(
     function: Arc<dyn DynFunction>,
 ) -> Result<Recorded, StoreError> {
     let policy = function.policy().clone();
-    let (ctx, mut control) = Context::new(claimed.id, claimed.attempt as u32, claimed.max_attempts as u32);
+    let (ctx, mut control) =
+        Context::with_storage(claimed.id, claimed.attempt as u32, claimed.max_attempts as u32, state.storage.clone());
     let (_guard, mut signals) = state.leases.hold(claimed.id, claimed.claim_id);
     let mut task = tokio::spawn(function.call(ctx, &claimed.args));
     let started = Instant::now();
@@ -195,7 +196,14 @@ async fn record_success(
         store::succeed(&state.pool, id, claim, ResultValue::Inline(&raw), final_message).await?
     } else {
         match state.offload_result(id, claim, json.into_bytes()).await {
-            Ok(uri) => store::succeed(&state.pool, id, claim, ResultValue::Uri(&uri), final_message).await?,
+            Ok(uri) => {
+                let recorded = store::succeed(&state.pool, id, claim, ResultValue::Uri(&uri), final_message).await?;
+                if !recorded && let Some(storage) = &state.storage {
+                    // Our claim was lost: the object is an orphan nobody will read.
+                    let _ = storage.delete(&uri).await;
+                }
+                recorded
+            }
             Err(failure) => {
                 let retryable = failure.retryable;
                 let delay = Duration::from_secs(1);

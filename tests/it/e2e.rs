@@ -98,6 +98,7 @@ fn registry(counter: &CountingNoop) -> Registry {
     r.register(Slow).unwrap();
     r.register(PanicOnce).unwrap();
     r.register(Big).unwrap();
+    r.register(runq::function::Wordcount::default()).unwrap();
     r
 }
 
@@ -168,6 +169,10 @@ impl Stack {
         self.wait_until(id, Duration::from_secs(30), |j| j["finished_at"].is_string()).await
     }
 }
+
+/// A `job_runs` row: attempt, outcome, retry_at, started_at, finished_at.
+type RunRow = (i32, String, Option<Ts>, Ts, Option<Ts>);
+type Ts = chrono::DateTime<chrono::Utc>;
 
 fn id(job: &Value) -> String {
     job["id"].as_str().unwrap().to_owned()
@@ -251,7 +256,7 @@ async fn retries_backoff_and_failures(pool: PgPool) {
     let done = s.finished(&id(&flaky)).await;
     assert_eq!((done["status"].as_str(), done["attempt"].as_i64()), (Some("succeeded"), Some(3)));
     assert_eq!(done["result"], json!({"succeeded_on_attempt": 3}));
-    let runs: Vec<(i32, String, Option<chrono::DateTime<chrono::Utc>>, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>)> =
+    let runs: Vec<RunRow> =
         sqlx::query_as("SELECT attempt, outcome, retry_at, started_at, finished_at FROM job_runs WHERE job_id = $1::uuid ORDER BY started_at")
             .bind(id(&flaky))
             .fetch_all(&pool)

@@ -7,5 +7,6 @@ mod binary;
 mod client;
 mod common;
 mod e2e;
+mod e2e_faults;
 mod emulator;
 mod gcs;
