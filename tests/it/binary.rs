@@ -10,11 +10,10 @@ use tokio::process::Command;
 
 use crate::common::database_url;
 
-const BIN: &str = env!("CARGO_BIN_EXE_runq");
 const SECRET: &str = "binary-test-secret-0123456789abcdef";
 
 fn runq() -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(crate::common::runq_bin());
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUNQ_LOG_FORMAT", "json")

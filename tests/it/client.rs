@@ -16,13 +16,12 @@ use uuid::Uuid;
 
 use crate::common::{AUDIENCE, SECRET, TestApi, counts, limits, start_api, token, verifier};
 
-const BIN: &str = env!("CARGO_BIN_EXE_runq");
 /// The longest a single expected change may take to show (the client polls at most every 2 s).
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// The real binary with a clean environment, pointed at `base` as `alice`.
 fn runq(base: &str) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(crate::common::runq_bin());
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUNQ_API_URL", base)

@@ -82,3 +82,9 @@ pub fn database_url(pool: &PgPool) -> String {
     let (server, _) = base.rsplit_once('/').expect("DATABASE_URL has a path");
     format!("{server}/{db}")
 }
+
+/// The `runq` binary the process tests run: `RUNQ_TEST_BIN` when set (CI points it at the
+/// release binary the Dockerfile builds), else the one cargo built with the tests.
+pub fn runq_bin() -> String {
+    std::env::var("RUNQ_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_runq").to_owned())
+}

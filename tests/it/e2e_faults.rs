@@ -137,7 +137,7 @@ async fn refused_pushes_change_nothing(pool: PgPool) {
 }
 
 fn spawn_worker(pool: &PgPool, port: u16, jwks_url: &str) -> tokio::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_runq"))
+    Command::new(crate::common::runq_bin())
         .args(["worker", "--queue", "high"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
