@@ -147,6 +147,7 @@ fn spawn_worker(pool: &PgPool, port: u16, jwks_url: &str) -> tokio::process::Chi
         .env("RUNQ_PUSH_SERVICE_ACCOUNTS", DEV_PUSH_ACCOUNT)
         .env("RUNQ_OIDC_JWKS_URL", jwks_url)
         .env("RUNQ_LEASE_SECS", "3")
+        .env("RUNQ_SHUTDOWN_GRACE_SECS", "1")
         .env("RUNQ_LOG_FORMAT", "json")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -234,5 +235,45 @@ async fn undeliverable_jobs_are_dead_lettered_then_failed(pool: PgPool) {
     assert_eq!(done["attempt"], 0, "never claimed");
     let rounds: i32 = sqlx::query_scalar("SELECT dead_letters FROM jobs").fetch_one(&pool).await.unwrap();
     assert_eq!(rounds, 2);
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn sigterm_releases_runs_that_cannot_finish_in_the_grace_period(pool: PgPool) {
+    let port = free_port();
+    let mut opts = options(&pool);
+    opts.external_workers = vec![(Priority::High, format!("http://127.0.0.1:{port}/push"))];
+    let s = stack_with(opts).await;
+    let mut first = spawn_worker(&pool, port, &s.dev.jwks_url());
+    let job = s.submit(json!({"function": "sleep", "args": {"seconds": 60, "steps": 60}, "priority": "high"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    s.wait_until(&id, Duration::from_secs(20), |j| j["status"] == "running").await;
+
+    let pid = first.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), first.wait()).await.expect("exits after SIGTERM").unwrap();
+    assert!(exit.success(), "clean exit: {exit:?}");
+
+    // Released under its claim: queued again at once, the interrupted attempt not counted.
+    let job: (String, i32, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT status, attempt, claim_id FROM jobs WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(job, ("queued".to_owned(), 0, None));
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM job_runs WHERE job_id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(outcome, "released");
+
+    // The next worker takes it straight away (no lease to wait out).
+    let _second = spawn_worker(&pool, port, &s.dev.jwks_url());
+    let rerun = s.wait_until(&id, Duration::from_secs(20), |j| j["status"] == "running").await;
+    assert_eq!(rerun["attempt"], 1);
+    s.http.post(format!("{}/jobs/{id}/cancel", s.dev.api_url)).bearer_auth(&s.token).send().await.unwrap();
+    s.wait_until(&id, Duration::from_secs(10), |j| j["status"] == "cancelled").await;
     s.dev.shutdown().await;
 }
