@@ -13,12 +13,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiState, DeadLetterPolicy, InternalAuth, Limits};
+use crate::api::{self, ApiState, DeadLetterPolicy, Internal, Limits};
 use crate::auth::{GoogleOidcVerifier, JwksCache, UserAuthConfig, UserVerifier};
 use crate::dispatch::{self, Dispatcher, Outbox, PubSubSettings, anonymous};
 use crate::emulator::{EmulatorHandle, EmulatorOptions};
 use crate::function::Registry;
 use crate::job::Priority;
+use crate::schedule::{Maintenance, Retention, Schedules, Ticker};
 use crate::store;
 use crate::worker::{self, WorkerState};
 
@@ -117,8 +118,17 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl DevStack {
-    /// Starts everything and creates the topics and push subscriptions.
+    /// Starts everything with the built-in schedules only.
     pub async fn start(options: DevOptions, registry: Registry) -> Result<Self, BoxError> {
+        Self::start_with_schedules(options, registry, Schedules::builtin()).await
+    }
+
+    /// Starts everything, creates the topics and push subscriptions, and ticks `schedules`.
+    pub async fn start_with_schedules(
+        options: DevOptions,
+        registry: Registry,
+        schedules: Schedules,
+    ) -> Result<Self, BoxError> {
         let registry = Arc::new(registry);
         let pool = store::connect_lazy(&options.database_url, 16, Duration::from_secs(5))?;
         let relaxed = store::connect_relaxed(&options.database_url, 4, Duration::from_secs(5))?;
@@ -185,6 +195,21 @@ impl DevStack {
         let dead_letter_url = format!("{api_url}/internal/dead-letter");
         let dispatcher = Dispatcher::connect(&settings).await?;
         let user_cfg = UserAuthConfig { hs256_secret: Some(options.secret.clone()), ..UserAuthConfig::default() };
+        let outbox = Outbox::new(dispatcher.clone(), relaxed.clone());
+        let maintenance = Maintenance {
+            pool: pool.clone(),
+            registry: registry.clone(),
+            outbox: Some(outbox.clone()),
+            dispatcher: Some(dispatcher.clone()),
+            storage: storage.clone(),
+            retention: Retention::default(),
+            key_retention: crate::config::DEFAULT_IDEMPOTENCY_RETENTION,
+            redispatch_after: settings.redispatch_after,
+            // The dev loop below sweeps every second; a firing of runq.sweep is one pass.
+            sweep_window: Duration::ZERO,
+            sweep_every: options.sweep_every,
+        };
+        let schedules = Arc::new(schedules);
         let state = ApiState {
             pool: pool.clone(),
             registry: registry.clone(),
@@ -193,14 +218,20 @@ impl DevStack {
                 max_args_bytes: crate::config::DEFAULT_MAX_ARGS_BYTES,
                 idempotency_retention: crate::config::DEFAULT_IDEMPOTENCY_RETENTION,
             },
-            outbox: Some(Outbox::new(dispatcher.clone(), relaxed.clone())),
-            internal: Some(Arc::new(InternalAuth {
-                dead_letter: GoogleOidcVerifier::new(
-                    jwks.clone(),
-                    dead_letter_url.clone(),
-                    vec![DEV_DEAD_LETTER_ACCOUNT.into()],
-                ),
-                dead_letter_policy: options.dead_letter,
+            outbox: Some(outbox),
+            internal: Some(Arc::new(Internal {
+                dead_letter: Some((
+                    GoogleOidcVerifier::new(
+                        jwks.clone(),
+                        dead_letter_url.clone(),
+                        vec![DEV_DEAD_LETTER_ACCOUNT.into()],
+                    ),
+                    options.dead_letter,
+                )),
+                // The local ticker fires schedules directly, as Cloud Scheduler would over HTTP.
+                scheduler: None,
+                schedules: schedules.clone(),
+                maintenance: maintenance.clone(),
             })),
         };
         let router = api::router(state, &[]);
@@ -226,8 +257,32 @@ impl DevStack {
                     _ = tick.tick() => {}
                     _ = sweep_stop.wait_for(|s| *s) => return,
                 }
-                if let Err(e) = sweep_once(&sweep_pool, &sweep_dispatcher, redispatch_after).await {
+                if let Err(e) =
+                    crate::schedule::sweep_once(&sweep_pool, Some(&sweep_dispatcher), redispatch_after).await
+                {
                     tracing::warn!(error = %e, "sweep failed");
+                }
+            }
+        }));
+
+        // The schedules, fired by a local ticker through the same handler Cloud Scheduler calls.
+        let mut ticker_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ticker = Ticker::new(&schedules, chrono::Utc::now());
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = ticker_stop.wait_for(|s| *s) => return,
+                }
+                for (name, slot) in ticker.due(&schedules, chrono::Utc::now()) {
+                    let (maintenance, schedules) = (maintenance.clone(), schedules.clone());
+                    tokio::spawn(async move {
+                        let Some(schedule) = schedules.get(&name) else { return };
+                        if let Err(e) = maintenance.fire(schedule, slot).await {
+                            tracing::warn!(schedule = %name, error = %e, "schedule firing failed");
+                        }
+                    });
                 }
             }
         }));
@@ -297,23 +352,6 @@ impl DevStack {
         }
         self.stop_emulator().await;
     }
-}
-
-/// One sweep: the relay, then the reaper. What the `runq.sweep` schedule runs in production.
-pub async fn sweep_once(
-    pool: &PgPool,
-    dispatcher: &Dispatcher,
-    redispatch_after: Duration,
-) -> Result<(dispatch::RelayReport, usize), store::StoreError> {
-    let reaped = store::reap_expired(pool, 1000).await?;
-    for (id, status) in &reaped {
-        tracing::warn!(job_id = %id, %status, "lease expired (worker lost); job reaped");
-    }
-    let relay = dispatch::relay_once(pool, dispatcher, redispatch_after).await?;
-    if relay.published > 0 || relay.promoted > 0 {
-        tracing::debug!(promoted = relay.promoted, published = relay.published, "relay");
-    }
-    Ok((relay, reaped.len()))
 }
 
 /// Creates the topics (one per priority and the dead-letter topic) and the push subscriptions
@@ -521,7 +559,12 @@ pub fn dev_secret() -> Result<String, BoxError> {
 }
 
 /// `runq dev`: starts the stack, prints how to use it, runs until Ctrl-C or SIGTERM.
-pub async fn run(registry: Registry, api_addr: String, emulator_addr: String) -> Result<(), BoxError> {
+pub async fn run(
+    registry: Registry,
+    schedules: Schedules,
+    api_addr: String,
+    emulator_addr: String,
+) -> Result<(), BoxError> {
     let database_url = find_database().await?;
     let secret = dev_secret()?;
     let mut options = DevOptions::new(database_url, secret.clone());
@@ -531,7 +574,7 @@ pub async fn run(registry: Registry, api_addr: String, emulator_addr: String) ->
         options.storage = Some(crate::storage::StorageSettings { emulator_host: Some(host), ..Default::default() });
     }
     options.results_bucket = crate::config::var("RUNQ_RESULTS_BUCKET")?;
-    let stack = DevStack::start(options, registry).await?;
+    let stack = DevStack::start_with_schedules(options, registry, schedules).await?;
     let token = crate::auth::mint_hs256(
         &secret,
         "dev",

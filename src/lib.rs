@@ -17,6 +17,8 @@
 //! - [`dev`]: `runq dev`, the whole system in one process.
 //! - [`emulator`]: a Pub/Sub emulator (REST and gRPC on one port, push with OIDC).
 //! - [`storage`]: Cloud Storage for large results and function inputs (`gs://` URIs).
+//! - [`schedule`]: periodic jobs (Cloud Scheduler replaces beat), the sweep and cleanup.
+//! - [`infra`]: `runq infra export`, the queues and schedules that `infra/` reads.
 //! - [`telemetry`]: logs in the Cloud Logging format, trace ids.
 //! - [`client`]: the command-line client of the API (`runq submit/status/cancel/wait/jobs`).
 
@@ -29,7 +31,9 @@ pub mod dev;
 pub mod dispatch;
 pub mod emulator;
 pub mod function;
+pub mod infra;
 pub mod job;
+pub mod schedule;
 pub mod storage;
 pub mod store;
 pub mod telemetry;

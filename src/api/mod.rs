@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::{ApiError, RETRY_AFTER_SECS};
-pub use internal::{DeadLetterPolicy, InternalAuth};
+pub use internal::{DeadLetterPolicy, Internal};
 pub use jobs::{JobList, SubmitRequest};
 pub use openapi::openapi;
 
@@ -51,7 +51,7 @@ pub struct ApiState {
     /// Publishes jobs after their submit commits; `None` leaves them all to the relay.
     pub outbox: Option<crate::dispatch::Outbox>,
     /// Verifiers of the `/internal/*` callers; `None` disables those routes.
-    pub internal: Option<Arc<internal::InternalAuth>>,
+    pub internal: Option<Arc<internal::Internal>>,
 }
 
 /// Bodies larger than the args limit by more than this are refused before parsing.

@@ -8,9 +8,11 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+mod cleanup;
 mod jobs;
 mod runs;
 
+pub use cleanup::*;
 pub use jobs::*;
 pub use runs::*;
 

@@ -44,7 +44,12 @@ async fn capture_server() -> (String, mpsc::UnboundedReceiver<String>) {
 }
 
 /// A real push token from the emulator, for `audience`, signed as the dev push account.
-async fn emulator_token(emulator: &str, audience: &str, name: &str) -> String {
+pub async fn emulator_token(emulator: &str, audience: &str, name: &str) -> String {
+    emulator_token_as(emulator, audience, name, DEV_PUSH_ACCOUNT).await
+}
+
+/// A real OIDC token from the emulator for `audience`, signed as `account`.
+pub async fn emulator_token_as(emulator: &str, audience: &str, name: &str, account: &str) -> String {
     let endpoint = format!("http://{emulator}");
     let (url, mut rx) = capture_server().await;
     let topics = TopicAdmin::builder().with_endpoint(&endpoint).with_credentials(anonymous()).build().await.unwrap();
@@ -58,7 +63,7 @@ async fn emulator_token(emulator: &str, audience: &str, name: &str) -> String {
         .set_push_config(
             PushConfig::new()
                 .set_push_endpoint(&url)
-                .set_oidc_token(OidcToken::new().set_service_account_email(DEV_PUSH_ACCOUNT).set_audience(audience)),
+                .set_oidc_token(OidcToken::new().set_service_account_email(account).set_audience(audience)),
         )
         .send()
         .await

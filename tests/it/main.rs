@@ -11,3 +11,4 @@ mod e2e;
 mod e2e_faults;
 mod emulator;
 mod gcs;
+mod schedules;

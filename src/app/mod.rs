@@ -2,23 +2,29 @@
 //! role of the system (`api`, `migrate`, `token`, `emulator`, ...) with them.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::api::{self, ApiState, Limits};
-use crate::auth::{GoogleOidcVerifier, JwksCache, UserAuthConfig, UserVerifier, mint_hs256};
-use crate::config::{AuthSettings, Config};
+mod roles;
+
+pub use roles::{shutdown_signal, user_verifier};
+
+use crate::auth::mint_hs256;
+use crate::config::AuthSettings;
 use crate::function::{Function, Registry};
 use crate::job::Priority;
+use crate::schedule::{Action, Schedule, Schedules};
 use crate::store;
-use crate::worker::{self, WorkerSettings, WorkerState};
 
 /// A runq application: the functions it can run. The shipped `runq` binary is
 /// `App::new().run()`; users add their own functions and build their own binary.
 pub struct App {
     registry: Registry,
+    schedules: Schedules,
+    /// Declaration errors, reported when the app runs (so a bad schedule stops start-up with a
+    /// message naming it, whatever order functions and schedules were declared in).
+    errors: Vec<String>,
 }
 
 impl Default for App {
@@ -30,12 +36,12 @@ impl Default for App {
 impl App {
     /// An application with the built-in functions (`noop`, `sleep`, `echo`, `fail`).
     pub fn new() -> Self {
-        Self { registry: Registry::builtin() }
+        Self { registry: Registry::builtin(), schedules: Schedules::builtin(), errors: Vec::new() }
     }
 
     /// An application with no functions at all.
     pub fn empty() -> Self {
-        Self { registry: Registry::default() }
+        Self { registry: Registry::default(), schedules: Schedules::builtin(), errors: Vec::new() }
     }
 
     /// Registers a function.
@@ -49,14 +55,51 @@ impl App {
         self
     }
 
+    /// Declares a periodic job: `function` with `args` at every `cron` slot (5 fields, as Cloud
+    /// Scheduler takes them) in `time_zone` (IANA). Fired by Cloud Scheduler in production and by
+    /// `runq dev`'s ticker locally; each scheduled time runs once however often it is fired.
+    pub fn schedule(
+        mut self,
+        name: &str,
+        cron: &str,
+        time_zone: &str,
+        function: &str,
+        args: serde_json::Value,
+        priority: Priority,
+    ) -> Self {
+        let action = Action::Submit { function: function.into(), args, priority };
+        if let Err(e) = Schedule::new(name, cron, time_zone, action).and_then(|s| self.schedules.add(s)) {
+            self.errors.push(e.to_string());
+        }
+        self
+    }
+
     /// The registered functions.
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
 
+    /// The declared schedules (built-ins included).
+    pub fn schedules(&self) -> &Schedules {
+        &self.schedules
+    }
+
+    /// Every declaration error: invalid schedules, or schedules of unknown functions or bad args.
+    pub fn check(&self) -> Result<(), String> {
+        let mut errors = self.errors.clone();
+        if let Err(e) = self.schedules.check(&self.registry) {
+            errors.push(e.to_string());
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("\n")) }
+    }
+
     /// Parses the command line and runs the chosen role until it finishes or is signalled.
     pub fn run(self) -> ExitCode {
         let cli = Cli::parse();
+        if let Err(e) = self.check() {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
         let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -78,7 +121,7 @@ impl App {
         match command {
             Command::Api => {
                 crate::telemetry::init();
-                self.run_api().await
+                roles::api(self.registry, self.schedules).await
             }
             Command::Migrate => {
                 crate::telemetry::init();
@@ -91,11 +134,11 @@ impl App {
             }
             Command::Worker(args) => {
                 crate::telemetry::init();
-                self.run_worker(args.queue).await
+                roles::worker(self.registry, args.queue).await
             }
             Command::Dev(args) => {
                 crate::telemetry::init();
-                crate::dev::run(self.registry, args.api_addr, args.emulator_addr)
+                crate::dev::run(self.registry, self.schedules, args.api_addr, args.emulator_addr)
                     .await
                     .map_err(|e| -> Box<dyn std::error::Error> { e })
             }
@@ -123,119 +166,35 @@ impl App {
                 Ok(())
             }
             Command::Client(cmd) => std::process::exit(crate::client::run(cmd).await),
-        }
-    }
-
-    async fn run_worker(self, queue: Priority) -> Result<(), Box<dyn std::error::Error>> {
-        let config = Config::from_env()?;
-        let settings = WorkerSettings::from_env()?;
-        let pool = store::connect_lazy(&config.database_url, config.db_max_connections, config.db_acquire_timeout)?;
-        let relaxed = store::connect_relaxed(&config.database_url, 2, config.db_acquire_timeout)?;
-        store::check_schema(&pool).await?;
-        let jwks = Arc::new(JwksCache::new(settings.oidc_jwks_url.clone(), reqwest::Client::new())?);
-        let verifier =
-            GoogleOidcVerifier::new(jwks, settings.push_audience.clone(), settings.push_service_accounts.clone());
-        let (mut state, shutdown) =
-            WorkerState::new(pool, relaxed, Arc::new(self.registry), verifier, queue, settings.lease);
-        let results_bucket = crate::config::var("RUNQ_RESULTS_BUCKET")?;
-        if results_bucket.is_some() || crate::config::var("STORAGE_EMULATOR_HOST")?.is_some() {
-            let storage = crate::storage::BlobStore::new(&crate::storage::StorageSettings::from_env()?).await?;
-            state = state.with_storage(Arc::new(storage), results_bucket);
-        }
-        let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port)).await?;
-        tracing::info!(port = config.port, %queue, "runq worker listening");
-        worker::serve(listener, state, shutdown, shutdown_signal(), config.shutdown_grace).await?;
-        Ok(())
-    }
-
-    async fn run_api(self) -> Result<(), Box<dyn std::error::Error>> {
-        let config = Config::from_env()?;
-        config.auth.require_any()?;
-        let verifier = user_verifier(&config.auth)?;
-        let pool = store::connect_lazy(&config.database_url, config.db_max_connections, config.db_acquire_timeout)?;
-        if config.auto_migrate {
-            store::migrate(&pool).await?;
-        } else {
-            store::check_schema(&pool).await?;
-        }
-        let outbox = match crate::config::var("RUNQ_PUBSUB_PROJECT")?.or(crate::config::var("GOOGLE_CLOUD_PROJECT")?) {
-            Some(_) => {
-                let settings = crate::dispatch::PubSubSettings::from_env()?;
-                let dispatcher = crate::dispatch::Dispatcher::connect(&settings).await?;
-                let relaxed = store::connect_relaxed(&config.database_url, 2, config.db_acquire_timeout)?;
-                Some(crate::dispatch::Outbox::new(dispatcher, relaxed))
+            Command::Schedules(args) => {
+                let listing = crate::schedule::listing(&self.schedules, chrono::Utc::now(), args.next);
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&listing)?);
+                } else {
+                    for l in listing {
+                        let next: Vec<String> = l.next.iter().map(|t| t.to_rfc3339()).collect();
+                        println!(
+                            "{:<20} {:<16} {:<18} {:<38} next: {}",
+                            l.name,
+                            l.cron,
+                            l.time_zone,
+                            l.action,
+                            next.join(", ")
+                        );
+                    }
+                }
+                Ok(())
             }
-            None => {
-                tracing::warn!("no RUNQ_PUBSUB_PROJECT: jobs are recorded but not published to Pub/Sub");
-                None
+            Command::Infra(InfraCommand::Export(args)) => {
+                let export = crate::infra::export(&self.schedules, &crate::infra::QueueSpec::defaults());
+                let json = serde_json::to_string_pretty(&export)? + "\n";
+                match args.output {
+                    Some(path) => std::fs::write(&path, json)?,
+                    None => print!("{json}"),
+                }
+                Ok(())
             }
-        };
-        let internal = match crate::config::var("RUNQ_DEAD_LETTER_AUDIENCE")? {
-            Some(audience) => {
-                let jwks_url = crate::config::var("RUNQ_OIDC_JWKS_URL")?
-                    .unwrap_or_else(|| crate::auth::GOOGLE_JWKS_URL.to_owned());
-                let jwks = Arc::new(JwksCache::new(jwks_url, reqwest::Client::new())?);
-                let accounts = worker::list(crate::config::var("RUNQ_DEAD_LETTER_SERVICE_ACCOUNTS")?);
-                Some(Arc::new(api::InternalAuth {
-                    dead_letter: GoogleOidcVerifier::new(jwks, audience, accounts),
-                    dead_letter_policy: api::DeadLetterPolicy::default(),
-                }))
-            }
-            None => None,
-        };
-        let state = ApiState {
-            pool,
-            registry: Arc::new(self.registry),
-            verifier,
-            limits: Limits {
-                max_args_bytes: config.max_args_bytes,
-                idempotency_retention: config.idempotency_retention,
-            },
-            outbox,
-            internal,
-        };
-        let router = api::router(state, &config.cors_origins);
-        let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port)).await?;
-        tracing::info!(port = config.port, "runq api listening");
-        api::serve(listener, router, shutdown_signal(), config.shutdown_grace).await?;
-        Ok(())
-    }
-}
-
-/// Builds the public API's token verifier from the `RUNQ_AUTH_*` settings.
-pub fn user_verifier(auth: &AuthSettings) -> Result<UserVerifier, Box<dyn std::error::Error>> {
-    let cfg = UserAuthConfig {
-        hs256_secret: auth.hs256_secret.clone(),
-        hs256_previous_secret: auth.hs256_previous_secret.clone(),
-        jwks_url: auth.jwks_url.clone(),
-        issuer: auth.issuer.clone(),
-        audience: auth.audience.clone(),
-        admin_claim: auth.admin_claim.clone(),
-        admin_value: auth.admin_value.clone(),
-        ..UserAuthConfig::default()
-    };
-    Ok(UserVerifier::new(cfg, reqwest::Client::new())?)
-}
-
-/// Resolves on SIGTERM (Cloud Run's stop signal) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }
 
@@ -261,6 +220,11 @@ enum Command {
     Dev(DevArgs),
     /// Run the Pub/Sub emulator alone.
     Emulator(crate::emulator::EmulatorArgs),
+    /// List the declared schedules with their next fire times.
+    Schedules(SchedulesArgs),
+    /// Infrastructure as code generated from the declarations.
+    #[command(subcommand)]
+    Infra(InfraCommand),
     #[command(flatten)]
     Client(crate::client::ClientCommand),
 }
@@ -280,6 +244,29 @@ struct DevArgs {
     /// Where the embedded Pub/Sub emulator listens.
     #[arg(long, env = "RUNQ_DEV_EMULATOR_ADDR", default_value = "127.0.0.1:8085")]
     emulator_addr: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct SchedulesArgs {
+    /// How many upcoming fire times to show per schedule.
+    #[arg(long, default_value_t = 3)]
+    next: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum InfraCommand {
+    /// Write the queues and schedules as the JSON that `infra/` reads (infra/runq.json).
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    /// Write to this file instead of stdout.
+    #[arg(long, short)]
+    output: Option<std::path::PathBuf>,
 }
 
 fn parse_priority(raw: &str) -> Result<Priority, String> {
