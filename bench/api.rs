@@ -111,6 +111,7 @@ async fn start_in_process() -> (String, String) {
     )
     .unwrap();
     let state = runq::api::ApiState {
+        watcher: Some(runq::api::Watcher::start(pool.clone())),
         pool,
         registry: Arc::new(runq::function::Registry::builtin()),
         verifier,

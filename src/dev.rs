@@ -219,6 +219,7 @@ impl DevStack {
                 idempotency_retention: crate::config::DEFAULT_IDEMPOTENCY_RETENTION,
             },
             outbox: Some(outbox),
+            watcher: Some(api::Watcher::start(pool.clone())),
             internal: Some(Arc::new(Internal {
                 dead_letter: Some((
                     GoogleOidcVerifier::new(

@@ -212,18 +212,52 @@ fn matches_if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
     raw.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == ours)
 }
 
+/// Longest `?wait=` accepted: within any load balancer's default timeout.
+pub const MAX_WAIT_SECONDS: u64 = 30;
+
+/// Query parameters of `GET /jobs/{id}/status`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    /// Long-poll: answer as soon as the job differs from `If-None-Match` (or from its state when
+    /// the request arrived), or after this many seconds.
+    wait: Option<u64>,
+}
+
 async fn status(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let status = store::get_status(&state.pool, id, caller.owner_filter())
-        .await?
-        .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
-    let body = serde_json::to_vec(&status).map_err(|_| ApiError::Internal)?;
-    let etag = etag_of(&body);
+    let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let wait = query.wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECONDS {
+        return Err(ApiError::invalid("wait", format!("must be at most {MAX_WAIT_SECONDS} seconds")));
+    }
+    // Subscribe before the first read, so a change between the read and the wait isn't missed.
+    let mut changes = state.watcher.as_ref().filter(|_| wait > 0).map(|w| w.subscribe());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let mut baseline: Option<HeaderValue> = None;
+    let (body, etag) = loop {
+        let status = store::get_status(&state.pool, id, caller.owner_filter())
+            .await?
+            .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
+        let body = serde_json::to_vec(&status).map_err(|_| ApiError::Internal)?;
+        let etag = etag_of(&body);
+        let client_has_it = match headers.get(header::IF_NONE_MATCH) {
+            Some(_) => matches_if_none_match(&headers, &etag),
+            None => baseline.get_or_insert_with(|| etag.clone()) == &etag,
+        };
+        let Some(rx) = changes.as_mut().filter(|_| client_has_it && !status.status.is_finished()) else {
+            break (body, etag);
+        };
+        if !super::watch::changed(rx, id, deadline).await {
+            break (body, etag);
+        }
+    };
     let cache = HeaderValue::from_static("private, no-cache");
     if matches_if_none_match(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag), (header::CACHE_CONTROL, cache)]).into_response());

@@ -6,6 +6,7 @@ mod error;
 mod internal;
 mod jobs;
 mod openapi;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub use error::{ApiError, RETRY_AFTER_SECS};
 pub use internal::{DeadLetterPolicy, Internal};
 pub use jobs::{JobList, SubmitRequest};
 pub use openapi::openapi;
+pub use watch::Watcher;
 
 use crate::auth::{Principal, UserVerifier, bearer_token};
 use crate::function::Registry;
@@ -50,6 +52,8 @@ pub struct ApiState {
     pub limits: Limits,
     /// Publishes jobs after their submit commits; `None` leaves them all to the relay.
     pub outbox: Option<crate::dispatch::Outbox>,
+    /// Wakes status long-polls when their job changes; `None` answers `?wait=` at once.
+    pub watcher: Option<Watcher>,
     /// Verifiers of the `/internal/*` callers; `None` disables those routes.
     pub internal: Option<Arc<internal::Internal>>,
 }

@@ -82,13 +82,15 @@ pub fn openapi() -> Value {
             "/jobs/{id}/status": {
                 "get": {
                     "summary": "Poll a job's status (one primary-key read)",
-                    "parameters": [id_param(), { "name": "If-None-Match", "in": "header", "schema": { "type": "string" } }],
+                    "parameters": [id_param(), { "name": "If-None-Match", "in": "header", "schema": { "type": "string" } },
+                                   { "name": "wait", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 30 },
+                                     "description": "Long-poll: answer as soon as the job differs from If-None-Match (or from its state when the request arrived), or after this many seconds." }],
                     "responses": auth_errors(map(json!({
                         "200": { "description": "The status, with an `ETag`.", "headers": { "ETag": { "schema": { "type": "string" } } },
                                  "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobStatus" } } } },
                         "304": { "description": "Unchanged since the `If-None-Match` ETag." },
                         "404": problem("No such job, or another owner's."),
-                        "422": problem("The id is not a UUID.")
+                        "422": problem("The id is not a UUID, or wait is over 30.")
                     })))
                 }
             },

@@ -104,11 +104,12 @@ pub async fn api(registry: Registry, schedules: Schedules) -> Result<(), BoxErro
     };
     let internal = Internal { dead_letter, scheduler, schedules: Arc::new(schedules), maintenance };
     let state = ApiState {
-        pool,
+        pool: pool.clone(),
         registry,
         verifier,
         limits: Limits { max_args_bytes: config.max_args_bytes, idempotency_retention: config.idempotency_retention },
         outbox: pubsub.map(|p| p.2),
+        watcher: Some(api::Watcher::start(pool.clone())),
         internal: Some(Arc::new(internal)),
     };
     let router = api::router(state, &config.cors_origins);

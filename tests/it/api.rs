@@ -535,3 +535,56 @@ async fn token_ttl_is_enforced_by_the_verifier() {
     assert!((now..=now + 2).contains(&exp), "exp {exp} is about now + 1 s");
     assert_eq!(claims["aud"], AUDIENCE);
 }
+
+#[sqlx::test]
+async fn status_long_poll_wakes_on_change_and_times_out_with_304(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    let job: Value = submit(&api, "alice", json!({"function": "noop"})).await.json().await.unwrap();
+    let url = api.url(&format!("/jobs/{}/status", job["id"].as_str().unwrap()));
+    let first = api.http.get(&url).bearer_auth(token("alice")).send().await.unwrap();
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+
+    // Nothing changes: after the wait, 304.
+    let started = std::time::Instant::now();
+    let idle = api
+        .http
+        .get(format!("{url}?wait=1"))
+        .bearer_auth(token("alice"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(idle.status(), StatusCode::NOT_MODIFIED);
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited");
+
+    // A change while waiting: answered with the new state, long before the wait is over.
+    let waiting = {
+        let (http, url, etag, tok) = (api.http.clone(), format!("{url}?wait=20"), etag.clone(), token("alice"));
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let resp = http.get(url).bearer_auth(tok).header("if-none-match", etag).send().await.unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("UPDATE jobs SET status = 'running', attempt = 1, progress = 0.25, message = 'a quarter'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, body, elapsed) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((body["status"].as_str(), body["progress"].as_f64()), (Some("running"), Some(0.25)));
+    assert!(elapsed < Duration::from_secs(10), "woken by the change, not the timeout ({elapsed:?})");
+
+    // A finished job answers at once.
+    sqlx::query("UPDATE jobs SET status = 'succeeded', progress = 1, finished_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let done = api.http.get(format!("{url}?wait=20")).bearer_auth(token("alice")).send().await.unwrap();
+    assert_eq!(done.status(), StatusCode::OK);
+    assert_eq!(done.json::<Value>().await.unwrap()["status"], "succeeded");
+
+    let too_long = api.http.get(format!("{url}?wait=600")).bearer_auth(token("alice")).send().await.unwrap();
+    problem(too_long, StatusCode::UNPROCESSABLE_ENTITY).await;
+}

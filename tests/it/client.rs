@@ -365,6 +365,7 @@ async fn wait_rides_out_an_api_that_is_down_and_comes_back(pool: PgPool) {
         verifier: verifier(),
         limits: limits(),
         outbox: None,
+        watcher: None,
         internal: None,
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();

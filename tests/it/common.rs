@@ -44,6 +44,7 @@ pub async fn start_api(pool: PgPool) -> TestApi {
 
 pub async fn start_api_with(pool: PgPool, cors_origins: &[String]) -> TestApi {
     let state = ApiState {
+        watcher: Some(runq::api::Watcher::start(pool.clone())),
         pool,
         registry: Arc::new(Registry::builtin()),
         verifier: verifier(),

@@ -71,6 +71,7 @@ async fn start(pool: &PgPool, schedules: Schedules, emulator: Option<EmulatorHan
         verifier: verifier(),
         limits: limits(),
         outbox: None,
+        watcher: None,
         internal: Some(Arc::new(internal)),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
