@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::config::{ConfigError, var};
 use crate::job::Priority;
 use crate::store::{self, Dispatch};
+use crate::telemetry::metrics as metrics_names;
 
 /// How long one publish may take before it counts as failed (the relay retries later).
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -127,11 +128,14 @@ impl Dispatcher {
         }
         let message = Message::new().set_data(data).set_attributes(attributes);
         let publisher = &self.publishers[&job.priority];
-        match tokio::time::timeout(self.timeout, publisher.publish(message)).await {
+        let result = match tokio::time::timeout(self.timeout, publisher.publish(message)).await {
             Ok(Ok(_message_id)) => Ok(()),
             Ok(Err(e)) => Err(DispatchError::Publish(e.to_string())),
             Err(_) => Err(DispatchError::Timeout(self.timeout)),
-        }
+        };
+        let name = if result.is_ok() { metrics_names::PUBLISHED } else { metrics_names::PUBLISH_ERRORS };
+        metrics::counter!(name, "priority" => job.priority.as_str()).increment(1);
+        result
     }
 
     /// Publishes a batch concurrently; returns the ids that went out.

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// 401, 403 or 503 (from [`AuthError::status`]): the bearer token was refused.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// 403: authenticated, but not allowed (an admin-only route).
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such job, or not the caller's.
     #[error("no job with id {0}")]
     JobNotFound(String),
@@ -64,6 +67,7 @@ impl ApiError {
         match self {
             Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Self::Auth(e) => e.status(),
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::JobNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -80,6 +84,7 @@ impl ApiError {
         match self {
             Self::MalformedJson(_) => "malformed-json",
             Self::Auth(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::JobNotFound(_) => "job-not-found",
             Self::RouteNotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",

@@ -177,6 +177,8 @@ async fn submit(
     let job = submitted.job;
     if submitted.created {
         tracing::info!(job_id = %job.status.id, function = %job.function, priority = %job.priority, "job submitted");
+        metrics::counter!(crate::telemetry::metrics::JOBS_SUBMITTED, "function" => job.function.clone(), "priority" => job.priority.as_str())
+            .increment(1);
         // A delayed job waits for the relay; a due one is published now, off the request path.
         if let (Some(outbox), None) = (&state.outbox, run_after) {
             outbox.dispatch(crate::store::Dispatch {

@@ -63,6 +63,7 @@ const ENVELOPE_ALLOWANCE: usize = 16 * 1024;
 
 /// The whole API as one router. `cors_origins` may be empty (no CORS).
 pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
+    crate::telemetry::metrics::handle();
     let body_limit = state.limits.max_args_bytes + ENVELOPE_ALLOWANCE;
     let router = Router::new()
         .merge(jobs::router(body_limit))
@@ -70,6 +71,7 @@ pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
@@ -128,6 +130,20 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
     crate::store::ping(&state.pool).await?;
     Ok(axum::Json(serde_json::json!({ "status": "ready" })))
+}
+
+/// `GET /metrics` (admins only: it names functions and volumes): Prometheus text, with the
+/// queue depth read from Postgres at scrape time.
+async fn metrics(State(state): State<ApiState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+    if !caller.0.admin {
+        return Err(ApiError::Forbidden("/metrics needs an admin token".into()));
+    }
+    for (priority, status, count) in crate::store::depth(&state.pool).await? {
+        metrics::gauge!(crate::telemetry::metrics::QUEUE_DEPTH, "priority" => priority, "status" => status)
+            .set(count as f64);
+    }
+    let body = crate::telemetry::metrics::handle().render();
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], body))
 }
 
 async fn openapi_json() -> impl IntoResponse {

@@ -110,6 +110,10 @@ pub fn openapi() -> Value {
             "/healthz": { "get": { "summary": "The process is up", "security": [], "responses": { "200": { "description": "OK" } } } },
             "/readyz": { "get": { "summary": "The database is reachable", "security": [],
                                   "responses": { "200": { "description": "Ready" }, "503": problem("Database unreachable.") } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics (admin token)",
+                                   "responses": { "200": { "description": "Prometheus text format" },
+                                                  "401": problem("Missing or invalid token."),
+                                                  "403": problem("Not an admin token.") } } },
             "/openapi.json": { "get": { "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } }
         },
         "components": {

@@ -82,6 +82,7 @@ pub async fn sweep_once(
     redispatch_after: Duration,
 ) -> Result<SweepReport, StoreError> {
     let reaped = store::reap_expired(pool, 1000).await?;
+    metrics::counter!(crate::telemetry::metrics::REAPED).increment(reaped.len() as u64);
     for (id, status) in &reaped {
         tracing::warn!(job_id = %id, %status, "lease expired (worker lost); job reaped");
     }
@@ -227,6 +228,8 @@ impl Maintenance {
                 let submitted = store::submit(&self.pool, &new, self.key_retention).await?;
                 if submitted.created {
                     tracing::info!(schedule = %schedule.name, job_id = %submitted.job.status.id, scheduled = %at, "schedule fired");
+                    metrics::counter!(crate::telemetry::metrics::JOBS_SUBMITTED, "function" => submitted.job.function.clone(), "priority" => submitted.job.priority.as_str())
+                        .increment(1);
                     if let Some(outbox) = &self.outbox {
                         outbox.dispatch(store::Dispatch {
                             id: submitted.job.status.id,

@@ -101,6 +101,17 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Unfinished jobs by priority and status, for the queue-depth gauge. On the partial indexes.
+pub async fn depth(pool: &PgPool) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT priority, status, count(*) AS "count!" FROM jobs
+           WHERE status IN ('queued', 'retrying', 'running') GROUP BY priority, status"#
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.priority, r.status, r.count)).collect())
+}
+
 /// Checks that Postgres answers (for `/readyz`).
 pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::query("SELECT 1").execute(pool).await?;

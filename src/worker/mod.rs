@@ -128,9 +128,12 @@ pub fn worker_id(queue: Priority) -> String {
     format!("{host}/{queue}/{}", &Uuid::new_v4().simple().to_string()[..8])
 }
 
-/// The worker's routes: `POST /push`, `/healthz`, `/readyz`.
+/// The worker's routes: `POST /push`, `/healthz`, `/readyz`, `/metrics` (the worker services
+/// are private: Cloud Run IAM admits only the push and monitoring accounts).
 pub fn router(state: WorkerState) -> Router {
+    let metrics = crate::telemetry::metrics::handle();
     Router::new()
+        .route("/metrics", get(move || async move { metrics.render() }))
         .route("/push", post(push::push))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

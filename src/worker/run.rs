@@ -134,7 +134,20 @@ pub async fn execute(
         }
     };
     let final_message = control.progress.borrow().message.clone();
-    record(state, &claimed, &policy, ending, cancel_seen, soft_fired, final_message.as_deref()).await
+    let function_name = claimed.function.clone();
+    let recorded = record(state, &claimed, &policy, ending, cancel_seen, soft_fired, final_message.as_deref()).await;
+    let outcome = match &recorded {
+        Ok(Recorded::Status(status)) => status.as_str(),
+        Ok(Recorded::Fenced) => "fenced",
+        Ok(Recorded::Released) => "released",
+        Err(_) => "unrecorded",
+    };
+    let queue = state.queue.as_str();
+    metrics::counter!(crate::telemetry::metrics::RUNS, "function" => function_name.clone(), "queue" => queue, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!(crate::telemetry::metrics::RUN_SECONDS, "function" => function_name, "queue" => queue)
+        .record(started.elapsed().as_secs_f64());
+    recorded
 }
 
 async fn record(

@@ -588,3 +588,24 @@ async fn status_long_poll_wakes_on_change_and_times_out_with_304(pool: PgPool) {
     let too_long = api.http.get(format!("{url}?wait=600")).bearer_auth(token("alice")).send().await.unwrap();
     problem(too_long, StatusCode::UNPROCESSABLE_ENTITY).await;
 }
+
+#[sqlx::test]
+async fn metrics_for_admins(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    submit(&api, "alice", json!({"function": "noop", "priority": "high"})).await;
+    submit(&api, "alice", json!({"function": "echo", "args": {"value": 1}})).await;
+    problem(api.http.get(api.url("/metrics")).bearer_auth(token("alice")).send().await.unwrap(), StatusCode::FORBIDDEN)
+        .await;
+    problem(api.http.get(api.url("/metrics")).send().await.unwrap(), StatusCode::UNAUTHORIZED).await;
+    let resp = api.http.get(api.url("/metrics")).bearer_auth(admin_token("root")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    for line in [
+        r#"runq_jobs_submitted_total{function="noop",priority="high"} 1"#,
+        r#"runq_jobs_submitted_total{function="echo",priority="medium"} 1"#,
+        r#"runq_jobs{priority="high",status="queued"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    assert!(text.contains(r#"runq_http_requests_total{method="POST",route="/jobs",status="202"} 2"#), "{text}");
+}

@@ -212,6 +212,15 @@ async fn a_thousand_noops_across_priorities_each_run_exactly_once(pool: PgPool) 
     let runs: i64 =
         sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE outcome = 'succeeded'").fetch_one(&pool).await.unwrap();
     assert_eq!(runs, 1000);
+    // The workers count their runs (one process-wide recorder here: all three queues).
+    let (_, worker) = &s.dev.worker_urls[0];
+    let metrics = s.http.get(worker.replace("/push", "/metrics")).send().await.unwrap().text().await.unwrap();
+    let succeeded: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("runq_job_runs_total{") && l.contains(r#"outcome="succeeded""#))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(succeeded, 1000.0, "{metrics}");
     s.dev.shutdown().await;
 }
 

@@ -1,6 +1,9 @@
 //! Logs and trace ids: JSON lines in the Cloud Logging format when stdout is not a terminal
 //! (or `RUNQ_LOG_FORMAT=json`), readable text on a terminal; a request middleware that joins
-//! each request's logs to the caller's trace (`X-Cloud-Trace-Context` or `traceparent`).
+//! each request's logs to the caller's trace (`X-Cloud-Trace-Context` or `traceparent`);
+//! Prometheus metrics ([`metrics`]).
+
+pub mod metrics;
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -143,12 +146,20 @@ pub async fn trace_request(request: Request, next: Next) -> Response {
     let (trace_id, span_id) = trace_ids(request.headers()).map_or((None, None), |(t, s)| (Some(t), s));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // The route pattern (`/jobs/{id}/status`), not the path, so metrics don't explode per id.
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let span = tracing::info_span!("request", %method, %path, trace_id, span_id);
     let started = Instant::now();
     async move {
         let response = next.run(request).await;
         let status = response.status().as_u16();
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let labels = [("method", method.to_string()), ("route", route), ("status", status.to_string())];
+        ::metrics::counter!(metrics::HTTP_REQUESTS, &labels).increment(1);
+        ::metrics::histogram!(metrics::HTTP_SECONDS, &labels[..2]).record(latency_ms / 1000.0);
         if status >= 500 {
             tracing::warn!(status, latency_ms, "request failed");
         } else if !matches!(path.as_str(), "/healthz" | "/readyz") {
