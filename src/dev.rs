@@ -149,6 +149,8 @@ impl DevStack {
         };
         let http = reqwest::Client::new();
         let jwks = Arc::new(JwksCache::new(emulator.jwks_url(), http.clone())?);
+        let dispatcher = Dispatcher::connect(&settings).await?;
+        let outbox = Outbox::new(dispatcher.clone(), relaxed.clone());
 
         let storage = match &options.storage {
             Some(settings) => Some(Arc::new(crate::storage::BlobStore::new(settings).await?)),
@@ -171,6 +173,7 @@ impl DevStack {
             if let Some(storage) = &storage {
                 state = state.with_storage(storage.clone(), options.results_bucket.clone());
             }
+            state = state.with_outbox(outbox.clone());
             let (worker_stop, worker_stop_rx) = watch::channel(false);
             let mut all = stop_rx.clone();
             let mut own = worker_stop_rx;
@@ -193,9 +196,7 @@ impl DevStack {
         let api_listener = bind(&options.api_addr).await?;
         let api_url = format!("http://{}", api_listener.local_addr()?);
         let dead_letter_url = format!("{api_url}/internal/dead-letter");
-        let dispatcher = Dispatcher::connect(&settings).await?;
         let user_cfg = UserAuthConfig { hs256_secret: Some(options.secret.clone()), ..UserAuthConfig::default() };
-        let outbox = Outbox::new(dispatcher.clone(), relaxed.clone());
         let maintenance = Maintenance {
             pool: pool.clone(),
             registry: registry.clone(),

@@ -174,6 +174,9 @@ pub struct Job {
     pub error: Option<JobError>,
     pub parent_id: Option<Uuid>,
     pub idempotency_key: Option<String>,
+    /// A fan-out parent's children by status (`GET /jobs/{id}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<std::collections::BTreeMap<String, i64>>,
 }
 
 /// How soon a client should poll a job in `status` whose next change is due at `run_after`.

@@ -32,6 +32,7 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 pub(super) fn router(body_limit: usize) -> Router<ApiState> {
     Router::new()
         .route("/jobs", post(submit).get(list))
+        .route("/jobs:batch", post(submit_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES.max(body_limit))))
         .route("/jobs/{id}", get(detail))
         .route("/jobs/{id}/status", get(status))
         .route("/jobs/{id}/cancel", post(cancel))
@@ -113,6 +114,75 @@ fn request_hash(req: &SubmitRequest, priority: Priority, args: &RawValue) -> Res
     Ok(Sha256::digest(canonical.to_string().as_bytes()).into())
 }
 
+/// A submit that passed validation: everything a [`NewJob`] needs, owned.
+struct Checked {
+    function: &'static str,
+    priority: Priority,
+    max_attempts: i32,
+    run_after: Option<chrono::DateTime<Utc>>,
+}
+
+/// Validates one submit against the registry and the limits. `args` is the request's args
+/// (or `{}`); `at` prefixes error details in a batch.
+fn check(state: &ApiState, req: &SubmitRequest, args: &RawValue, at: &str) -> Result<Checked, ApiError> {
+    let function = state
+        .registry
+        .get(&req.function)
+        .ok_or_else(|| ApiError::invalid("function", format!("{at}unknown function `{}`", req.function)))?;
+    if args.get().len() > state.limits.max_args_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "{at}args are {} bytes; the limit is {}",
+            args.get().len(),
+            state.limits.max_args_bytes
+        )));
+    }
+    function
+        .validate(args)
+        .map_err(|e| ApiError::invalid("args", format!("{at}invalid args for `{}`: {e}", req.function)))?;
+    let priority = match &req.priority {
+        None => function.policy().priority,
+        Some(p) => {
+            p.parse().map_err(|e: crate::job::UnknownPriority| ApiError::invalid("priority", format!("{at}{e}")))?
+        }
+    };
+    let max_attempts = req.max_attempts.unwrap_or(function.policy().max_attempts);
+    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+        return Err(ApiError::invalid("max_attempts", format!("{at}must be between 1 and {MAX_ATTEMPTS_LIMIT}")));
+    }
+    let run_after = match req.delay_seconds {
+        None => None,
+        Some(d) if d.is_finite() && (0.0..=MAX_DELAY_SECONDS).contains(&d) => {
+            Some(Utc::now() + chrono::Duration::milliseconds((d * 1000.0) as i64))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid("delay_seconds", format!("{at}must be between 0 and {MAX_DELAY_SECONDS}")));
+        }
+    };
+    Ok(Checked { function: function.name(), priority, max_attempts: max_attempts as i32, run_after })
+}
+
+/// After a job's row committed: count it and, when it is due, publish it off the request path
+/// (a delayed job waits for the relay).
+fn submitted(state: &ApiState, job: &Job, trace_context: Option<&str>) {
+    metrics::counter!(crate::telemetry::metrics::JOBS_SUBMITTED, "function" => job.function.clone(), "priority" => job.priority.as_str())
+        .increment(1);
+    if let Some(outbox) = &state.outbox
+        && job.run_after <= Utc::now()
+    {
+        outbox.dispatch(crate::store::Dispatch {
+            id: job.status.id,
+            attempt: job.status.attempt,
+            function: job.function.clone(),
+            priority: job.priority,
+            trace_context: trace_context.map(str::to_owned),
+        });
+    }
+}
+
+fn empty_args() -> Box<RawValue> {
+    RawValue::from_string("{}".into()).expect("valid JSON")
+}
+
 async fn submit(
     State(state): State<ApiState>,
     caller: Caller,
@@ -122,77 +192,105 @@ async fn submit(
     require_json(&headers)?;
     let body = body.map_err(body_error)?;
     let req: SubmitRequest = parse_json(&body)?;
-    let function = state
-        .registry
-        .get(&req.function)
-        .ok_or_else(|| ApiError::invalid("function", format!("unknown function `{}`", req.function)))?;
-    let empty_args = RawValue::from_string("{}".into()).expect("valid JSON");
-    let args: &RawValue = req.args.as_deref().unwrap_or(&empty_args);
-    if args.get().len() > state.limits.max_args_bytes {
-        return Err(ApiError::TooLarge(format!(
-            "args are {} bytes; the limit is {}",
-            args.get().len(),
-            state.limits.max_args_bytes
-        )));
-    }
-    function
-        .validate(args)
-        .map_err(|e| ApiError::invalid("args", format!("invalid args for `{}`: {e}", req.function)))?;
-    let priority = match &req.priority {
-        None => function.policy().priority,
-        Some(p) => p.parse().map_err(|e: crate::job::UnknownPriority| ApiError::invalid("priority", e.to_string()))?,
-    };
-    let max_attempts = req.max_attempts.unwrap_or(function.policy().max_attempts);
-    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
-        return Err(ApiError::invalid("max_attempts", format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}")));
-    }
-    let run_after = match req.delay_seconds {
-        None => None,
-        Some(d) if d.is_finite() && (0.0..=MAX_DELAY_SECONDS).contains(&d) => {
-            Some(Utc::now() + chrono::Duration::milliseconds((d * 1000.0) as i64))
-        }
-        Some(_) => {
-            return Err(ApiError::invalid("delay_seconds", format!("must be between 0 and {MAX_DELAY_SECONDS}")));
-        }
-    };
+    let empty = empty_args();
+    let args: &RawValue = req.args.as_deref().unwrap_or(&empty);
+    let checked = check(&state, &req, args, "")?;
     let key = idempotency_key(&headers)?;
     let idempotency = match key {
-        Some(key) => Some((key, request_hash(&req, priority, args)?)),
+        Some(key) => Some((key, request_hash(&req, checked.priority, args)?)),
         None => None,
     };
     let trace_context = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let new = NewJob {
         id: Uuid::now_v7(),
         owner: &caller.0.sub,
-        function: function.name(),
-        priority,
+        function: checked.function,
+        priority: checked.priority,
         args,
-        max_attempts: max_attempts as i32,
-        run_after,
+        max_attempts: checked.max_attempts,
+        run_after: checked.run_after,
         parent_id: None,
         trace_context,
         idempotency,
     };
-    let submitted = store::submit(&state.pool, &new, state.limits.idempotency_retention).await?;
-    let job = submitted.job;
-    if submitted.created {
+    let result = store::submit(&state.pool, &new, state.limits.idempotency_retention).await?;
+    let job = result.job;
+    if result.created {
         tracing::info!(job_id = %job.status.id, function = %job.function, priority = %job.priority, "job submitted");
-        metrics::counter!(crate::telemetry::metrics::JOBS_SUBMITTED, "function" => job.function.clone(), "priority" => job.priority.as_str())
-            .increment(1);
-        // A delayed job waits for the relay; a due one is published now, off the request path.
-        if let (Some(outbox), None) = (&state.outbox, run_after) {
-            outbox.dispatch(crate::store::Dispatch {
-                id: job.status.id,
-                attempt: job.status.attempt,
-                function: job.function.clone(),
-                priority: job.priority,
-                trace_context: trace_context.map(str::to_owned),
-            });
-        }
+        submitted(&state, &job, trace_context);
     }
-    let code = if submitted.created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let code = if result.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     let location = HeaderValue::from_str(&format!("/jobs/{}", job.status.id)).expect("uuid is a valid header");
     Ok((code, [(header::LOCATION, location)], Json(job)).into_response())
+}
+
+/// Largest `POST /jobs:batch` body.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most jobs in one `POST /jobs:batch`.
+pub const MAX_BATCH: usize = 1000;
+
+/// The body of `POST /jobs:batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub jobs: Vec<SubmitRequest>,
+}
+
+/// The answer of `POST /jobs:batch`, in request order.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub jobs: Vec<Job>,
+}
+
+/// `POST /jobs:batch`: up to 1000 jobs in one statement and one commit, all or nothing.
+async fn submit_batch(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_json(&headers)?;
+    if headers.contains_key("idempotency-key") {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "batches don't take an Idempotency-Key; submit jobs that need one with POST /jobs",
+        ));
+    }
+    let body = body.map_err(body_error)?;
+    let req: BatchRequest = parse_json(&body)?;
+    if req.jobs.is_empty() || req.jobs.len() > MAX_BATCH {
+        return Err(ApiError::invalid("jobs", format!("a batch holds 1 to {MAX_BATCH} jobs")));
+    }
+    let empty = empty_args();
+    let args: Vec<&RawValue> = req.jobs.iter().map(|j| j.args.as_deref().unwrap_or(&empty)).collect();
+    let mut checked = Vec::with_capacity(req.jobs.len());
+    for (i, (job, args)) in req.jobs.iter().zip(&args).enumerate() {
+        checked.push(check(&state, job, args, &format!("jobs[{i}]: "))?);
+    }
+    let trace_context = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let new: Vec<NewJob<'_>> = checked
+        .iter()
+        .zip(&args)
+        .map(|(c, args)| NewJob {
+            id: Uuid::now_v7(),
+            owner: &caller.0.sub,
+            function: c.function,
+            priority: c.priority,
+            args,
+            max_attempts: c.max_attempts,
+            run_after: c.run_after,
+            parent_id: None,
+            trace_context,
+            idempotency: None,
+        })
+        .collect();
+    let jobs = store::submit_many(&state.pool, &new).await?;
+    tracing::info!(count = jobs.len(), "batch submitted");
+    for job in &jobs {
+        submitted(&state, job, trace_context);
+    }
+    Ok((StatusCode::ACCEPTED, Json(BatchResponse { jobs })).into_response())
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -275,9 +373,13 @@ async fn status(
 
 async fn detail(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
     let id = parse_id(&id)?;
-    let job = store::get(&state.pool, id, caller.owner_filter())
+    let mut job = store::get(&state.pool, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
+    let children = store::children_counts(&state.pool, id).await?;
+    if !children.is_empty() {
+        job.children = Some(children.into_iter().collect());
+    }
     Ok(Json(job))
 }
 
@@ -308,6 +410,8 @@ async fn cancel(State(state): State<ApiState>, caller: Caller, Path(id): Path<St
 struct ListQuery {
     status: Option<String>,
     function: Option<String>,
+    /// Only the children of this job (a fan-out).
+    parent: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
 }
@@ -351,7 +455,12 @@ async fn list(
         return Err(ApiError::invalid("limit", format!("must be between 1 and {MAX_PAGE}")));
     }
     let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let filter = ListFilter { owner: caller.owner_filter(), status, function: query.function.as_deref(), before };
+    let parent = match &query.parent {
+        Some(p) => Some(Uuid::parse_str(p).map_err(|_| ApiError::invalid("parent", format!("{p:?} is not a job id")))?),
+        None => None,
+    };
+    let filter =
+        ListFilter { owner: caller.owner_filter(), status, function: query.function.as_deref(), parent, before };
     // One extra row tells whether another page exists.
     let mut jobs = store::list(&state.pool, &filter, i64::from(limit) + 1).await?;
     let next_cursor = if jobs.len() > limit as usize {

@@ -59,12 +59,30 @@ pub fn openapi() -> Value {
                     "parameters": [
                         { "name": "status", "in": "query", "schema": { "$ref": "#/components/schemas/Status" } },
                         { "name": "function", "in": "query", "schema": { "type": "string" } },
+                        { "name": "parent", "in": "query", "schema": { "type": "string", "format": "uuid" }, "description": "Only the children of this job (a fan-out)." },
                         { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 200, "default": 50 } },
                         { "name": "cursor", "in": "query", "schema": { "type": "string" }, "description": "`next_cursor` of the previous page." }
                     ],
                     "responses": auth_errors(map(json!({
                         "200": { "description": "A page of jobs.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobList" } } } },
                         "422": problem("Unknown status, bad limit, bad cursor or unknown parameter.")
+                    })))
+                }
+            },
+            "/jobs:batch": {
+                "post": {
+                    "summary": "Submit up to 1000 jobs in one commit, all or nothing",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["jobs"], "additionalProperties": false,
+                        "properties": { "jobs": { "type": "array", "minItems": 1, "maxItems": 1000,
+                                                  "items": { "$ref": "#/components/schemas/SubmitRequest" } } } } } } },
+                    "responses": auth_errors(map(json!({
+                        "202": { "description": "Created, in request order.", "content": { "application/json": { "schema": {
+                            "type": "object", "properties": { "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } } } } } } },
+                        "400": problem("Malformed JSON."),
+                        "413": problem("Body or some job's args over the limit."),
+                        "415": problem("Content-Type is not application/json."),
+                        "422": problem("Empty or over 1000 jobs, an Idempotency-Key, or an invalid job (the detail names it: jobs[i]).")
                     })))
                 }
             },
@@ -162,7 +180,9 @@ pub fn openapi() -> Value {
                             "error": { "oneOf": [{ "type": "null" }, { "type": "object", "properties": {
                                 "kind": { "type": "string" }, "message": { "type": "string" }, "retryable": { "type": "boolean" } } }] },
                             "parent_id": { "type": ["string", "null"], "format": "uuid" },
-                            "idempotency_key": { "type": ["string", "null"] }
+                            "idempotency_key": { "type": ["string", "null"] },
+                            "children": { "type": "object", "additionalProperties": { "type": "integer" },
+                                          "description": "GET /jobs/{id} of a fan-out parent: its children by status." }
                         }
                     }]
                 },

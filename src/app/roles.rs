@@ -43,6 +43,12 @@ pub async fn worker(registry: Registry, queue: Priority) -> Result<(), BoxError>
     if let Some(storage) = storage_from_env().await? {
         state = state.with_storage(storage, var("RUNQ_RESULTS_BUCKET")?);
     }
+    if var("RUNQ_PUBSUB_PROJECT")?.or(var("GOOGLE_CLOUD_PROJECT")?).is_some() {
+        // Child jobs are published at once; without Pub/Sub settings the relay publishes them.
+        let dispatcher = Dispatcher::connect(&PubSubSettings::from_env()?).await?;
+        let relaxed = store::connect_relaxed(&config.database_url, 2, config.db_acquire_timeout)?;
+        state = state.with_outbox(Outbox::new(dispatcher, relaxed));
+    }
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port)).await?;
     tracing::info!(port = config.port, %queue, "runq worker listening");
     worker::serve(listener, state, shutdown, shutdown_signal(), config.shutdown_grace).await?;

@@ -15,9 +15,37 @@ pub struct Progress {
     pub message: Option<String>,
 }
 
+/// A child job a run asks for (a fan-out: one job per video of a playlist).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildJob {
+    pub function: String,
+    pub args: serde_json::Value,
+    /// The function's default queue when `None`.
+    pub priority: Option<crate::job::Priority>,
+}
+
+impl ChildJob {
+    /// A child running `function` with `args` on the function's default queue.
+    pub fn new(function: impl Into<String>, args: serde_json::Value) -> Self {
+        Self { function: function.into(), args, priority: None }
+    }
+}
+
+/// Creates a run's child jobs; the worker's implementation fences them by the run's claim.
+pub trait Spawner: Send + Sync {
+    /// Inserts `children` of job `parent`, returning their ids.
+    fn spawn(
+        &self,
+        parent: Uuid,
+        children: Vec<ChildJob>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Uuid>, super::FunctionError>> + Send + '_>>;
+}
+
 struct Shared {
     /// GCS, when the worker has it configured.
     storage: Option<Arc<crate::storage::BlobStore>>,
+    /// Creates child jobs; absent outside a worker.
+    spawner: Option<Arc<dyn Spawner>>,
     job_id: Uuid,
     attempt: u32,
     max_attempts: u32,
@@ -58,9 +86,21 @@ impl Context {
         max_attempts: u32,
         storage: Option<Arc<crate::storage::BlobStore>>,
     ) -> (Self, RunControl) {
+        Self::for_run(job_id, attempt, max_attempts, storage, None)
+    }
+
+    /// The context a worker gives a run: GCS access and a spawner of child jobs.
+    pub fn for_run(
+        job_id: Uuid,
+        attempt: u32,
+        max_attempts: u32,
+        storage: Option<Arc<crate::storage::BlobStore>>,
+        spawner: Option<Arc<dyn Spawner>>,
+    ) -> (Self, RunControl) {
         let (progress_tx, progress_rx) = watch::channel(Progress::default());
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        let shared = Shared { storage, job_id, attempt, max_attempts, progress: progress_tx, cancelled: cancel_rx };
+        let shared =
+            Shared { storage, spawner, job_id, attempt, max_attempts, progress: progress_tx, cancelled: cancel_rx };
         let control = RunControl { progress: progress_rx, cancel: cancel_tx };
         (Self { shared: Arc::new(shared) }, control)
     }
@@ -73,6 +113,18 @@ impl Context {
     /// GCS access (reading inputs by `gs://` URI, writing outputs), when the worker has it.
     pub fn storage(&self) -> Option<&Arc<crate::storage::BlobStore>> {
         self.shared.storage.as_ref()
+    }
+
+    /// Submits child jobs of this job (a fan-out), in one statement. They belong to this job's
+    /// owner, carry it as `parent_id` (`GET /jobs?parent=ID` lists them) and are created only
+    /// while this run still holds its claim: a stale run gets [`super::FunctionError::Cancelled`].
+    /// An unknown function or invalid args is a fatal error of this run.
+    pub async fn spawn(&self, children: Vec<ChildJob>) -> Result<Vec<Uuid>, super::FunctionError> {
+        let spawner =
+            self.shared.spawner.as_ref().ok_or_else(|| {
+                super::FunctionError::Fatal("child jobs can only be spawned by a run in a worker".into())
+            })?;
+        spawner.spawn(self.shared.job_id, children).await
     }
 
     /// Which run this is: 1 for the first.

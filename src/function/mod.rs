@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 pub use builtin::{Echo, EchoArgs, Fail, FailArgs, Noop, NoopArgs, Sleep, SleepArgs};
-pub use context::{Context, Progress, RunControl};
+pub use context::{ChildJob, Context, Progress, RunControl, Spawner};
 pub use wordcount::{WORDCOUNT_TOP, Wordcount, WordcountArgs, WordcountOutput};
 
 use crate::job::Priority;

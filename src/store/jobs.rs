@@ -68,6 +68,7 @@ impl JobRow {
             error: self.error.and_then(|e| serde_json::from_value::<JobError>(e).ok()),
             parent_id: self.parent_id,
             idempotency_key: self.idempotency_key,
+            children: None,
         }
     }
 
@@ -277,6 +278,8 @@ pub struct ListFilter<'a> {
     pub owner: Option<&'a str>,
     pub status: Option<Status>,
     pub function: Option<&'a str>,
+    /// Only the children of this job.
+    pub parent: Option<Uuid>,
     /// Only jobs older than this one (the keyset cursor).
     pub before: Option<Uuid>,
 }
@@ -294,6 +297,9 @@ pub async fn list(pool: &PgPool, filter: &ListFilter<'_>, limit: i64) -> Result<
     if let Some(function) = filter.function {
         q.push(" AND function = ").push_bind(function);
     }
+    if let Some(parent) = filter.parent {
+        q.push(" AND parent_id = ").push_bind(parent);
+    }
     if let Some(before) = filter.before {
         q.push(" AND id < ").push_bind(before);
     }
@@ -301,4 +307,123 @@ pub async fn list(pool: &PgPool, filter: &ListFilter<'_>, limit: i64) -> Result<
     let rows: Vec<JobRow> = q.build_query_as().fetch_all(pool).await?;
     let now = Utc::now();
     Ok(rows.into_iter().map(|r| r.into_job(now)).collect())
+}
+
+/// Columns of a multi-row insert, one vector per column (what `UNNEST` takes).
+#[derive(Default)]
+struct Columns {
+    ids: Vec<Uuid>,
+    owners: Vec<String>,
+    functions: Vec<String>,
+    priorities: Vec<String>,
+    args: Vec<String>,
+    max_attempts: Vec<i32>,
+    run_after: Vec<Option<DateTime<Utc>>>,
+    trace_contexts: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn of(jobs: &[NewJob<'_>]) -> Self {
+        let mut c = Columns::default();
+        for j in jobs {
+            c.ids.push(j.id);
+            c.owners.push(j.owner.to_owned());
+            c.functions.push(j.function.to_owned());
+            c.priorities.push(j.priority.as_str().to_owned());
+            c.args.push(j.args.get().to_owned());
+            c.max_attempts.push(j.max_attempts);
+            c.run_after.push(j.run_after);
+            c.trace_contexts.push(j.trace_context.map(str::to_owned));
+        }
+        c
+    }
+}
+
+/// Inserts many jobs in one statement and one durable commit (`POST /jobs:batch`). All or
+/// nothing. Idempotency keys are not supported here (each job's key would need its own check).
+pub async fn submit_many(pool: &PgPool, jobs: &[NewJob<'_>]) -> Result<Vec<Job>, StoreError> {
+    let c = Columns::of(jobs);
+    let rows = sqlx::query_as!(
+        JobRow,
+        r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after, trace_context)
+           SELECT t.id, t.owner, t.function, t.priority, t.args::jsonb, 'queued', t.max_attempts,
+                  coalesce(t.run_after, now()), t.trace_context
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
+                       $7::timestamptz[], $8::text[])
+                AS t(id, owner, function, priority, args, max_attempts, run_after, trace_context)
+           RETURNING id, owner, function, priority, args, status, progress, message, attempt, max_attempts,
+                     run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
+                     created_at, started_at, finished_at, updated_at"#,
+        &c.ids,
+        &c.owners,
+        &c.functions,
+        &c.priorities,
+        &c.args,
+        &c.max_attempts,
+        &c.run_after as &[Option<DateTime<Utc>>],
+        &c.trace_contexts as &[Option<String>],
+    )
+    .fetch_all(pool)
+    .await?;
+    let now = Utc::now();
+    Ok(rows.into_iter().map(|r| r.into_job(now)).collect())
+}
+
+/// Inserts child jobs of a running job, fenced by its claim: nothing is inserted unless the
+/// parent is still `running` under `claim_id`. Children belong to the parent's owner. `None`
+/// when the claim was lost.
+pub async fn spawn_children(
+    pool: &PgPool,
+    parent: Uuid,
+    claim_id: Uuid,
+    jobs: &[NewJob<'_>],
+) -> Result<Option<Vec<Job>>, StoreError> {
+    let c = Columns::of(jobs);
+    let mut tx = pool.begin().await?;
+    let owner: Option<String> = sqlx::query_scalar!(
+        "SELECT owner FROM jobs WHERE id = $1 AND claim_id = $2 AND status = 'running' FOR SHARE",
+        parent,
+        claim_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(owner) = owner else {
+        return Ok(None);
+    };
+    let rows = sqlx::query_as!(
+        JobRow,
+        r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after, trace_context, parent_id)
+           SELECT t.id, $9, t.function, t.priority, t.args::jsonb, 'queued', t.max_attempts,
+                  coalesce(t.run_after, now()), t.trace_context, $10
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
+                       $7::timestamptz[], $8::text[])
+                AS t(id, owner, function, priority, args, max_attempts, run_after, trace_context)
+           RETURNING id, owner, function, priority, args, status, progress, message, attempt, max_attempts,
+                     run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
+                     created_at, started_at, finished_at, updated_at"#,
+        &c.ids,
+        &c.owners,
+        &c.functions,
+        &c.priorities,
+        &c.args,
+        &c.max_attempts,
+        &c.run_after as &[Option<DateTime<Utc>>],
+        &c.trace_contexts as &[Option<String>],
+        owner,
+        parent,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let now = Utc::now();
+    Ok(Some(rows.into_iter().map(|r| r.into_job(now)).collect()))
+}
+
+/// A parent's children by status (on the `parent_id` index).
+pub async fn children_counts(pool: &PgPool, parent: Uuid) -> Result<Vec<(String, i64)>, StoreError> {
+    let rows =
+        sqlx::query!(r#"SELECT status, count(*) AS "count!" FROM jobs WHERE parent_id = $1 GROUP BY status"#, parent)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
 }

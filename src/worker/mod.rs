@@ -5,6 +5,7 @@
 mod leases;
 mod push;
 mod run;
+mod spawn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use uuid::Uuid;
 pub use leases::{Leases, RunSignal};
 pub use push::{JobMessage, PushEnvelope, PushError, authenticate, decode};
 pub use run::{INLINE_RESULT_LIMIT, PROGRESS_INTERVAL, Recorded, execute};
+pub use spawn::{MAX_CHILDREN, RunSpawner};
 
 use crate::auth::GoogleOidcVerifier;
 use crate::config::{ConfigError, var};
@@ -88,9 +90,17 @@ pub struct WorkerState {
     pub storage: Option<Arc<BlobStore>>,
     /// `RUNQ_RESULTS_BUCKET`: where results over the inline limit go.
     pub results_bucket: Option<String>,
+    /// Publishes child jobs at once; without it the relay does.
+    pub outbox: Option<crate::dispatch::Outbox>,
 }
 
 impl WorkerState {
+    /// Lets the worker publish the child jobs its runs spawn.
+    pub fn with_outbox(mut self, outbox: crate::dispatch::Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
     /// Gives the worker GCS access, and a bucket for results over the inline limit.
     pub fn with_storage(mut self, storage: Arc<BlobStore>, results_bucket: Option<String>) -> Self {
         self.storage = Some(storage);
@@ -171,6 +181,7 @@ impl WorkerState {
             shutdown: rx,
             storage: None,
             results_bucket: None,
+            outbox: None,
         };
         (state, tx)
     }

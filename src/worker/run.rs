@@ -60,8 +60,19 @@ pub async fn execute(
     function: Arc<dyn DynFunction>,
 ) -> Result<Recorded, StoreError> {
     let policy = function.policy().clone();
-    let (ctx, mut control) =
-        Context::with_storage(claimed.id, claimed.attempt as u32, claimed.max_attempts as u32, state.storage.clone());
+    let spawner = super::RunSpawner {
+        pool: state.pool.clone(),
+        registry: state.registry.clone(),
+        outbox: state.outbox.clone(),
+        claim_id: claimed.claim_id,
+    };
+    let (ctx, mut control) = Context::for_run(
+        claimed.id,
+        claimed.attempt as u32,
+        claimed.max_attempts as u32,
+        state.storage.clone(),
+        Some(Arc::new(spawner)),
+    );
     let (_guard, mut signals) = state.leases.hold(claimed.id, claimed.claim_id);
     let mut task = tokio::spawn(function.call(ctx, &claimed.args));
     let started = Instant::now();

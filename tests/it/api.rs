@@ -609,3 +609,47 @@ async fn metrics_for_admins(pool: PgPool) {
     }
     assert!(text.contains(r#"runq_http_requests_total{method="POST",route="/jobs",status="202"} 2"#), "{text}");
 }
+
+#[sqlx::test]
+async fn batch_submit_is_all_or_nothing(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    let batch = |body: Value| api.http.post(api.url("/jobs:batch")).bearer_auth(token("alice")).json(&body).send();
+    let resp = batch(json!({"jobs": [
+        {"function": "noop", "priority": "high"},
+        {"function": "echo", "args": {"value": [1, 2]}},
+        {"function": "sleep", "args": {"seconds": 1}, "delay_seconds": 60, "max_attempts": 1}
+    ]}))
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let body: Value = resp.json().await.unwrap();
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.iter().map(|j| j["function"].as_str().unwrap()).collect::<Vec<_>>(), ["noop", "echo", "sleep"]);
+    assert_eq!(jobs[0]["priority"], "high");
+    assert_eq!(jobs[1]["args"], json!({"value": [1, 2]}));
+    assert_eq!(jobs[2]["max_attempts"], 1);
+    assert!(jobs.iter().all(|j| j["status"] == "queued"));
+    assert_eq!(counts(&pool).await, (3, 0));
+
+    // One bad job refuses the whole batch, naming it.
+    let resp =
+        batch(json!({"jobs": [{"function": "noop"}, {"function": "sleep", "args": {"secs": 1}}]})).await.unwrap();
+    let problem_body = problem(resp, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(problem_body["detail"].as_str().unwrap().starts_with("jobs[1]: "), "{problem_body}");
+    for bad in [json!({"jobs": []}), json!({"jobs": [{"function": "nope"}]}), json!({"jobs": {}})] {
+        problem(batch(bad).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
+    let too_many: Vec<Value> = (0..1001).map(|_| json!({"function": "noop"})).collect();
+    problem(batch(json!({"jobs": too_many})).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
+    let keyed = api
+        .http
+        .post(api.url("/jobs:batch"))
+        .bearer_auth(token("alice"))
+        .header("idempotency-key", "k")
+        .json(&json!({"jobs": [{"function": "noop"}]}))
+        .send()
+        .await
+        .unwrap();
+    problem(keyed, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(counts(&pool).await, (3, 0), "refused batches wrote nothing");
+}

@@ -69,6 +69,20 @@ impl Function for PanicOnce {
     }
 }
 
+/// Fans out: one `echo` child per item, then returns the children's ids.
+struct Playlist;
+impl Function for Playlist {
+    type Args = Vec<String>;
+    type Output = Vec<Uuid>;
+    fn name(&self) -> &'static str {
+        "playlist"
+    }
+    async fn run(&self, ctx: Context, videos: Vec<String>) -> Result<Vec<Uuid>, FunctionError> {
+        let children = videos.into_iter().map(|v| runq::function::ChildJob::new("echo", json!({"value": v}))).collect();
+        ctx.spawn(children).await
+    }
+}
+
 /// Returns a result over the 64 KiB inline limit.
 struct Big;
 impl Function for Big {
@@ -98,6 +112,7 @@ fn registry(counter: &CountingNoop) -> Registry {
     r.register(Slow).unwrap();
     r.register(PanicOnce).unwrap();
     r.register(Big).unwrap();
+    r.register(Playlist).unwrap();
     r.register(runq::function::Wordcount::default()).unwrap();
     r
 }
@@ -405,4 +420,76 @@ async fn large_results_without_a_bucket_fail_clearly(pool: PgPool) {
     assert_eq!(done["status"], "failed");
     assert_eq!(done["error"]["kind"], "result_too_large");
     s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_run_fans_out_into_child_jobs(pool: PgPool) {
+    let s = stack(&pool).await;
+    let parent = s.submit(json!({"function": "playlist", "args": ["intro", "talk", "q-and-a"]})).await;
+    let done = s.finished(&id(&parent)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let children: Vec<String> =
+        done["result"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+    assert_eq!(children.len(), 3);
+    for child in &children {
+        let c = s.finished(child).await;
+        assert_eq!((c["status"].as_str(), c["parent_id"].as_str()), (Some("succeeded"), Some(id(&parent).as_str())));
+    }
+    let parent_view = s.job(&id(&parent)).await;
+    assert_eq!(parent_view["children"], json!({"succeeded": 3}));
+    let listed: Value = s
+        .http
+        .get(format!("{}/jobs?parent={}", s.dev.api_url, id(&parent)))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = listed["jobs"].as_array().unwrap().iter().map(|j| id(j)).collect();
+    listed.sort();
+    let mut expected = children.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let results: Vec<Value> = sqlx::query_scalar("SELECT result FROM jobs WHERE parent_id IS NOT NULL ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(results, vec![json!("intro"), json!("talk"), json!("q-and-a")]);
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn children_of_a_lost_claim_are_not_created(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO jobs (id, owner, function, priority, args, status, attempt, max_attempts, claim_id, lease_until)
+         VALUES ('00000000-0000-0000-0000-000000000001', 'a', 'playlist', 'low', '[]', 'running', 1, 3,
+                 '00000000-0000-0000-0000-0000000000aa', now() + interval '1 minute')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let args = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+    let child = runq::store::NewJob {
+        id: Uuid::now_v7(),
+        owner: "",
+        function: "noop",
+        priority: Priority::Low,
+        args: &args,
+        max_attempts: 3,
+        run_after: None,
+        parent_id: None,
+        trace_context: None,
+        idempotency: None,
+    };
+    let parent = Uuid::from_u128(1);
+    let stale =
+        runq::store::spawn_children(&pool, parent, Uuid::from_u128(0xbb), std::slice::from_ref(&child)).await.unwrap();
+    assert!(stale.is_none(), "a stale claim spawns nothing");
+    let fresh = runq::store::spawn_children(&pool, parent, Uuid::from_u128(0xaa), &[child]).await.unwrap().unwrap();
+    assert_eq!(fresh.len(), 1);
+    let owner: String =
+        sqlx::query_scalar("SELECT owner FROM jobs WHERE parent_id = $1").bind(parent).fetch_one(&pool).await.unwrap();
+    assert_eq!(owner, "a", "children belong to the parent's owner");
 }
