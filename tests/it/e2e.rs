@@ -447,7 +447,7 @@ async fn a_run_fans_out_into_child_jobs(pool: PgPool) {
         .json()
         .await
         .unwrap();
-    let mut listed: Vec<String> = listed["jobs"].as_array().unwrap().iter().map(|j| id(j)).collect();
+    let mut listed: Vec<String> = listed["jobs"].as_array().unwrap().iter().map(id).collect();
     listed.sort();
     let mut expected = children.clone();
     expected.sort();
