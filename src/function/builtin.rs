@@ -30,8 +30,8 @@ impl Function for Noop {
 /// Sleeps `seconds` in `steps` even steps, reporting progress after each; stops when cancelled.
 pub struct Sleep;
 
-/// Longest `sleep` accepted: an hour.
-pub const SLEEP_MAX_SECONDS: f64 = 3600.0;
+/// Longest `sleep` accepted: it runs inline, inside the push request's deadline.
+pub const SLEEP_MAX_SECONDS: f64 = 500.0;
 
 /// `sleep`'s arguments.
 #[derive(Debug, Deserialize)]
@@ -60,10 +60,6 @@ impl Function for Sleep {
 
     fn name(&self) -> &'static str {
         "sleep"
-    }
-
-    fn hard_time_limit(&self) -> Duration {
-        Duration::from_secs(SLEEP_MAX_SECONDS as u64 + 60)
     }
 
     fn check(&self, args: &SleepArgs) -> Result<(), String> {

@@ -35,6 +35,9 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(600);
 /// The run is aborted after this long. It fits inside Pub/Sub's 600 s push deadline with a
 /// margin, so a default function can run inline in the push request.
 pub const DEFAULT_HARD_TIME_LIMIT: Duration = Duration::from_secs(540);
+/// The longest hard limit of an inline function: Pub/Sub's push deadline (600 s, which is also
+/// the push request's timeout) less a margin for claiming and recording.
+pub const MAX_INLINE_TIME_LIMIT: Duration = Duration::from_secs(570);
 
 /// Exponential backoff with full jitter: retry `n` (1-based) waits a random time in
 /// `0..=min(max, initial * 2^(n-1))`.
@@ -76,6 +79,8 @@ pub struct Policy {
     pub soft_time_limit: Option<Duration>,
     /// When the run is aborted and fails with kind `timeout`.
     pub hard_time_limit: Duration,
+    /// Runs outside the push request (see [`Function::detached`]).
+    pub detached: bool,
 }
 
 /// Why a function's run failed. The variant carries the retry intent; runq owns the backoff.
@@ -140,6 +145,15 @@ pub trait Function: Send + Sync + 'static {
     /// When the run is aborted.
     fn hard_time_limit(&self) -> Duration {
         DEFAULT_HARD_TIME_LIMIT
+    }
+
+    /// Whether runs are detached from the push request: the worker claims the job, answers
+    /// Pub/Sub at once and runs the function in the background with heartbeats. Needed when the
+    /// hard limit is over [`MAX_INLINE_TIME_LIMIT`]; route such functions to a queue whose
+    /// worker service has CPU always allocated (Cloud Run throttles CPU between requests
+    /// otherwise). Default: inline.
+    fn detached(&self) -> bool {
+        false
     }
 
     /// Checks what the types can't (ranges, lengths) at submit time; the message goes to the client.
@@ -216,6 +230,11 @@ pub enum RegistryError {
     BadAttempts(String),
     #[error("function `{0}`: the soft time limit must be shorter than the hard time limit")]
     BadLimits(String),
+    #[error(
+        "function `{0}`: its hard time limit of {1} s doesn't fit in Pub/Sub's 600 s push deadline; \
+         make it detached (Function::detached) and route it to a queue with CPU always allocated"
+    )]
+    TooLongForInline(String, u64),
 }
 
 /// The functions of an [`crate::App`], by name.
@@ -243,7 +262,11 @@ impl Registry {
             backoff: function.backoff(),
             soft_time_limit: function.soft_time_limit(),
             hard_time_limit: function.hard_time_limit(),
+            detached: function.detached(),
         };
+        if !policy.detached && policy.hard_time_limit > MAX_INLINE_TIME_LIMIT {
+            return Err(RegistryError::TooLongForInline(name.into(), policy.hard_time_limit.as_secs()));
+        }
         if !(1..=MAX_ATTEMPTS_LIMIT).contains(&policy.max_attempts) {
             return Err(RegistryError::BadAttempts(name.into()));
         }

@@ -111,3 +111,50 @@ impl Leases {
         })
     }
 }
+
+/// Runs detached from their push request, so shutdown can wait for them to finish or release.
+#[derive(Clone, Default)]
+pub struct Background {
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    idle: Arc<tokio::sync::Notify>,
+}
+
+/// Held by a detached run while it lives.
+pub struct BackgroundGuard(Background);
+
+impl Drop for BackgroundGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Background {
+    /// Counts a detached run until the guard drops.
+    pub fn enter(&self) -> BackgroundGuard {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        BackgroundGuard(self.clone())
+    }
+
+    /// Detached runs alive now.
+    pub fn len(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// True when no detached run is alive.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolves once no detached run is alive.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-pub use leases::{Leases, RunSignal};
+pub use leases::{Background, Leases, RunSignal};
 pub use push::{JobMessage, PushEnvelope, PushError, authenticate, decode};
 pub use run::{INLINE_RESULT_LIMIT, PROGRESS_INTERVAL, Recorded, execute};
 pub use spawn::{MAX_CHILDREN, RunSpawner};
@@ -92,6 +92,8 @@ pub struct WorkerState {
     pub results_bucket: Option<String>,
     /// Publishes child jobs at once; without it the relay does.
     pub outbox: Option<crate::dispatch::Outbox>,
+    /// Detached runs in flight (their push was answered already).
+    pub background: Background,
 }
 
 impl WorkerState {
@@ -182,6 +184,7 @@ impl WorkerState {
             storage: None,
             results_bucket: None,
             outbox: None,
+            background: Background::default(),
         };
         (state, tx)
     }
@@ -198,6 +201,7 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let keeper = state.leases.spawn_keeper(state.relaxed.clone(), state.lease);
+    let background = state.background.clone();
     let queue = state.queue;
     let leases = state.leases.clone();
     let stop = async move {
@@ -207,6 +211,10 @@ pub async fn serve(
     };
     // Runs get `grace`; recording their release takes a moment more.
     let result = crate::api::serve(listener, router(state), stop, grace + Duration::from_secs(2)).await;
+    // Detached runs saw the same shutdown signal: they finish or release within the grace.
+    if tokio::time::timeout(grace + Duration::from_secs(2), background.idle()).await.is_err() {
+        tracing::warn!(running = background.len(), "detached runs still going at exit; their leases will expire");
+    }
     keeper.abort();
     result
 }

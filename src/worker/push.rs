@@ -131,6 +131,19 @@ async fn handle(state: &WorkerState, id: Uuid) -> Result<(), StoreError> {
         tracing::error!(function = %claimed.function, "this worker has no such function; job released");
         return Err(StoreError::Other(sqlx::Error::Protocol(format!("unknown function {}", claimed.function))));
     };
+    if function.policy().detached {
+        // Claimed durably above; answer Pub/Sub now and run in the background with heartbeats.
+        let (state, guard) = (state.clone(), state.background.enter());
+        let id = claimed.id;
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = execute(&state, claimed, function).await {
+                // The lease expires and the reaper requeues the job: retried, never lost.
+                tracing::error!(job_id = %id, error = %e, "detached run's outcome could not be recorded");
+            }
+        });
+        return Ok(());
+    }
     match execute(state, claimed, function).await? {
         Recorded::Released => Err(StoreError::Other(sqlx::Error::Protocol("interrupted by shutdown".into()))),
         Recorded::Status(_) | Recorded::Fenced => Ok(()),

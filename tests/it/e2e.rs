@@ -83,6 +83,29 @@ impl Function for Playlist {
     }
 }
 
+/// A long function: detached from the push request (its hard limit is over Pub/Sub's deadline).
+pub struct Long;
+impl Function for Long {
+    type Args = serde_json::Value;
+    type Output = serde_json::Value;
+    fn name(&self) -> &'static str {
+        "long"
+    }
+    fn hard_time_limit(&self) -> Duration {
+        Duration::from_secs(3 * 3600)
+    }
+    fn detached(&self) -> bool {
+        true
+    }
+    async fn run(&self, ctx: Context, _args: Value) -> Result<Value, FunctionError> {
+        for step in 1..=3 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            ctx.progress(step as f32 / 3.0, format!("part {step}"));
+        }
+        Ok(json!("done"))
+    }
+}
+
 /// Returns a result over the 64 KiB inline limit.
 struct Big;
 impl Function for Big {
@@ -113,6 +136,7 @@ fn registry(counter: &CountingNoop) -> Registry {
     r.register(PanicOnce).unwrap();
     r.register(Big).unwrap();
     r.register(Playlist).unwrap();
+    r.register(Long).unwrap();
     r.register(runq::function::Wordcount::default()).unwrap();
     r
 }

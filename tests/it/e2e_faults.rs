@@ -282,3 +282,60 @@ async fn sigterm_releases_runs_that_cannot_finish_in_the_grace_period(pool: PgPo
     s.wait_until(&id, Duration::from_secs(10), |j| j["status"] == "cancelled").await;
     s.dev.shutdown().await;
 }
+
+#[sqlx::test]
+async fn detached_runs_answer_the_push_at_once_and_finish_in_the_background(pool: PgPool) {
+    let s = stack(&pool).await;
+    let (_, worker_url) = s.dev.worker_urls.iter().find(|(q, _)| *q == Priority::Medium).unwrap().clone();
+    let token = emulator_token(&s.dev.emulator_host(), &worker_url, "detached").await;
+    // Recorded without the outbox, so only our push delivers it.
+    let args = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+    let id = uuid::Uuid::now_v7();
+    let new = runq::store::NewJob {
+        id,
+        owner: "e2e",
+        function: "long",
+        priority: Priority::Medium,
+        args: &args,
+        max_attempts: 3,
+        run_after: None,
+        parent_id: None,
+        trace_context: None,
+        idempotency: None,
+    };
+    runq::store::submit(&pool, &new, Duration::from_secs(60)).await.unwrap();
+    let resp = s.http.post(&worker_url).bearer_auth(&token).body(envelope(&id.to_string())).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1").bind(id).fetch_one(&pool).await.unwrap();
+    assert_eq!(status, "running", "the push was answered while the run goes on");
+    let done = s.finished(&id.to_string()).await;
+    assert_eq!(
+        (done["status"].as_str(), done["result"].as_str(), done["message"].as_str()),
+        (Some("succeeded"), Some("done"), Some("part 3"))
+    );
+    s.dev.shutdown().await;
+}
+
+#[test]
+fn an_inline_function_whose_limit_exceeds_the_push_deadline_is_refused() {
+    struct TooLong;
+    impl runq::Function for TooLong {
+        type Args = Value;
+        type Output = Value;
+        fn name(&self) -> &'static str {
+            "too_long"
+        }
+        fn hard_time_limit(&self) -> Duration {
+            Duration::from_secs(3600)
+        }
+        async fn run(&self, _: runq::function::Context, _: Value) -> Result<Value, runq::function::FunctionError> {
+            Ok(Value::Null)
+        }
+    }
+    let mut registry = runq::function::Registry::default();
+    let err = registry.register(TooLong).unwrap_err();
+    assert!(matches!(err, runq::function::RegistryError::TooLongForInline(_, 3600)), "{err}");
+    assert!(err.to_string().contains("detached"));
+    assert!(registry.register(crate::e2e::Long).is_ok(), "the same limit is fine detached");
+}
