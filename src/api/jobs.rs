@@ -341,6 +341,7 @@ async fn status(
     let mut changes = state.watcher.as_ref().filter(|_| wait > 0).map(|w| w.subscribe());
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
     let mut baseline: Option<HeaderValue> = None;
+    let mut watching = false;
     let (body, etag) = loop {
         let status = store::get_status(&state.pool, id, caller.owner_filter())
             .await?
@@ -354,6 +355,12 @@ async fn status(
         let Some(rx) = changes.as_mut().filter(|_| client_has_it && !status.status.is_finished()) else {
             break (body, etag);
         };
+        if !watching {
+            // From now on this job's changes notify; read again in case one just slipped by.
+            store::watch(&state.pool, id).await?;
+            watching = true;
+            continue;
+        }
         if !super::watch::changed(rx, id, deadline).await {
             break (body, etag);
         }

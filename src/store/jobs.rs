@@ -271,6 +271,13 @@ pub async fn cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Canc
     })
 }
 
+/// Marks a job as long-polled, so its changes NOTIFY the API's listener from now on (unwatched
+/// jobs skip NOTIFY and its commit-time lock). A no-op once set.
+pub async fn watch(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
+    sqlx::query!("UPDATE jobs SET watched = true WHERE id = $1 AND NOT watched", id).execute(pool).await?;
+    Ok(())
+}
+
 /// Filters of a job listing.
 #[derive(Debug, Default, Clone)]
 pub struct ListFilter<'a> {
