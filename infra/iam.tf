@@ -8,7 +8,7 @@
 # | runq-dead-letter | the dead-letter push to the API     | nothing (the API checks its token itself)        |
 # | runq-scheduler   | Cloud Scheduler's calls to the API  | nothing (the API checks its token itself)        |
 # | runq-migrate     | the migration job                   | read the owner's database URL, Cloud SQL client  |
-# | runq-deploy      | Cloud Build (cloudbuild.yaml)       | push images, deploy the services and the job     |
+# | runq-deploy      | Cloud Build (cloudbuild.yaml)       | read its sources, push images, deploy the services and the job |
 
 resource "google_service_account" "runq" {
   for_each     = local.accounts
@@ -62,7 +62,9 @@ resource "google_service_account_iam_member" "pubsub_signs" {
 # Cloud Build deploys as runq-deploy.
 resource "google_project_iam_member" "deploy" {
   for_each = toset([
-    "roles/run.developer",     # deploy services, update and execute the migration job
+    # Deploy services, update and execute the migration job. run.developer would do, but for
+    # `--no-allow-unauthenticated` on the workers, which re-asserts their invoker policy.
+    "roles/run.admin",
     "roles/logging.logWriter", # build logs
   ])
   project = var.project_id
@@ -83,4 +85,11 @@ resource "google_service_account_iam_member" "deploy_acts_as" {
   service_account_id = google_service_account.runq[each.key].name
   role               = "roles/iam.serviceAccountUser"
   member             = "serviceAccount:${google_service_account.runq["deploy"].email}"
+}
+
+# The sources `gcloud builds submit` uploads (docs/deploy.md), readable by Cloud Build's account.
+resource "google_storage_bucket_iam_member" "deploy_reads_sources" {
+  bucket = google_storage_bucket.build_sources.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.runq["deploy"].email}"
 }

@@ -26,3 +26,23 @@ resource "google_storage_bucket_iam_member" "results" {
   role     = "roles/storage.objectUser"
   member   = "serviceAccount:${google_service_account.runq[each.key].email}"
 }
+
+# Staging for `gcloud builds submit --gcs-source-staging-dir`: the deploy account reads its
+# sources here instead of a project-wide grant.
+resource "google_storage_bucket" "build_sources" {
+  # checkov:skip=CKV_GCP_62: Source tarballs of builds; their uploads are in Cloud Audit Logs.
+  # checkov:skip=CKV_GCP_78: Each upload has a unique name and is deleted after a week: versions would add nothing.
+  name                        = "${var.project_id}-runq-build"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+
+  lifecycle_rule {
+    condition {
+      age = 7
+    }
+    action {
+      type = "Delete"
+    }
+  }
+}
