@@ -264,7 +264,8 @@ impl Terraform {
     fn instances(&self, kind: &str, name: &str) -> BTreeMap<String, Json> {
         let block = self.resource(kind, name);
         let ctx = self.context();
-        let instances = instances(&block.body, &ctx).unwrap_or_else(|| panic!("{kind}.{name}: for_each doesn't evaluate"));
+        let instances =
+            instances(&block.body, &ctx).unwrap_or_else(|| panic!("{kind}.{name}: for_each doesn't evaluate"));
         instances
             .into_iter()
             .map(|(key, each)| {
@@ -350,7 +351,9 @@ fn eval_body(body: &Body, ctx: &Context) -> Result<Json, String> {
                 let content = block.body.blocks().find(|b| b.identifier.as_str() == "content").ok_or("no content")?;
                 let pairs: Vec<(hcl::Value, hcl::Value)> = match items {
                     hcl::Value::Object(m) => m.into_iter().map(|(k, v)| (hcl::Value::from(k), v)).collect(),
-                    hcl::Value::Array(a) => a.into_iter().enumerate().map(|(i, v)| (hcl::Value::from(i as u64), v)).collect(),
+                    hcl::Value::Array(a) => {
+                        a.into_iter().enumerate().map(|(i, v)| (hcl::Value::from(i as u64), v)).collect()
+                    }
                     other => return Err(format!("dynamic {kind}: for_each is {other:?}")),
                 };
                 let list = out.entry(kind.clone()).or_insert_with(|| Json::Array(vec![]));
@@ -443,7 +446,11 @@ fn terraform_reads_runq_json_rather_than_repeating_it() {
         .collect();
     for q in queues() {
         for key in ["topic", "subscription", "service"] {
-            assert!(!text.contains(&format!("\"{}\"", s(&q[key]))), "{} is spelled out in infra/*.tf: take it from runq.json", q[key]);
+            assert!(
+                !text.contains(&format!("\"{}\"", s(&q[key]))),
+                "{} is spelled out in infra/*.tf: take it from runq.json",
+                q[key]
+            );
         }
     }
 }
@@ -470,7 +477,11 @@ fn terraform_has_a_topic_and_a_push_subscription_per_queue_aimed_at_its_worker()
 
         let sub = &subs[name];
         assert_eq!(sub["name"], q["subscription"]);
-        assert_eq!(sub["topic"], json!(format!("google_pubsub_topic.queue[{name}]")), "{name}: subscribed to another topic");
+        assert_eq!(
+            sub["topic"],
+            json!(format!("google_pubsub_topic.queue[{name}]")),
+            "{name}: subscribed to another topic"
+        );
         assert_eq!(int(&sub["ack_deadline_seconds"]), int(&q["ack_deadline_seconds"]));
 
         let worker = &workers[name];
@@ -497,7 +508,11 @@ fn terraform_has_a_topic_and_a_push_subscription_per_queue_aimed_at_its_worker()
         assert_eq!(env["RUNQ_PUSH_AUDIENCE"], url, "{name}: the worker's audience must equal the subscription's");
         assert_eq!(env["RUNQ_PUSH_SERVICE_ACCOUNTS"], push);
         assert_eq!(env["RUNQ_AUTO_MIGRATE"], "false");
-        assert_eq!(container["args"], json!(["worker", "--queue", name]), "{name}: the service must serve its own queue");
+        assert_eq!(
+            container["args"],
+            json!(["worker", "--queue", name]),
+            "{name}: the service must serve its own queue"
+        );
         assert!(secrets.contains_key("DATABASE_URL"));
         assert_eq!(s(&template["service_account"]), tf.email("worker"));
         assert!(secs(&template["timeout"]) >= int(&sub["ack_deadline_seconds"]), "{name}: timeout < ack deadline");
@@ -540,12 +555,15 @@ fn terraform_dead_letters_reach_the_api() {
     for name in subs.keys() {
         let id = json!(format!("google_pubsub_subscription.queue[{name}]"));
         assert!(
-            acks.iter().any(|m| m["subscription"] == id && s(&m["role"]) == "roles/pubsub.subscriber" && s(&m["member"]) == agent),
+            acks.iter().any(|m| m["subscription"] == id
+                && s(&m["role"]) == "roles/pubsub.subscriber"
+                && s(&m["member"]) == agent),
             "the Pub/Sub service agent needs roles/pubsub.subscriber on {name}'s subscription"
         );
     }
     // Pub/Sub mints the push tokens of the push and dead-letter accounts.
-    let token_creators: Vec<Json> = tf.instances("google_service_account_iam_member", "pubsub_signs").into_values().collect();
+    let token_creators: Vec<Json> =
+        tf.instances("google_service_account_iam_member", "pubsub_signs").into_values().collect();
     for role in ["push", "dead_letter"] {
         let account = format!("projects/{PROJECT_ID}/serviceAccounts/{}", tf.email(role));
         assert!(
@@ -567,7 +585,11 @@ fn terraform_dead_letters_reach_the_api() {
     assert_eq!(s(&push_config["push_endpoint"]), format!("{api_url}/internal/dead-letter"));
     let oidc = first(push_config, "oidc_token");
     let (env, _) = container_env(first(first(&api, "template"), "containers"));
-    assert_eq!(env["RUNQ_DEAD_LETTER_AUDIENCE"], s(&oidc["audience"]), "the API must expect the dead-letter push's audience");
+    assert_eq!(
+        env["RUNQ_DEAD_LETTER_AUDIENCE"],
+        s(&oidc["audience"]),
+        "the API must expect the dead-letter push's audience"
+    );
     assert!(s(&oidc["audience"]).starts_with(&api_url));
     assert_eq!(s(&oidc["service_account_email"]), tf.email("dead_letter"));
     assert_eq!(env["RUNQ_DEAD_LETTER_SERVICE_ACCOUNTS"], tf.email("dead_letter"));
@@ -598,7 +620,11 @@ fn terraform_scheduler_jobs_are_the_declared_schedules() {
         assert_eq!(s(&target["uri"]), format!("{api_url}{}", s(&schedule["path"])));
         let oidc = first(target, "oidc_token");
         assert_eq!(s(&oidc["service_account_email"]), scheduler);
-        assert_eq!(s(&oidc["audience"]), env["RUNQ_SCHEDULER_AUDIENCE"], "the API must expect the Scheduler's audience");
+        assert_eq!(
+            s(&oidc["audience"]),
+            env["RUNQ_SCHEDULER_AUDIENCE"],
+            "the API must expect the Scheduler's audience"
+        );
         assert_eq!(env["RUNQ_SCHEDULER_SERVICE_ACCOUNTS"], scheduler);
     }
 }
@@ -641,7 +667,10 @@ fn terraform_gives_each_role_its_own_account_and_the_api_what_it_needs() {
     assert_eq!(container["args"], json!(["migrate"]));
     assert_eq!(s(&task["service_account"]), tf.email("migrate"));
     let (_, job_secrets) = container_env(container);
-    assert_ne!(job_secrets["DATABASE_URL"], secrets["DATABASE_URL"], "the services' database user can't change the schema");
+    assert_ne!(
+        job_secrets["DATABASE_URL"], secrets["DATABASE_URL"],
+        "the services' database user can't change the schema"
+    );
     cloudsql_mounted(task, container, &connection, "migrate");
 
     // Each secret is readable by the roles that use it, and the migrate URL by migrate alone.
@@ -718,11 +747,15 @@ fn cloudbuild_migrates_before_it_deploys_and_deploys_what_infra_declares() {
         args.len() >= words.len() && args.iter().zip(words).all(|(a, w)| a == w)
     };
     let image = "${_REGION}-docker.pkg.dev/${PROJECT_ID}/${_REPOSITORY}/runq:${SHORT_SHA}";
-    let build_step = (0..steps.len()).find(|&i| step_args(&steps[i]).first().is_some_and(|a| a == "build")).expect("a docker build");
+    let build_step =
+        (0..steps.len()).find(|&i| step_args(&steps[i]).first().is_some_and(|a| a == "build")).expect("a docker build");
     assert!(step_args(&steps[build_step]).iter().any(|a| a.ends_with(image)), "the image is tagged with $SHORT_SHA");
     let push = (0..steps.len()).find(|&i| step_args(&steps[i]) == ["push", image]).expect("a docker push of the image");
     let migrate = (0..steps.len())
-        .find(|&i| is_gcloud(i, &["run", "jobs", "deploy", "runq-migrate"]) || is_gcloud(i, &["run", "jobs", "execute", "runq-migrate"]))
+        .find(|&i| {
+            is_gcloud(i, &["run", "jobs", "deploy", "runq-migrate"])
+                || is_gcloud(i, &["run", "jobs", "execute", "runq-migrate"])
+        })
         .expect("the migration job step");
     let margs = step_args(&steps[migrate]);
     assert!(margs.contains(&"--wait".to_owned()), "the build must wait for the migration to finish");
@@ -739,7 +772,9 @@ fn cloudbuild_migrates_before_it_deploys_and_deploys_what_infra_declares() {
     fn waits(i: usize, steps: &[Json], ids: &[String]) -> BTreeSet<usize> {
         let direct: Vec<usize> = match steps[i]["waitFor"].as_array() {
             None => (0..i).collect(),
-            Some(w) => w.iter().filter(|x| s(x) != "-").map(|x| ids.iter().position(|id| id == s(x)).unwrap()).collect(),
+            Some(w) => {
+                w.iter().filter(|x| s(x) != "-").map(|x| ids.iter().position(|id| id == s(x)).unwrap()).collect()
+            }
         };
         let mut all = BTreeSet::new();
         for d in direct {
@@ -844,8 +879,10 @@ fn compose_runs_postgres_an_emulator_and_runq_with_consistent_env() {
     let pg = &services["postgres"];
     assert!(s(&pg["image"]).starts_with("postgres:"));
     let pg_env = env_of(pg);
-    let database_url =
-        format!("postgres://{}:{}@postgres:5432/{}", pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], pg_env["POSTGRES_DB"]);
+    let database_url = format!(
+        "postgres://{}:{}@postgres:5432/{}",
+        pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], pg_env["POSTGRES_DB"]
+    );
 
     // The migration runs first; the services don't migrate, as in production.
     let migrate = &services["migrate"];
@@ -862,9 +899,11 @@ fn compose_runs_postgres_an_emulator_and_runq_with_consistent_env() {
     let emulator = format!("pubsub:{port}");
     let jwks = format!("http://{emulator}/oauth2/v3/certs");
     let google = "gcr.io/google.com/cloudsdktool/google-cloud-cli:emulators";
-    assert!(services.values().any(|svc| svc["image"] == json!(google)
-        && command(svc).join(" ").contains("gcloud beta emulators pubsub start --host-port=0.0.0.0:8085")),
-        "Google's emulator image, running its Pub/Sub emulator");
+    assert!(
+        services.values().any(|svc| svc["image"] == json!(google)
+            && command(svc).join(" ").contains("gcloud beta emulators pubsub start --host-port=0.0.0.0:8085")),
+        "Google's emulator image, running its Pub/Sub emulator"
+    );
     let init = &services["pubsub-init"];
     let script = command(init).join("\n");
     assert!(script.contains(&format!("http://{emulator}/v1/projects/")), "pubsub-init talks to another emulator");
@@ -873,7 +912,10 @@ fn compose_runs_postgres_an_emulator_and_runq_with_consistent_env() {
     let api = &services["api"];
     let api_env = env_of(api);
     let project = &api_env["RUNQ_PUBSUB_PROJECT"];
-    assert!(script.contains(&format!("http://{emulator}/v1/projects/{project}")), "pubsub-init creates another project");
+    assert!(
+        script.contains(&format!("http://{emulator}/v1/projects/{project}")),
+        "pubsub-init creates another project"
+    );
     assert_eq!(api_env["PUBSUB_EMULATOR_HOST"], emulator);
     assert_eq!(api_env["RUNQ_TOPIC_PREFIX"], s(&runq_json()["topic_prefix"]));
     assert_eq!(command(api), ["api"]);
@@ -885,7 +927,9 @@ fn compose_runs_postgres_an_emulator_and_runq_with_consistent_env() {
     for q in queues() {
         let name = s(&q["name"]);
         assert!(created.contains_key(&format!("topics/{}", s(&q["topic"]))), "no topic for {name}");
-        let sub = created.get(&format!("subscriptions/{}", s(&q["subscription"]))).unwrap_or_else(|| panic!("no subscription for {name}"));
+        let sub = created
+            .get(&format!("subscriptions/{}", s(&q["subscription"])))
+            .unwrap_or_else(|| panic!("no subscription for {name}"));
         assert_eq!(s(&sub["topic"]), format!("projects/{project}/topics/{}", s(&q["topic"])));
         assert_eq!(int(&sub["ackDeadlineSeconds"]), int(&q["ack_deadline_seconds"]));
         assert_eq!(s(&sub["deadLetterPolicy"]["deadLetterTopic"]), dead_topic);
@@ -937,7 +981,10 @@ fn ci_tests_the_binary_the_dockerfile_builds() {
     assert!(runtime.contains("distroless") && runtime.contains("nonroot"), "{runtime}");
     assert!(dockerfile.contains("ENTRYPOINT [\"/runq\"]"));
     for dir in ["Cargo.lock", "build.rs", "proto", ".sqlx", "migrations", "src"] {
-        assert!(dockerfile.contains(&format!("COPY {dir}")) || dockerfile.contains(&format!(" {dir} ")), "{dir} is not copied");
+        assert!(
+            dockerfile.contains(&format!("COPY {dir}")) || dockerfile.contains(&format!(" {dir} ")),
+            "{dir} is not copied"
+        );
     }
     let ignore = read(".dockerignore");
     for path in ["src/", ".sqlx/", "migrations/", "proto/"] {
