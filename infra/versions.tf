@@ -2,6 +2,10 @@
 # keep it in a GCS bucket only the operators can read (docs/deploy.md, "State").
 terraform {
   required_version = ">= 1.6"
+  # State in GCS: `terraform init -backend-config=bucket=PROJECT-tfstate` (docs/deploy.md, step 2).
+  backend "gcs" {
+    prefix = "runq"
+  }
   required_providers {
     google = {
       source  = "hashicorp/google"
