@@ -11,7 +11,7 @@ resource "google_cloud_run_v2_service" "api" {
   template {
     service_account                  = google_service_account.runq["api"].email
     max_instance_request_concurrency = var.api_concurrency
-    # Long-polls of /jobs/{id}/status wait at most a minute; Scheduler's sweep runs inline.
+    # Status long-polls (`?wait=`) stay well under it; Scheduler's sweep runs inline in a request.
     timeout = "300s"
 
     scaling {

@@ -50,6 +50,12 @@ resource "google_sql_database_instance" "runq" {
 
     # Logging that audits expect; log_min_duration_statement stays off (-1) because runq's
     # statements carry job arguments, which are never logged.
+    # Every instance holds up to RUNQ_DB_MAX_CONNECTIONS + 2: (api_max_instances + the queues'
+    # max_instances) x (db_max_connections + 2) = (10 + 35) x 10 with the defaults.
+    database_flags {
+      name  = "max_connections"
+      value = "500"
+    }
     database_flags {
       name  = "log_checkpoints"
       value = "on"
