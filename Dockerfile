@@ -13,8 +13,8 @@ ENV SQLX_OFFLINE=true \
     CARGO_INCREMENTAL=0
 
 # 1. Dependencies. This layer is rebuilt only when the manifests, the build script or the
-#    protos change: the crate's own sources are stand-ins here. Every target Cargo.toml names
-#    must exist for cargo to read the manifest, hence the empty test and bench files.
+#    protos change: the crate's own sources are stand-ins here, as are the test and bench
+#    targets Cargo.toml names (.dockerignore keeps the real ones out of the context).
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 RUN mkdir -p src tests/it bench \
