@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# runq: one image for every role; the arguments choose it (`api`, `worker --queue high`,
+# `migrate`, ...). Build: docker build -t runq . (docs/deploy.md; cloudbuild.yaml in production).
+
+ARG RUST_VERSION=1.94
+
+# ---- build: the release binary, with the dependencies in a layer of their own --------------
+FROM rust:${RUST_VERSION}-slim-bookworm AS build
+WORKDIR /src
+# Queries are checked against the committed .sqlx/ data: building needs no database.
+ENV SQLX_OFFLINE=true \
+    CARGO_TERM_COLOR=never \
+    CARGO_INCREMENTAL=0
+
+# 1. Dependencies. This layer is rebuilt only when the manifests, the build script or the
+#    protos change: the crate's own sources are stand-ins here, as are the test and bench
+#    targets Cargo.toml names (.dockerignore keeps the real ones out of the context).
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
+RUN mkdir -p src tests/it bench \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs tests/it/main.rs \
+    && echo 'fn main() {}' > bench/api.rs \
+    && echo 'fn main() {}' > bench/emulator.rs \
+    && cargo build --release --locked --bin runq \
+    && rm -rf src target/release/runq target/release/deps/runq-* target/release/deps/librunq-* \
+              target/release/.fingerprint/runq-*
+
+# 2. runq itself. sqlx's macros read .sqlx/ (offline query data) and migrations/ (embedded by
+#    sqlx::migrate!) at compile time. The same command CI builds and tests (.ci/run).
+COPY .sqlx ./.sqlx
+COPY migrations ./migrations
+COPY src ./src
+RUN cargo build --release --locked --bin runq \
+    && cp target/release/runq /runq
+
+# ---- runtime: glibc + libgcc, no shell, no package manager, uid 65532 ------------------------
+# rustls throughout, so no OpenSSL is needed.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /runq /runq
+# Cloud Run sets PORT; runq listens on it (8080 when unset).
+ENV PORT=8080
+EXPOSE 8080
+# The distroless "nonroot" user, by number so a runtime can check it is not root.
+USER 65532:65532
+ENTRYPOINT ["/runq"]
+CMD ["api"]
