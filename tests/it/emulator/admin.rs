@@ -10,30 +10,31 @@ use super::common::*;
 
 #[tokio::test]
 async fn topics_and_subscriptions_crud() {
-    let h = start(1.0).await;
+    let Some(h) = start(1.0).await else { return };
     let topics = topic_admin(&h).await;
     let subs = sub_admin(&h).await;
 
     let t =
-        topics.create_topic().set_name("projects/p/topics/orders").set_labels([("team", "jobs")]).send().await.unwrap();
-    assert_eq!(t.name, "projects/p/topics/orders");
+        topics.create_topic().set_name(h.name("topics/orders")).set_labels([("team", "jobs")]).send().await.unwrap();
+    assert_eq!(t.name, h.name("topics/orders"));
     assert_eq!(t.labels.get("team").map(String::as_str), Some("jobs"));
-    create_topic(&h, "projects/p/topics/dead").await;
-    create_topic(&h, "projects/other/topics/elsewhere").await;
+    create_topic(&h, &h.name("topics/dead")).await;
+    create_topic(&h, &h.name("topics/elsewhere").replacen("projects/", "projects/other-", 1)).await;
 
-    let got = topics.get_topic().set_topic("projects/p/topics/orders").send().await.unwrap();
-    assert_eq!(got.name, "projects/p/topics/orders");
-    let listed = topics.list_topics().set_project("projects/p").send().await.unwrap();
+    let got = topics.get_topic().set_topic(h.name("topics/orders")).send().await.unwrap();
+    assert_eq!(got.name, h.name("topics/orders"));
+    let listed = topics.list_topics().set_project(h.name("").trim_end_matches('/')).send().await.unwrap();
     let names: Vec<_> = listed.topics.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["projects/p/topics/dead", "projects/p/topics/orders"]);
-    let paged = topics.list_topics().set_project("projects/p").set_page_size(1).send().await.unwrap();
+    assert_eq!(names, [h.name("topics/dead"), h.name("topics/orders")]);
+    let paged =
+        topics.list_topics().set_project(h.name("").trim_end_matches('/')).set_page_size(1).send().await.unwrap();
     assert_eq!(paged.topics.len(), 1);
     assert!(!paged.next_page_token.is_empty());
 
     let created = subs
         .create_subscription()
-        .set_name("projects/p/subscriptions/orders-push")
-        .set_topic("projects/p/topics/orders")
+        .set_name(h.name("subscriptions/orders-push"))
+        .set_topic(h.name("topics/orders"))
         .set_ack_deadline_seconds(600)
         .set_enable_message_ordering(true)
         .set_filter(r#"attributes.kind = "a""#)
@@ -42,7 +43,7 @@ async fn topics_and_subscriptions_crud() {
         ))
         .set_retry_policy(RetryPolicy::new().set_minimum_backoff(dur("5s")).set_maximum_backoff(dur("300s")))
         .set_dead_letter_policy(
-            DeadLetterPolicy::new().set_dead_letter_topic("projects/p/topics/dead").set_max_delivery_attempts(7),
+            DeadLetterPolicy::new().set_dead_letter_topic(h.name("topics/dead")).set_max_delivery_attempts(7),
         )
         .send()
         .await
@@ -65,28 +66,25 @@ async fn topics_and_subscriptions_crud() {
     // Defaults Pub/Sub fills in.
     let pull = subs
         .create_subscription()
-        .set_name("projects/p/subscriptions/orders-pull")
-        .set_topic("projects/p/topics/orders")
+        .set_name(h.name("subscriptions/orders-pull"))
+        .set_topic(h.name("topics/orders"))
         .send()
         .await
         .unwrap();
     assert_eq!(pull.ack_deadline_seconds, 10);
     assert!(pull.push_config.is_none_or(|p| p.push_endpoint.is_empty()));
 
-    let got = subs.get_subscription().set_subscription("projects/p/subscriptions/orders-push").send().await.unwrap();
+    let got = subs.get_subscription().set_subscription(h.name("subscriptions/orders-push")).send().await.unwrap();
     assert_eq!(got, created);
-    let listed = subs.list_subscriptions().set_project("projects/p").send().await.unwrap();
+    let listed = subs.list_subscriptions().set_project(h.name("").trim_end_matches('/')).send().await.unwrap();
     assert_eq!(listed.subscriptions.len(), 2);
-    let of_topic = topics.list_topic_subscriptions().set_topic("projects/p/topics/orders").send().await.unwrap();
-    assert_eq!(
-        of_topic.subscriptions,
-        ["projects/p/subscriptions/orders-pull", "projects/p/subscriptions/orders-push"]
-    );
+    let of_topic = topics.list_topic_subscriptions().set_topic(h.name("topics/orders")).send().await.unwrap();
+    assert_eq!(of_topic.subscriptions, [h.name("subscriptions/orders-pull"), h.name("subscriptions/orders-push")]);
 
     let updated = subs
         .update_subscription()
         .set_subscription(
-            Subscription::new().set_name("projects/p/subscriptions/orders-pull").set_ack_deadline_seconds(42),
+            Subscription::new().set_name(h.name("subscriptions/orders-pull")).set_ack_deadline_seconds(42),
         )
         .set_update_mask(google_cloud_wkt::FieldMask::default().set_paths(["ack_deadline_seconds"]))
         .send()
@@ -95,54 +93,52 @@ async fn topics_and_subscriptions_crud() {
     assert_eq!(updated.ack_deadline_seconds, 42);
 
     subs.modify_push_config()
-        .set_subscription("projects/p/subscriptions/orders-pull")
+        .set_subscription(h.name("subscriptions/orders-pull"))
         .set_push_config(PushConfig::new().set_push_endpoint("http://127.0.0.1:9/other"))
         .send()
         .await
         .unwrap();
-    let got = subs.get_subscription().set_subscription("projects/p/subscriptions/orders-pull").send().await.unwrap();
+    let got = subs.get_subscription().set_subscription(h.name("subscriptions/orders-pull")).send().await.unwrap();
     assert_eq!(got.push_config.unwrap().push_endpoint, "http://127.0.0.1:9/other");
 
-    subs.delete_subscription().set_subscription("projects/p/subscriptions/orders-pull").send().await.unwrap();
-    let e = subs.get_subscription().set_subscription("projects/p/subscriptions/orders-pull").send().await.unwrap_err();
+    subs.delete_subscription().set_subscription(h.name("subscriptions/orders-pull")).send().await.unwrap();
+    let e = subs.get_subscription().set_subscription(h.name("subscriptions/orders-pull")).send().await.unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
 
-    topics.delete_topic().set_topic("projects/p/topics/orders").send().await.unwrap();
-    let e = topics.get_topic().set_topic("projects/p/topics/orders").send().await.unwrap_err();
+    topics.delete_topic().set_topic(h.name("topics/orders")).send().await.unwrap();
+    let e = topics.get_topic().set_topic(h.name("topics/orders")).send().await.unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
     // A subscription outlives its topic, pointing at the deleted-topic marker.
-    let orphan = subs.get_subscription().set_subscription("projects/p/subscriptions/orders-push").send().await.unwrap();
+    let orphan = subs.get_subscription().set_subscription(h.name("subscriptions/orders-push")).send().await.unwrap();
     assert_eq!(orphan.topic, "_deleted-topic_");
     h.shutdown().await;
 }
 
 #[tokio::test]
 async fn errors_carry_pubsub_codes() {
-    let h = start(1.0).await;
+    let Some(h) = start(1.0).await else { return };
     let topics = topic_admin(&h).await;
     let subs = sub_admin(&h).await;
-    create_topic(&h, "projects/p/topics/t-1").await;
+    create_topic(&h, &h.name("topics/t-1")).await;
 
-    let e = topics.create_topic().set_name("projects/p/topics/t-1").send().await.unwrap_err();
+    let e = topics.create_topic().set_name(h.name("topics/t-1")).send().await.unwrap_err();
     assert_eq!(code(&e), Code::AlreadyExists);
     for bad in ["goog-topic", "ab", "1abc", "has space", "a*b"] {
-        let e = topics.create_topic().set_name(format!("projects/p/topics/{bad}")).send().await.unwrap_err();
+        let e = topics.create_topic().set_name(h.name(&format!("topics/{bad}"))).send().await.unwrap_err();
         assert_eq!(code(&e), Code::InvalidArgument, "topic id {bad:?}");
     }
-    let e = topics.get_topic().set_topic("projects/p/topics/missing").send().await.unwrap_err();
+    let e = topics.get_topic().set_topic(h.name("topics/missing")).send().await.unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
-    let e = topics.delete_topic().set_topic("projects/p/topics/missing").send().await.unwrap_err();
+    let e = topics.delete_topic().set_topic(h.name("topics/missing")).send().await.unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
 
     let sub = |name: &str| {
-        subs.create_subscription()
-            .set_name(format!("projects/p/subscriptions/{name}"))
-            .set_topic("projects/p/topics/t-1")
+        subs.create_subscription().set_name(h.name(&format!("subscriptions/{name}"))).set_topic(h.name("topics/t-1"))
     };
     let e = subs
         .create_subscription()
-        .set_name("projects/p/subscriptions/s-0")
-        .set_topic("projects/p/topics/missing")
+        .set_name(h.name("subscriptions/s-0"))
+        .set_topic(h.name("topics/missing"))
         .send()
         .await
         .unwrap_err();
@@ -159,9 +155,7 @@ async fn errors_carry_pubsub_codes() {
     for attempts in [4, 101] {
         let e = sub("s-2")
             .set_dead_letter_policy(
-                DeadLetterPolicy::new()
-                    .set_dead_letter_topic("projects/p/topics/t-1")
-                    .set_max_delivery_attempts(attempts),
+                DeadLetterPolicy::new().set_dead_letter_topic(h.name("topics/t-1")).set_max_delivery_attempts(attempts),
             )
             .send()
             .await
@@ -178,14 +172,14 @@ async fn errors_carry_pubsub_codes() {
     assert_eq!(code(&e), Code::InvalidArgument);
     let e = sub("s-2").set_push_config(PushConfig::new().set_push_endpoint("not a url")).send().await.unwrap_err();
     assert_eq!(code(&e), Code::InvalidArgument);
-    let e = subs.get_subscription().set_subscription("projects/p/subscriptions/missing").send().await.unwrap_err();
+    let e = subs.get_subscription().set_subscription(h.name("subscriptions/missing")).send().await.unwrap_err();
     assert_eq!(code(&e), Code::NotFound);
 
     // Publishing: missing topic, oversized and empty messages.
-    let missing = publisher(&h, "projects/p/topics/missing").await;
+    let missing = publisher(&h, &h.name("topics/missing")).await;
     let e = missing.publish(Message::new().set_data("x")).await.unwrap_err();
     assert!(format!("{e:?}").contains("NotFound"), "{e:?}");
-    let p = publisher(&h, "projects/p/topics/t-1").await;
+    let p = publisher(&h, &h.name("topics/t-1")).await;
     let e = p.publish(Message::new().set_data(vec![b'x'; 10 * 1024 * 1024 + 1])).await.unwrap_err();
     assert!(format!("{e:?}").contains("InvalidArgument"), "{e:?}");
     let e = p.publish(Message::new()).await.unwrap_err();

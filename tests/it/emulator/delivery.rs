@@ -12,23 +12,23 @@ use super::common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_each_received_once_when_acked() {
     const N: usize = 10_000;
-    let h = start(1.0).await;
-    create_topic(&h, "projects/p/topics/bulk").await;
+    let Some(h) = start(1.0).await else { return };
+    create_topic(&h, &h.name("topics/bulk")).await;
     sub_admin(&h)
         .await
         .create_subscription()
-        .set_name("projects/p/subscriptions/bulk")
-        .set_topic("projects/p/topics/bulk")
+        .set_name(h.name("subscriptions/bulk"))
+        .set_topic(h.name("topics/bulk"))
         .set_ack_deadline_seconds(60)
         .send()
         .await
         .unwrap();
-    let publisher = publisher(&h, "projects/p/topics/bulk").await;
+    let publisher = publisher(&h, &h.name("topics/bulk")).await;
     let futures: Vec<_> = (0..N).map(|i| publisher.publish(Message::new().set_data(format!("m{i}")))).collect();
     let ids: HashSet<String> = futures::future::try_join_all(futures).await.unwrap().into_iter().collect();
     assert_eq!(ids.len(), N, "message ids are unique");
 
-    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/bulk").build();
+    let mut stream = subscriber(&h).await.subscribe(h.name("subscriptions/bulk")).build();
     let mut seen = HashSet::new();
     let mut data = HashSet::new();
     while seen.len() < N {
@@ -45,7 +45,7 @@ async fn ten_thousand_messages_each_received_once_when_acked() {
 }
 
 async fn pull_sub(
-    h: &runq::emulator::EmulatorHandle,
+    h: &super::common::PubSub,
     name: &str,
     configure: impl FnOnce(
         google_cloud_pubsub::builder::subscription_admin::CreateSubscription,
@@ -54,8 +54,8 @@ async fn pull_sub(
     let b = sub_admin(h)
         .await
         .create_subscription()
-        .set_name(format!("projects/p/subscriptions/{name}"))
-        .set_topic("projects/p/topics/t-1");
+        .set_name(h.name(&format!("subscriptions/{name}")))
+        .set_topic(h.name("topics/t-1"));
     configure(b).send().await.unwrap();
 }
 
@@ -63,11 +63,11 @@ async fn pull_sub(
 async fn redelivered_after_the_ack_deadline() {
     // 10 s deadline on a 1/100 clock: 100 ms. The client's lease extensions come every
     // few real seconds, too late, so the held message expires and comes back.
-    let h = start(0.01).await;
-    create_topic(&h, "projects/p/topics/t-1").await;
+    let Some(h) = start(0.01).await else { return };
+    create_topic(&h, &h.name("topics/t-1")).await;
     pull_sub(&h, "sub", |b| b).await;
-    let id = publisher(&h, "projects/p/topics/t-1").await.publish(Message::new().set_data("late")).await.unwrap();
-    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/sub").build();
+    let id = publisher(&h, &h.name("topics/t-1")).await.publish(Message::new().set_data("late")).await.unwrap();
+    let mut stream = subscriber(&h).await.subscribe(h.name("subscriptions/sub")).build();
     let (first, held) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
     assert_eq!(first.message_id, id);
     let (again, h2) = next_within(&mut stream, Duration::from_secs(5)).await.expect("redelivered after the deadline");
@@ -80,11 +80,11 @@ async fn redelivered_after_the_ack_deadline() {
 
 #[tokio::test]
 async fn redelivered_after_a_nack() {
-    let h = start(1.0).await;
-    create_topic(&h, "projects/p/topics/t-1").await;
+    let Some(h) = start(1.0).await else { return };
+    create_topic(&h, &h.name("topics/t-1")).await;
     pull_sub(&h, "sub", |b| b.set_ack_deadline_seconds(600)).await;
-    let id = publisher(&h, "projects/p/topics/t-1").await.publish(Message::new().set_data("again")).await.unwrap();
-    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/sub").build();
+    let id = publisher(&h, &h.name("topics/t-1")).await.publish(Message::new().set_data("again")).await.unwrap();
+    let mut stream = subscriber(&h).await.subscribe(h.name("subscriptions/sub")).build();
     let (m, handler) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
     assert_eq!(m.message_id, id);
     handler.nack();
@@ -99,10 +99,10 @@ async fn redelivered_after_a_nack() {
 
 #[tokio::test]
 async fn ordering_keys_keep_order_per_key() {
-    let h = start(1.0).await;
-    create_topic(&h, "projects/p/topics/t-1").await;
+    let Some(h) = start(1.0).await else { return };
+    create_topic(&h, &h.name("topics/t-1")).await;
     pull_sub(&h, "sub", |b| b.set_enable_message_ordering(true)).await;
-    let publisher = publisher(&h, "projects/p/topics/t-1").await;
+    let publisher = publisher(&h, &h.name("topics/t-1")).await;
     let keys = ["a", "b", "c"];
     let mut futures = Vec::new();
     for i in 0..200 {
@@ -111,7 +111,7 @@ async fn ordering_keys_keep_order_per_key() {
         }
     }
     futures::future::try_join_all(futures).await.unwrap();
-    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/sub").build();
+    let mut stream = subscriber(&h).await.subscribe(h.name("subscriptions/sub")).build();
     let mut got: HashMap<String, Vec<u32>> = HashMap::new();
     for _ in 0..600 {
         let (m, handler) = next_within(&mut stream, Duration::from_secs(10)).await.unwrap();
@@ -128,15 +128,15 @@ async fn ordering_keys_keep_order_per_key() {
 #[tokio::test]
 async fn nacks_back_off_per_retry_policy() {
     // min 10 s, max 40 s on a 1/50 clock: 200 ms, 400 ms, 800 ms, 800 ms.
-    let h = start(0.02).await;
-    create_topic(&h, "projects/p/topics/t-1").await;
+    let Some(h) = start(0.02).await else { return };
+    create_topic(&h, &h.name("topics/t-1")).await;
     pull_sub(&h, "sub", |b| {
         b.set_ack_deadline_seconds(600)
             .set_retry_policy(RetryPolicy::new().set_minimum_backoff(dur("10s")).set_maximum_backoff(dur("40s")))
     })
     .await;
-    publisher(&h, "projects/p/topics/t-1").await.publish(Message::new().set_data("retry me")).await.unwrap();
-    let mut stream = subscriber(&h).await.subscribe("projects/p/subscriptions/sub").build();
+    publisher(&h, &h.name("topics/t-1")).await.publish(Message::new().set_data("retry me")).await.unwrap();
+    let mut stream = subscriber(&h).await.subscribe(h.name("subscriptions/sub")).build();
     let mut times = Vec::new();
     for _ in 0..5 {
         let (_, handler) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
@@ -157,30 +157,30 @@ async fn nacks_back_off_per_retry_policy() {
 
 #[tokio::test]
 async fn dead_lettered_after_max_delivery_attempts() {
-    let h = start(0.01).await;
-    create_topic(&h, "projects/p/topics/t-1").await;
-    create_topic(&h, "projects/p/topics/dead").await;
+    let Some(h) = start(0.01).await else { return };
+    create_topic(&h, &h.name("topics/t-1")).await;
+    create_topic(&h, &h.name("topics/dead")).await;
     sub_admin(&h)
         .await
         .create_subscription()
-        .set_name("projects/p/subscriptions/dead")
-        .set_topic("projects/p/topics/dead")
+        .set_name(h.name("subscriptions/dead"))
+        .set_topic(h.name("topics/dead"))
         .send()
         .await
         .unwrap();
     pull_sub(&h, "sub", |b| {
         b.set_dead_letter_policy(
-            DeadLetterPolicy::new().set_dead_letter_topic("projects/p/topics/dead").set_max_delivery_attempts(5),
+            DeadLetterPolicy::new().set_dead_letter_topic(h.name("topics/dead")).set_max_delivery_attempts(5),
         )
     })
     .await;
-    publisher(&h, "projects/p/topics/t-1")
+    publisher(&h, &h.name("topics/t-1"))
         .await
         .publish(Message::new().set_data("poison").set_attributes([("k", "v")]))
         .await
         .unwrap();
     let client = subscriber(&h).await;
-    let mut stream = client.subscribe("projects/p/subscriptions/sub").build();
+    let mut stream = client.subscribe(h.name("subscriptions/sub")).build();
     let mut attempts = Vec::new();
     for _ in 0..5 {
         let (_, handler) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
@@ -189,22 +189,22 @@ async fn dead_lettered_after_max_delivery_attempts() {
     }
     assert_eq!(attempts, [1, 2, 3, 4, 5].map(Some));
     assert!(next_within(&mut stream, Duration::from_millis(500)).await.is_none(), "no sixth delivery");
-    let mut dead = client.subscribe("projects/p/subscriptions/dead").build();
+    let mut dead = client.subscribe(h.name("subscriptions/dead")).build();
     let (m, handler) = next_within(&mut dead, Duration::from_secs(5)).await.unwrap();
     assert_eq!(&m.data[..], b"poison");
     assert_eq!(m.attributes["k"], "v");
     assert_eq!(m.attributes["CloudPubSubDeadLetterSourceDeliveryCount"], "5");
-    assert_eq!(m.attributes["CloudPubSubDeadLetterSourceSubscription"], "projects/p/subscriptions/sub");
+    assert_eq!(m.attributes["CloudPubSubDeadLetterSourceSubscription"], h.name("subscriptions/sub"));
     handler.ack();
     h.shutdown().await;
 }
 
 #[tokio::test]
 async fn fan_out_reaches_subscriptions_that_existed_at_publish() {
-    let h = start(1.0).await;
-    create_topic(&h, "projects/p/topics/t-1").await;
+    let Some(h) = start(1.0).await else { return };
+    create_topic(&h, &h.name("topics/t-1")).await;
     pull_sub(&h, "early", |b| b).await;
-    let publisher = publisher(&h, "projects/p/topics/t-1").await;
+    let publisher = publisher(&h, &h.name("topics/t-1")).await;
     publisher.publish(Message::new().set_data("one")).await.unwrap();
     pull_sub(&h, "late", |b| b).await;
     pull_sub(&h, "only-a", |b| b.set_filter(r#"attributes.kind = "a""#)).await;
@@ -212,7 +212,7 @@ async fn fan_out_reaches_subscriptions_that_existed_at_publish() {
     publisher.publish(Message::new().set_data("three").set_attributes([("kind", "b")])).await.unwrap();
     let client = subscriber(&h).await;
     let drain = async |name: &str, n: usize| {
-        let mut stream = client.subscribe(format!("projects/p/subscriptions/{name}")).build();
+        let mut stream = client.subscribe(h.name(&format!("subscriptions/{name}"))).build();
         let mut got = Vec::new();
         for _ in 0..n {
             let (m, handler) = next_within(&mut stream, Duration::from_secs(5)).await.unwrap();
