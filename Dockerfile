@@ -22,6 +22,7 @@ RUN mkdir -p src tests/it bench \
     && touch src/lib.rs tests/it/main.rs \
     && echo 'fn main() {}' > bench/api.rs \
     && echo 'fn main() {}' > bench/emulator.rs \
+    && echo 'fn main() {}' > bench/e2e.rs \
     && cargo build --release --locked --bin runq \
     && rm -rf src target/release/runq target/release/deps/runq-* target/release/deps/librunq-* \
               target/release/.fingerprint/runq-*
