@@ -128,9 +128,9 @@ resource "google_cloud_run_v2_service" "worker" {
           cpu    = each.value.cpu
           memory = each.value.memory
         }
-        # Request-based billing: inline runs live inside the push request, so CPU is only
-        # needed while one is open. A detached queue would set this to false.
-        cpu_idle = true
+        # Request-based billing for inline runs, which live inside the push request; a queue of
+        # detached functions (runq.json: cpu_always_allocated) keeps its CPU between requests.
+        cpu_idle = !each.value.cpu_always_allocated
       }
 
       dynamic "env" {

@@ -56,7 +56,7 @@ pub struct DevOptions {
     pub dead_letter: DeadLetterPolicy,
     /// Queues served by a worker outside this process, at this push URL (tests run a real
     /// `runq worker` process there to kill it).
-    pub external_workers: Vec<(Priority, String)>,
+    pub external_workers: Vec<(String, String)>,
     /// GCS for the workers (an emulator's settings in dev and tests), and the results bucket.
     pub storage: Option<crate::storage::StorageSettings>,
     pub results_bucket: Option<String>,
@@ -90,7 +90,7 @@ pub struct DevStack {
     /// The API's base URL.
     pub api_url: String,
     /// Each worker's push URL.
-    pub worker_urls: Vec<(Priority, String)>,
+    pub worker_urls: Vec<(String, String)>,
     /// The embedded emulator (`None` while a test has it stopped).
     pub emulator: Option<EmulatorHandle>,
     emulator_addr: std::net::SocketAddr,
@@ -104,7 +104,7 @@ pub struct DevStack {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// Per-worker stop switches, so a test can kill one worker.
-    worker_stops: Vec<(Priority, watch::Sender<bool>)>,
+    worker_stops: Vec<(String, watch::Sender<bool>)>,
 }
 
 async fn bind(addr: &str) -> std::io::Result<TcpListener> {
@@ -160,7 +160,13 @@ impl DevStack {
         let mut tasks = Vec::new();
         let mut worker_urls = Vec::new();
         let mut worker_stops = Vec::new();
-        for queue in Priority::ALL {
+        // A worker per priority, and per queue of a function's own.
+        let queues: Vec<String> = Priority::ALL
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .chain(registry.custom_queues().into_iter().map(str::to_owned))
+            .collect();
+        for queue in queues {
             if let Some((_, url)) = options.external_workers.iter().find(|(q, _)| *q == queue) {
                 worker_urls.push((queue, url.clone()));
                 continue;
@@ -169,7 +175,7 @@ impl DevStack {
             let url = format!("http://{}/push", listener.local_addr()?);
             let verifier = GoogleOidcVerifier::new(jwks.clone(), url.clone(), vec![DEV_PUSH_ACCOUNT.into()]);
             let (mut state, shutdown) =
-                WorkerState::new(pool.clone(), relaxed.clone(), registry.clone(), verifier, queue, options.lease);
+                WorkerState::new(pool.clone(), relaxed.clone(), registry.clone(), verifier, &queue, options.lease);
             if let Some(storage) = &storage {
                 state = state.with_storage(storage.clone(), options.results_bucket.clone());
             }
@@ -184,12 +190,13 @@ impl DevStack {
                 }
             };
             let grace = options.grace;
+            let name = queue.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = worker::serve(listener, state, shutdown, signal, grace).await {
-                    tracing::error!(error = %e, %queue, "worker stopped");
+                    tracing::error!(error = %e, queue = %name, "worker stopped");
                 }
             }));
-            worker_urls.push((queue, url));
+            worker_urls.push((queue.clone(), url));
             worker_stops.push((queue, worker_stop));
         }
 
@@ -307,7 +314,7 @@ impl DevStack {
     }
 
     /// Stops one worker as SIGTERM would (its running jobs get the grace period, then are released).
-    pub fn stop_worker(&self, queue: Priority) {
+    pub fn stop_worker(&self, queue: &str) {
         if let Some((_, s)) = self.worker_stops.iter().find(|(q, _)| *q == queue) {
             let _ = s.send(true);
         }
@@ -361,7 +368,7 @@ impl DevStack {
 async fn create_pubsub_layout(
     emulator: &EmulatorHandle,
     settings: &PubSubSettings,
-    worker_urls: &[(Priority, String)],
+    worker_urls: &[(String, String)],
     dead_letter_url: &str,
     push_backoff: (Duration, Duration),
 ) -> Result<(), BoxError> {
@@ -375,7 +382,7 @@ async fn create_pubsub_layout(
     let retry =
         RetryPolicy::new().set_minimum_backoff(duration(push_backoff.0)).set_maximum_backoff(duration(push_backoff.1));
     for (queue, url) in worker_urls {
-        let topic = settings.topic(*queue);
+        let topic = settings.queue_topic(queue);
         topics.create_topic().set_name(&topic).send().await?;
         subs.create_subscription()
             .set_name(format!("projects/{project}/subscriptions/{}-worker-{queue}", settings.topic_prefix))

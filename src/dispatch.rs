@@ -63,14 +63,19 @@ impl PubSubSettings {
         self.emulator_host.as_ref().map(|h| if h.contains("://") { h.clone() } else { format!("http://{h}") })
     }
 
-    /// The topic id of a priority's queue, e.g. `runq-jobs-high`.
-    pub fn topic_id(&self, priority: Priority) -> String {
-        format!("{}-jobs-{}", self.topic_prefix, priority.as_str())
+    /// The topic id of a queue, e.g. `runq-jobs-high` or `runq-jobs-heavy`.
+    pub fn topic_id(&self, queue: &str) -> String {
+        format!("{}-jobs-{queue}", self.topic_prefix)
+    }
+
+    /// The full topic name of a queue.
+    pub fn queue_topic(&self, queue: &str) -> String {
+        format!("projects/{}/topics/{}", self.project, self.topic_id(queue))
     }
 
     /// The full topic name of a priority's queue.
     pub fn topic(&self, priority: Priority) -> String {
-        format!("projects/{}/topics/{}", self.project, self.topic_id(priority))
+        self.queue_topic(priority.as_str())
     }
 
     /// The dead-letter topic's id.
@@ -90,10 +95,12 @@ pub enum DispatchError {
     Timeout(Duration),
 }
 
-/// Publishes `{"job_id", "attempt"}` to each priority's topic. Cheap to clone.
+/// Publishes `{"job_id", "attempt"}` to each queue's topic. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Dispatcher {
-    publishers: Arc<HashMap<Priority, Publisher>>,
+    /// One publisher per queue: the priorities' made up front, a function's own on first use.
+    publishers: Arc<tokio::sync::RwLock<HashMap<String, Publisher>>>,
+    settings: Arc<PubSubSettings>,
     timeout: Duration,
 }
 
@@ -109,15 +116,35 @@ impl Dispatcher {
     pub async fn connect(settings: &PubSubSettings) -> Result<Self, DispatchError> {
         let mut publishers = HashMap::new();
         for priority in Priority::ALL {
-            let mut builder =
-                Publisher::builder(settings.topic(priority)).set_delay_threshold(Duration::from_millis(1));
-            if let Some(endpoint) = settings.endpoint() {
-                builder = builder.with_endpoint(endpoint).with_credentials(anonymous());
-            }
-            let publisher = builder.build().await.map_err(|e| DispatchError::Client(e.to_string()))?;
-            publishers.insert(priority, publisher);
+            publishers.insert(priority.as_str().to_owned(), Self::publisher(settings, priority.as_str()).await?);
         }
-        Ok(Self { publishers: Arc::new(publishers), timeout: PUBLISH_TIMEOUT })
+        Ok(Self {
+            publishers: Arc::new(tokio::sync::RwLock::new(publishers)),
+            settings: Arc::new(settings.clone()),
+            timeout: PUBLISH_TIMEOUT,
+        })
+    }
+
+    async fn publisher(settings: &PubSubSettings, queue: &str) -> Result<Publisher, DispatchError> {
+        let mut builder = Publisher::builder(settings.queue_topic(queue)).set_delay_threshold(Duration::from_millis(1));
+        if let Some(endpoint) = settings.endpoint() {
+            builder = builder.with_endpoint(endpoint).with_credentials(anonymous());
+        }
+        builder.build().await.map_err(|e| DispatchError::Client(e.to_string()))
+    }
+
+    /// The publisher of `queue`, made on first use.
+    async fn publisher_for(&self, queue: &str) -> Result<Publisher, DispatchError> {
+        if let Some(p) = self.publishers.read().await.get(queue) {
+            return Ok(p.clone());
+        }
+        let mut publishers = self.publishers.write().await;
+        if let Some(p) = publishers.get(queue) {
+            return Ok(p.clone());
+        }
+        let publisher = Self::publisher(&self.settings, queue).await?;
+        publishers.insert(queue.to_owned(), publisher.clone());
+        Ok(publisher)
     }
 
     /// Publishes one job's message.
@@ -128,14 +155,14 @@ impl Dispatcher {
             attributes.push(("traceparent", tp.clone()));
         }
         let message = Message::new().set_data(data).set_attributes(attributes);
-        let publisher = &self.publishers[&job.priority];
+        let publisher = self.publisher_for(job.queue_name()).await?;
         let result = match tokio::time::timeout(self.timeout, publisher.publish(message)).await {
             Ok(Ok(_message_id)) => Ok(()),
             Ok(Err(e)) => Err(DispatchError::Publish(e.to_string())),
             Err(_) => Err(DispatchError::Timeout(self.timeout)),
         };
         let name = if result.is_ok() { metrics_names::PUBLISHED } else { metrics_names::PUBLISH_ERRORS };
-        metrics::counter!(name, "priority" => job.priority.as_str()).increment(1);
+        metrics::counter!(name, "queue" => job.queue_name().to_owned()).increment(1);
         result
     }
 

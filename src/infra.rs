@@ -25,6 +25,9 @@ pub struct QueueSpec {
     pub timeout_seconds: u32,
     pub cpu: String,
     pub memory: String,
+    /// Instance-based billing (`cpu_idle = false`): needed by a queue of detached functions,
+    /// which run after their push request was answered.
+    pub cpu_always_allocated: bool,
 }
 
 impl QueueSpec {
@@ -54,9 +57,31 @@ impl QueueSpec {
                     timeout_seconds: 600,
                     cpu: "1".into(),
                     memory: "512Mi".into(),
+                    cpu_always_allocated: false,
                 }
             })
             .collect()
+    }
+
+    /// A queue of its own (for [`crate::App::queue`]): a bigger worker service by default, two
+    /// CPUs and 2 GiB, fewer runs per instance. Adjust the fields before declaring it.
+    pub fn custom(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            topic: format!("runq-jobs-{name}"),
+            subscription: format!("runq-worker-{name}"),
+            service: format!("runq-worker-{name}"),
+            ack_deadline_seconds: 600,
+            min_backoff_seconds: 10,
+            max_backoff_seconds: 600,
+            max_delivery_attempts: 100,
+            concurrency: 4,
+            max_instances: 10,
+            timeout_seconds: 600,
+            cpu: "2".into(),
+            memory: "2Gi".into(),
+            cpu_always_allocated: false,
+        }
     }
 }
 

@@ -125,6 +125,15 @@ impl FromStr for Priority {
     }
 }
 
+/// Whether `name` can name a queue: 1-30 characters of a-z, 0-9 and '-', starting with a letter
+/// (it becomes part of topic, subscription and Cloud Run service names).
+pub fn valid_queue_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z'))
+        && name.len() <= 30
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// Why a run failed, as stored in `jobs.error` and shown by `GET /jobs/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobError {
@@ -164,6 +173,8 @@ pub struct Job {
     pub status: JobStatus,
     pub function: String,
     pub priority: Priority,
+    /// The queue (topic and worker service) it runs on: its priority's, or its function's own.
+    pub queue: String,
     pub args: serde_json::Value,
     /// When the job becomes due (later than `created_at` for a delayed submit or a retry).
     pub run_after: DateTime<Utc>,

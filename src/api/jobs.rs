@@ -118,6 +118,7 @@ fn request_hash(req: &SubmitRequest, priority: Priority, args: &RawValue) -> Res
 struct Checked {
     function: &'static str,
     priority: Priority,
+    queue: Option<&'static str>,
     max_attempts: i32,
     run_after: Option<chrono::DateTime<Utc>>,
 }
@@ -158,7 +159,13 @@ fn check(state: &ApiState, req: &SubmitRequest, args: &RawValue, at: &str) -> Re
             return Err(ApiError::invalid("delay_seconds", format!("{at}must be between 0 and {MAX_DELAY_SECONDS}")));
         }
     };
-    Ok(Checked { function: function.name(), priority, max_attempts: max_attempts as i32, run_after })
+    Ok(Checked {
+        function: function.name(),
+        priority,
+        queue: function.policy().queue,
+        max_attempts: max_attempts as i32,
+        run_after,
+    })
 }
 
 /// After a job's row committed: count it and, when it is due, publish it off the request path
@@ -169,13 +176,7 @@ fn submitted(state: &ApiState, job: &Job, trace_context: Option<&str>) {
     if let Some(outbox) = &state.outbox
         && job.run_after <= Utc::now()
     {
-        outbox.dispatch(crate::store::Dispatch {
-            id: job.status.id,
-            attempt: job.status.attempt,
-            function: job.function.clone(),
-            priority: job.priority,
-            trace_context: trace_context.map(str::to_owned),
-        });
+        outbox.dispatch(crate::store::Dispatch::of(job, trace_context));
     }
 }
 
@@ -206,6 +207,7 @@ async fn submit(
         owner: &caller.0.sub,
         function: checked.function,
         priority: checked.priority,
+        queue: checked.queue,
         args,
         max_attempts: checked.max_attempts,
         run_after: checked.run_after,
@@ -277,6 +279,7 @@ async fn submit_batch(
             owner: &caller.0.sub,
             function: c.function,
             priority: c.priority,
+            queue: c.queue,
             args,
             max_attempts: c.max_attempts,
             run_after: c.run_after,

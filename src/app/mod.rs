@@ -22,6 +22,8 @@ use crate::store;
 pub struct App {
     registry: Registry,
     schedules: Schedules,
+    /// The queues: the three priorities' and the ones declared with [`App::queue`].
+    queues: Vec<crate::infra::QueueSpec>,
     /// Declaration errors, reported when the app runs (so a bad schedule stops start-up with a
     /// message naming it, whatever order functions and schedules were declared in).
     errors: Vec<String>,
@@ -36,12 +38,22 @@ impl Default for App {
 impl App {
     /// An application with the built-in functions (`noop`, `sleep`, `echo`, `fail`).
     pub fn new() -> Self {
-        Self { registry: Registry::builtin(), schedules: Schedules::builtin(), errors: Vec::new() }
+        Self {
+            registry: Registry::builtin(),
+            schedules: Schedules::builtin(),
+            queues: crate::infra::QueueSpec::defaults(),
+            errors: Vec::new(),
+        }
     }
 
     /// An application with no functions at all.
     pub fn empty() -> Self {
-        Self { registry: Registry::default(), schedules: Schedules::builtin(), errors: Vec::new() }
+        Self {
+            registry: Registry::default(),
+            schedules: Schedules::builtin(),
+            queues: crate::infra::QueueSpec::defaults(),
+            errors: Vec::new(),
+        }
     }
 
     /// Registers a function.
@@ -74,6 +86,25 @@ impl App {
         self
     }
 
+    /// Declares a queue of its own (a topic, push subscription and worker service), for the
+    /// functions whose [`Function::queue`] names it: `App::new().queue(QueueSpec::custom("heavy"))`.
+    pub fn queue(mut self, spec: crate::infra::QueueSpec) -> Self {
+        if !crate::job::valid_queue_name(&spec.name) {
+            self.errors
+                .push(format!("queue {:?}: use 1-30 characters of a-z, 0-9, '-', starting with a letter", spec.name));
+        } else if self.queues.iter().any(|q| q.name == spec.name) {
+            self.errors.push(format!("queue `{}` is declared twice", spec.name));
+        } else {
+            self.queues.push(spec);
+        }
+        self
+    }
+
+    /// The declared queues.
+    pub fn queues(&self) -> &[crate::infra::QueueSpec] {
+        &self.queues
+    }
+
     /// The registered functions.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -89,6 +120,13 @@ impl App {
         let mut errors = self.errors.clone();
         if let Err(e) = self.schedules.check(&self.registry) {
             errors.push(e.to_string());
+        }
+        for queue in self.registry.custom_queues() {
+            if !self.queues.iter().any(|q| q.name == queue) {
+                errors.push(format!(
+                    "queue `{queue}` is used by a function but not declared: add App::queue(QueueSpec::custom(\"{queue}\"))"
+                ));
+            }
         }
         if errors.is_empty() { Ok(()) } else { Err(errors.join("\n")) }
     }
@@ -186,7 +224,7 @@ impl App {
                 Ok(())
             }
             Command::Infra(InfraCommand::Export(args)) => {
-                let export = crate::infra::export(&self.schedules, &crate::infra::QueueSpec::defaults());
+                let export = crate::infra::export(&self.schedules, &self.queues);
                 let json = serde_json::to_string_pretty(&export)? + "\n";
                 match args.output {
                     Some(path) => std::fs::write(&path, json)?,
@@ -231,9 +269,9 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct WorkerArgs {
-    /// The queue this worker serves.
-    #[arg(long, value_parser = parse_priority)]
-    queue: Priority,
+    /// The queue this worker serves: high, medium, low, or a queue of a function's own.
+    #[arg(long, value_parser = parse_queue)]
+    queue: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -269,8 +307,12 @@ struct ExportArgs {
     output: Option<std::path::PathBuf>,
 }
 
-fn parse_priority(raw: &str) -> Result<Priority, String> {
-    raw.parse().map_err(|e: crate::job::UnknownPriority| e.to_string())
+fn parse_queue(raw: &str) -> Result<String, String> {
+    if crate::job::valid_queue_name(raw) {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!("{raw:?} is not a queue name (1-30 characters of a-z, 0-9, '-', starting with a letter)"))
+    }
 }
 
 #[derive(clap::Args, Debug)]

@@ -7,7 +7,6 @@ use crate::auth::{GoogleOidcVerifier, JwksCache, UserAuthConfig, UserVerifier};
 use crate::config::{AuthSettings, Config, var};
 use crate::dispatch::{Dispatcher, Outbox, PubSubSettings};
 use crate::function::Registry;
-use crate::job::Priority;
 use crate::schedule::{DEFAULT_SWEEP_EVERY, DEFAULT_SWEEP_WINDOW, Maintenance, Retention, Schedules};
 use crate::storage::{BlobStore, StorageSettings};
 use crate::store;
@@ -30,7 +29,7 @@ fn google_jwks() -> Result<Arc<JwksCache>, BoxError> {
 }
 
 /// `runq worker --queue Q`.
-pub async fn worker(registry: Registry, queue: Priority) -> Result<(), BoxError> {
+pub async fn worker(registry: Registry, queue: String) -> Result<(), BoxError> {
     let config = Config::from_env()?;
     let settings = WorkerSettings::from_env()?;
     let pool = store::connect_lazy(&config.database_url, config.db_max_connections, config.db_acquire_timeout)?;
@@ -39,7 +38,7 @@ pub async fn worker(registry: Registry, queue: Priority) -> Result<(), BoxError>
     let jwks = Arc::new(JwksCache::new(settings.oidc_jwks_url.clone(), reqwest::Client::new())?);
     let verifier =
         GoogleOidcVerifier::new(jwks, settings.push_audience.clone(), settings.push_service_accounts.clone());
-    let (mut state, shutdown) = WorkerState::new(pool, relaxed, Arc::new(registry), verifier, queue, settings.lease);
+    let (mut state, shutdown) = WorkerState::new(pool, relaxed, Arc::new(registry), verifier, &queue, settings.lease);
     if let Some(storage) = storage_from_env().await? {
         state = state.with_storage(storage, var("RUNQ_RESULTS_BUCKET")?);
     }

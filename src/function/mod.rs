@@ -81,6 +81,8 @@ pub struct Policy {
     pub hard_time_limit: Duration,
     /// Runs outside the push request (see [`Function::detached`]).
     pub detached: bool,
+    /// A queue of its own (see [`Function::queue`]).
+    pub queue: Option<&'static str>,
 }
 
 /// Why a function's run failed. The variant carries the retry intent; runq owns the backoff.
@@ -145,6 +147,13 @@ pub trait Function: Send + Sync + 'static {
     /// When the run is aborted.
     fn hard_time_limit(&self) -> Duration {
         DEFAULT_HARD_TIME_LIMIT
+    }
+
+    /// A queue of the function's own instead of its priority's: a `heavy` queue served by a
+    /// bigger worker service (like Celery's `task_routes`). Declare it with
+    /// [`crate::App::queue`]. Default: none.
+    fn queue(&self) -> Option<&'static str> {
+        None
     }
 
     /// Whether runs are detached from the push request: the worker claims the job, answers
@@ -235,6 +244,10 @@ pub enum RegistryError {
          make it detached (Function::detached) and route it to a queue with CPU always allocated"
     )]
     TooLongForInline(String, u64),
+    #[error(
+        "function `{0}`: queue name {1:?} is invalid: use 1-30 characters of a-z, 0-9, '-', starting with a letter"
+    )]
+    BadQueue(String, String),
 }
 
 /// The functions of an [`crate::App`], by name.
@@ -263,7 +276,13 @@ impl Registry {
             soft_time_limit: function.soft_time_limit(),
             hard_time_limit: function.hard_time_limit(),
             detached: function.detached(),
+            queue: function.queue(),
         };
+        if let Some(queue) = policy.queue
+            && !crate::job::valid_queue_name(queue)
+        {
+            return Err(RegistryError::BadQueue(name.into(), queue.into()));
+        }
         if !policy.detached && policy.hard_time_limit > MAX_INLINE_TIME_LIMIT {
             return Err(RegistryError::TooLongForInline(name.into(), policy.hard_time_limit.as_secs()));
         }
@@ -281,6 +300,14 @@ impl Registry {
     /// The function called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn DynFunction>> {
         self.functions.get(name)
+    }
+
+    /// The queues of their own that the functions route to (sorted, deduplicated).
+    pub fn custom_queues(&self) -> Vec<&'static str> {
+        let mut queues: Vec<&'static str> = self.functions.values().filter_map(|f| f.policy().queue).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        queues
     }
 
     /// Every registered name, sorted.

@@ -218,6 +218,7 @@ impl Maintenance {
                     owner: &owner,
                     function: f.name(),
                     priority: *priority,
+                    queue: f.policy().queue,
                     args: &raw,
                     max_attempts: f.policy().max_attempts as i32,
                     run_after: None,
@@ -231,13 +232,7 @@ impl Maintenance {
                     metrics::counter!(crate::telemetry::metrics::JOBS_SUBMITTED, "function" => submitted.job.function.clone(), "priority" => submitted.job.priority.as_str())
                         .increment(1);
                     if let Some(outbox) = &self.outbox {
-                        outbox.dispatch(store::Dispatch {
-                            id: submitted.job.status.id,
-                            attempt: 0,
-                            function: submitted.job.function.clone(),
-                            priority: submitted.job.priority,
-                            trace_context: None,
-                        });
+                        outbox.dispatch(store::Dispatch::of(&submitted.job, None));
                     }
                 } else {
                     tracing::info!(schedule = %schedule.name, scheduled = %at, "schedule already fired for this time");

@@ -17,6 +17,7 @@ struct JobRow {
     owner: String,
     function: String,
     priority: String,
+    queue: Option<String>,
     args: serde_json::Value,
     status: String,
     progress: f32,
@@ -37,7 +38,7 @@ struct JobRow {
 }
 
 /// The columns of [`JobRow`], for queries built at run time.
-const JOB_COLUMNS: &str = "id, owner, function, priority, args, status, progress, message, attempt, max_attempts, \
+const JOB_COLUMNS: &str = "id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts, \
      run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error, created_at, started_at, \
      finished_at, updated_at";
 
@@ -59,6 +60,7 @@ impl JobRow {
                 poll_after_ms: poll_after_ms(status, self.run_after, now),
             },
             function: self.function,
+            queue: self.queue.unwrap_or_else(|| self.priority.clone()),
             priority: self.priority.parse().unwrap_or_default(),
             args: self.args,
             run_after: self.run_after,
@@ -90,6 +92,8 @@ pub struct NewJob<'a> {
     pub owner: &'a str,
     pub function: &'a str,
     pub priority: Priority,
+    /// The function's own queue, if it has one (else the priority's).
+    pub queue: Option<&'a str>,
     pub args: &'a RawValue,
     pub max_attempts: i32,
     /// Not due before this (a delayed submit).
@@ -155,9 +159,9 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
     let row = sqlx::query_as!(
         JobRow,
         r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after,
-                             parent_id, trace_context, idempotency_key)
-           VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, coalesce($7, now()), $8, $9, $10)
-           RETURNING id, owner, function, priority, args, status, progress, message, attempt, max_attempts,
+                             parent_id, trace_context, idempotency_key, queue)
+           VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, coalesce($7, now()), $8, $9, $10, $11)
+           RETURNING id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
                      run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
                      created_at, started_at, finished_at, updated_at"#,
         new.id,
@@ -170,6 +174,7 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
         new.parent_id,
         new.trace_context,
         new.idempotency.map(|(key, _)| key),
+        new.queue,
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -181,7 +186,7 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
 pub async fn get(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<Job>, StoreError> {
     let row = sqlx::query_as!(
         JobRow,
-        r#"SELECT id, owner, function, priority, args, status, progress, message, attempt, max_attempts,
+        r#"SELECT id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
                   run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
                   created_at, started_at, finished_at, updated_at
            FROM jobs WHERE id = $1"#,
@@ -249,7 +254,7 @@ pub async fn cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Canc
               cancel_requested = true,
               updated_at = now()
            WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status IN ('queued', 'retrying', 'running')
-           RETURNING id, owner, function, priority, args, status, progress, message, attempt, max_attempts,
+           RETURNING id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
                      run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
                      created_at, started_at, finished_at, updated_at"#,
         id,
@@ -327,6 +332,7 @@ struct Columns {
     max_attempts: Vec<i32>,
     run_after: Vec<Option<DateTime<Utc>>>,
     trace_contexts: Vec<Option<String>>,
+    queues: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -341,6 +347,7 @@ impl Columns {
             c.max_attempts.push(j.max_attempts);
             c.run_after.push(j.run_after);
             c.trace_contexts.push(j.trace_context.map(str::to_owned));
+            c.queues.push(j.queue.map(str::to_owned));
         }
         c
     }
@@ -352,13 +359,13 @@ pub async fn submit_many(pool: &PgPool, jobs: &[NewJob<'_>]) -> Result<Vec<Job>,
     let c = Columns::of(jobs);
     let rows = sqlx::query_as!(
         JobRow,
-        r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after, trace_context)
+        r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after, trace_context, queue)
            SELECT t.id, t.owner, t.function, t.priority, t.args::jsonb, 'queued', t.max_attempts,
-                  coalesce(t.run_after, now()), t.trace_context
+                  coalesce(t.run_after, now()), t.trace_context, t.queue
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
-                       $7::timestamptz[], $8::text[])
-                AS t(id, owner, function, priority, args, max_attempts, run_after, trace_context)
-           RETURNING id, owner, function, priority, args, status, progress, message, attempt, max_attempts,
+                       $7::timestamptz[], $8::text[], $9::text[])
+                AS t(id, owner, function, priority, args, max_attempts, run_after, trace_context, queue)
+           RETURNING id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
                      run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
                      created_at, started_at, finished_at, updated_at"#,
         &c.ids,
@@ -369,6 +376,7 @@ pub async fn submit_many(pool: &PgPool, jobs: &[NewJob<'_>]) -> Result<Vec<Job>,
         &c.max_attempts,
         &c.run_after as &[Option<DateTime<Utc>>],
         &c.trace_contexts as &[Option<String>],
+        &c.queues as &[Option<String>],
     )
     .fetch_all(pool)
     .await?;
@@ -399,13 +407,13 @@ pub async fn spawn_children(
     };
     let rows = sqlx::query_as!(
         JobRow,
-        r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after, trace_context, parent_id)
+        r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after, trace_context, parent_id, queue)
            SELECT t.id, $9, t.function, t.priority, t.args::jsonb, 'queued', t.max_attempts,
-                  coalesce(t.run_after, now()), t.trace_context, $10
+                  coalesce(t.run_after, now()), t.trace_context, $10, t.queue
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
-                       $7::timestamptz[], $8::text[])
-                AS t(id, owner, function, priority, args, max_attempts, run_after, trace_context)
-           RETURNING id, owner, function, priority, args, status, progress, message, attempt, max_attempts,
+                       $7::timestamptz[], $8::text[], $11::text[])
+                AS t(id, owner, function, priority, args, max_attempts, run_after, trace_context, queue)
+           RETURNING id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
                      run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
                      created_at, started_at, finished_at, updated_at"#,
         &c.ids,
@@ -418,6 +426,7 @@ pub async fn spawn_children(
         &c.trace_contexts as &[Option<String>],
         owner,
         parent,
+        &c.queues as &[Option<String>],
     )
     .fetch_all(&mut *tx)
     .await?;

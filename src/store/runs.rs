@@ -276,7 +276,28 @@ pub struct Dispatch {
     pub attempt: i32,
     pub function: String,
     pub priority: Priority,
+    /// The function's own queue; `None` for the priority's.
+    pub queue: Option<String>,
     pub trace_context: Option<String>,
+}
+
+impl Dispatch {
+    /// The message of a job just created (attempt 0 or its current attempt).
+    pub fn of(job: &crate::job::Job, trace_context: Option<&str>) -> Self {
+        Self {
+            id: job.status.id,
+            attempt: job.status.attempt,
+            function: job.function.clone(),
+            priority: job.priority,
+            queue: (job.queue != job.priority.as_str()).then(|| job.queue.clone()),
+            trace_context: trace_context.map(str::to_owned),
+        }
+    }
+
+    /// The queue the message goes to.
+    pub fn queue_name(&self) -> &str {
+        self.queue.as_deref().unwrap_or(self.priority.as_str())
+    }
 }
 
 /// Moves `retrying` jobs whose backoff has passed back to `queued` (undispatched).
@@ -309,7 +330,7 @@ where
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     let rows = sqlx::query!(
-        r#"SELECT id, attempt, function, priority, trace_context FROM jobs
+        r#"SELECT id, attempt, function, priority, queue, trace_context FROM jobs
            WHERE status = 'queued' AND run_after <= now() AND NOT cancel_requested
              AND (dispatched_at IS NULL OR dispatched_at < now() - make_interval(secs => $2))
            ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED"#,
@@ -330,6 +351,7 @@ where
             attempt: r.attempt,
             function: r.function,
             priority: r.priority.parse().unwrap_or_default(),
+            queue: r.queue,
             trace_context: r.trace_context,
         })
         .collect();

@@ -24,7 +24,7 @@ pub use spawn::{MAX_CHILDREN, RunSpawner};
 use crate::auth::GoogleOidcVerifier;
 use crate::config::{ConfigError, var};
 use crate::function::Registry;
-use crate::job::{JobError, Priority};
+use crate::job::JobError;
 use crate::storage::BlobStore;
 
 /// A claim's lease unless `RUNQ_LEASE_SECS` says otherwise; heartbeats run every third of it.
@@ -79,7 +79,7 @@ pub struct WorkerState {
     /// Verifies Pub/Sub's push tokens.
     pub verifier: GoogleOidcVerifier,
     /// The queue this worker serves (for logs and metrics).
-    pub queue: Priority,
+    pub queue: String,
     /// Recorded on claims, so an operator can tell which instance ran a job.
     pub worker_id: Arc<str>,
     pub lease: Duration,
@@ -135,7 +135,7 @@ impl WorkerState {
 }
 
 /// A worker id for this process: the Cloud Run revision (or host) and a random suffix.
-pub fn worker_id(queue: Priority) -> String {
+pub fn worker_id(queue: &str) -> String {
     let host = std::env::var("K_REVISION").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "local".into());
     format!("{host}/{queue}/{}", &Uuid::new_v4().simple().to_string()[..8])
 }
@@ -167,7 +167,7 @@ impl WorkerState {
         relaxed: PgPool,
         registry: Arc<Registry>,
         verifier: GoogleOidcVerifier,
-        queue: Priority,
+        queue: &str,
         lease: Duration,
     ) -> (Self, watch::Sender<Option<Duration>>) {
         let (tx, rx) = watch::channel(None);
@@ -176,7 +176,7 @@ impl WorkerState {
             relaxed,
             registry,
             verifier,
-            queue,
+            queue: queue.to_owned(),
             worker_id: worker_id(queue).into(),
             lease,
             leases: Leases::default(),
@@ -202,7 +202,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let keeper = state.leases.spawn_keeper(state.relaxed.clone(), state.lease);
     let background = state.background.clone();
-    let queue = state.queue;
+    let queue = state.queue.clone();
     let leases = state.leases.clone();
     let stop = async move {
         signal.await;

@@ -116,7 +116,7 @@ pub async fn push(State(state): State<WorkerState>, headers: HeaderMap, body: By
 
 async fn handle(state: &WorkerState, id: Uuid) -> Result<(), StoreError> {
     let Some(claimed) = store::claim(&state.pool, id, &state.worker_id, state.lease).await? else {
-        metrics::counter!(crate::telemetry::metrics::CLAIM_CONFLICTS, "queue" => state.queue.as_str()).increment(1);
+        metrics::counter!(crate::telemetry::metrics::CLAIM_CONFLICTS, "queue" => state.queue.clone()).increment(1);
         match store::unclaimable(&state.pool, id).await? {
             None => tracing::info!("delivery for an unknown job; acknowledged"),
             Some(u) => tracing::info!(status = %u.status, attempt = u.attempt, max_attempts = u.max_attempts,

@@ -153,9 +153,10 @@ pub async fn execute(
         Ok(Recorded::Released) => "released",
         Err(_) => "unrecorded",
     };
-    let queue = state.queue.as_str();
+    let queue = state.queue.clone();
     metrics::counter!(crate::telemetry::metrics::RUNS, "function" => function_name.clone(), "queue" => queue, "outcome" => outcome)
         .increment(1);
+    let queue = state.queue.clone();
     metrics::histogram!(crate::telemetry::metrics::RUN_SECONDS, "function" => function_name, "queue" => queue)
         .record(started.elapsed().as_secs_f64());
     recorded

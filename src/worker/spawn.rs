@@ -38,15 +38,23 @@ impl RunSpawner {
                 .ok_or_else(|| FunctionError::Fatal(format!("child {i}: unknown function `{}`", child.function)))?;
             let args = serde_json::value::to_raw_value(&child.args).map_err(FunctionError::fatal)?;
             f.validate(&args).map_err(|e| FunctionError::Fatal(format!("child {i}: invalid args: {e}")))?;
-            prepared.push((f.name(), child.priority.unwrap_or(f.policy().priority), f.policy().max_attempts, args));
+            let policy = f.policy();
+            prepared.push((
+                f.name(),
+                child.priority.unwrap_or(policy.priority),
+                policy.queue,
+                policy.max_attempts,
+                args,
+            ));
         }
         let new: Vec<NewJob<'_>> = prepared
             .iter()
-            .map(|(function, priority, max_attempts, args)| NewJob {
+            .map(|(function, priority, queue, max_attempts, args)| NewJob {
                 id: Uuid::now_v7(),
                 owner: "",
                 function,
                 priority: *priority,
+                queue: *queue,
                 args,
                 max_attempts: *max_attempts as i32,
                 run_after: None,
@@ -63,13 +71,7 @@ impl RunSpawner {
         };
         for job in &jobs {
             if let Some(outbox) = &self.outbox {
-                outbox.dispatch(store::Dispatch {
-                    id: job.status.id,
-                    attempt: 0,
-                    function: job.function.clone(),
-                    priority: job.priority,
-                    trace_context: None,
-                });
+                outbox.dispatch(store::Dispatch::of(job, None));
             }
         }
         tracing::info!(parent = %parent, children = jobs.len(), "children spawned");

@@ -106,6 +106,22 @@ impl Function for Long {
     }
 }
 
+/// Routed to a queue of its own (a bigger worker service in production).
+struct Transcode;
+impl Function for Transcode {
+    type Args = serde_json::Value;
+    type Output = serde_json::Value;
+    fn name(&self) -> &'static str {
+        "transcode"
+    }
+    fn queue(&self) -> Option<&'static str> {
+        Some("heavy")
+    }
+    async fn run(&self, _ctx: Context, args: Value) -> Result<Value, FunctionError> {
+        Ok(args)
+    }
+}
+
 /// Returns a result over the 64 KiB inline limit.
 struct Big;
 impl Function for Big {
@@ -137,6 +153,7 @@ fn registry(counter: &CountingNoop) -> Registry {
     r.register(Big).unwrap();
     r.register(Playlist).unwrap();
     r.register(Long).unwrap();
+    r.register(Transcode).unwrap();
     r.register(runq::function::Wordcount::default()).unwrap();
     r
 }
@@ -205,7 +222,7 @@ impl Stack {
     }
 
     pub async fn finished(&self, id: &str) -> Value {
-        self.wait_until(id, Duration::from_secs(30), |j| j["finished_at"].is_string()).await
+        self.wait_until(id, Duration::from_secs(90), |j| j["finished_at"].is_string()).await
     }
 }
 
@@ -396,6 +413,7 @@ async fn a_message_delivered_twice_runs_once(pool: PgPool) {
         attempt: 0,
         function: "noop".into(),
         priority: Priority::High,
+        queue: None,
         trace_context: None,
     };
     s.dev.dispatcher.publish(&dispatch).await.unwrap();
@@ -500,6 +518,7 @@ async fn children_of_a_lost_claim_are_not_created(pool: PgPool) {
         owner: "",
         function: "noop",
         priority: Priority::Low,
+        queue: None,
         args: &args,
         max_attempts: 3,
         run_after: None,
@@ -516,4 +535,33 @@ async fn children_of_a_lost_claim_are_not_created(pool: PgPool) {
     let owner: String =
         sqlx::query_scalar("SELECT owner FROM jobs WHERE parent_id = $1").bind(parent).fetch_one(&pool).await.unwrap();
     assert_eq!(owner, "a", "children belong to the parent's owner");
+}
+
+#[sqlx::test]
+async fn a_function_with_a_queue_of_its_own_runs_on_that_queues_worker(pool: PgPool) {
+    let s = stack(&pool).await;
+    assert!(s.dev.worker_urls.iter().any(|(q, _)| q == "heavy"), "dev starts a worker for the heavy queue");
+    let job = s.submit(json!({"function": "transcode", "args": {"video": 7}, "priority": "high"})).await;
+    assert_eq!(job["queue"], "heavy");
+    let done = s.finished(&id(&job)).await;
+    assert_eq!((done["status"].as_str(), done["queue"].as_str()), (Some("succeeded"), Some("heavy")));
+    let worker: String = sqlx::query_scalar("SELECT worker_id FROM job_runs").fetch_one(&pool).await.unwrap();
+    assert!(worker.contains("/heavy/"), "ran on the heavy worker: {worker}");
+    // Ordinary functions stay on their priority's queue.
+    let plain = s.submit(json!({"function": "noop", "priority": "low"})).await;
+    assert_eq!(plain["queue"], "low");
+    s.dev.shutdown().await;
+}
+
+#[test]
+fn queues_must_be_declared_and_well_named() {
+    let app = runq::App::new().function(Transcode);
+    assert!(app.check().unwrap_err().contains("queue `heavy` is used by a function but not declared"));
+    let app = runq::App::new().function(Transcode).queue(runq::infra::QueueSpec::custom("heavy"));
+    assert!(app.check().is_ok());
+    let export = runq::infra::export(app.schedules(), app.queues());
+    let heavy = export.queues.iter().find(|q| q.name == "heavy").expect("exported for infra/");
+    assert_eq!((heavy.topic.as_str(), heavy.service.as_str()), ("runq-jobs-heavy", "runq-worker-heavy"));
+    assert!(runq::App::new().queue(runq::infra::QueueSpec::custom("Heavy!")).check().is_err());
+    assert!(runq::App::new().queue(runq::infra::QueueSpec::custom("high")).check().unwrap_err().contains("twice"));
 }

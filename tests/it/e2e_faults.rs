@@ -86,7 +86,7 @@ fn envelope(job_id: &str) -> String {
 #[sqlx::test]
 async fn refused_pushes_change_nothing(pool: PgPool) {
     let s = stack(&pool).await;
-    let (_, worker_url) = s.dev.worker_urls.iter().find(|(q, _)| *q == Priority::Medium).unwrap().clone();
+    let (_, worker_url) = s.dev.worker_urls.iter().find(|(q, _)| q == "medium").unwrap().clone();
     let good = emulator_token(&s.dev.emulator_host(), &worker_url, "good").await;
     let wrong_audience = emulator_token(&s.dev.emulator_host(), "https://someone-else.example/push", "wrong").await;
     let mut tampered = good.clone();
@@ -166,19 +166,19 @@ fn spawn_worker(pool: &PgPool, port: u16, jwks_url: &str) -> tokio::process::Chi
 async fn a_worker_killed_mid_run_is_replaced_and_the_job_reruns(pool: PgPool) {
     let port = free_port();
     let mut opts = options(&pool);
-    opts.external_workers = vec![(Priority::High, format!("http://127.0.0.1:{port}/push"))];
+    opts.external_workers = vec![("high".into(), format!("http://127.0.0.1:{port}/push"))];
     let s = stack_with(opts).await;
     let mut first = spawn_worker(&pool, port, &s.dev.jwks_url());
     let job = s.submit(json!({"function": "sleep", "args": {"seconds": 3, "steps": 3}, "priority": "high"})).await;
     let id = job["id"].as_str().unwrap().to_owned();
-    s.wait_until(&id, Duration::from_secs(20), |j| j["status"] == "running").await;
+    s.wait_until(&id, Duration::from_secs(60), |j| j["status"] == "running").await;
 
     // SIGKILL: no release, no outcome; only the lease expiry can tell.
     first.start_kill().unwrap();
     first.wait().await.unwrap();
     let _second = spawn_worker(&pool, port, &s.dev.jwks_url());
 
-    let done = s.wait_until(&id, Duration::from_secs(40), |j| j["finished_at"].is_string()).await;
+    let done = s.wait_until(&id, Duration::from_secs(90), |j| j["finished_at"].is_string()).await;
     assert_eq!((done["status"].as_str(), done["attempt"].as_i64()), (Some("succeeded"), Some(2)), "{done}");
     let outcomes: Vec<String> =
         sqlx::query_scalar("SELECT outcome FROM job_runs WHERE job_id = $1::uuid ORDER BY started_at")
@@ -228,13 +228,13 @@ async fn large_results_and_inputs_go_through_gcs(pool: PgPool) {
 async fn undeliverable_jobs_are_dead_lettered_then_failed(pool: PgPool) {
     // The low queue's worker is gone: every push is refused at the connection.
     let mut opts = options(&pool);
-    opts.external_workers = vec![(Priority::Low, format!("http://127.0.0.1:{}/push", free_port()))];
+    opts.external_workers = vec![("low".into(), format!("http://127.0.0.1:{}/push", free_port()))];
     opts.emulator_time_scale = 0.02;
     opts.dead_letter = runq::api::DeadLetterPolicy { max_rounds: 2, backoff: Duration::from_millis(100) };
     let s = stack_with(opts).await;
     let job = s.submit(json!({"function": "noop", "priority": "low"})).await;
     let id = job["id"].as_str().unwrap().to_owned();
-    let done = s.wait_until(&id, Duration::from_secs(40), |j| j["finished_at"].is_string()).await;
+    let done = s.wait_until(&id, Duration::from_secs(90), |j| j["finished_at"].is_string()).await;
     assert_eq!(done["status"], "failed");
     assert_eq!(done["error"]["kind"], "undeliverable");
     assert_eq!(done["attempt"], 0, "never claimed");
@@ -247,12 +247,12 @@ async fn undeliverable_jobs_are_dead_lettered_then_failed(pool: PgPool) {
 async fn sigterm_releases_runs_that_cannot_finish_in_the_grace_period(pool: PgPool) {
     let port = free_port();
     let mut opts = options(&pool);
-    opts.external_workers = vec![(Priority::High, format!("http://127.0.0.1:{port}/push"))];
+    opts.external_workers = vec![("high".into(), format!("http://127.0.0.1:{port}/push"))];
     let s = stack_with(opts).await;
     let mut first = spawn_worker(&pool, port, &s.dev.jwks_url());
     let job = s.submit(json!({"function": "sleep", "args": {"seconds": 60, "steps": 60}, "priority": "high"})).await;
     let id = job["id"].as_str().unwrap().to_owned();
-    s.wait_until(&id, Duration::from_secs(20), |j| j["status"] == "running").await;
+    s.wait_until(&id, Duration::from_secs(60), |j| j["status"] == "running").await;
 
     let pid = first.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -276,7 +276,7 @@ async fn sigterm_releases_runs_that_cannot_finish_in_the_grace_period(pool: PgPo
 
     // The next worker takes it straight away (no lease to wait out).
     let _second = spawn_worker(&pool, port, &s.dev.jwks_url());
-    let rerun = s.wait_until(&id, Duration::from_secs(20), |j| j["status"] == "running").await;
+    let rerun = s.wait_until(&id, Duration::from_secs(60), |j| j["status"] == "running").await;
     assert_eq!(rerun["attempt"], 1);
     s.http.post(format!("{}/jobs/{id}/cancel", s.dev.api_url)).bearer_auth(&s.token).send().await.unwrap();
     s.wait_until(&id, Duration::from_secs(10), |j| j["status"] == "cancelled").await;
@@ -286,7 +286,7 @@ async fn sigterm_releases_runs_that_cannot_finish_in_the_grace_period(pool: PgPo
 #[sqlx::test]
 async fn detached_runs_answer_the_push_at_once_and_finish_in_the_background(pool: PgPool) {
     let s = stack(&pool).await;
-    let (_, worker_url) = s.dev.worker_urls.iter().find(|(q, _)| *q == Priority::Medium).unwrap().clone();
+    let (_, worker_url) = s.dev.worker_urls.iter().find(|(q, _)| q == "medium").unwrap().clone();
     let token = emulator_token(&s.dev.emulator_host(), &worker_url, "detached").await;
     // Recorded without the outbox, so only our push delivers it.
     let args = serde_json::value::RawValue::from_string("{}".into()).unwrap();
@@ -296,6 +296,7 @@ async fn detached_runs_answer_the_push_at_once_and_finish_in_the_background(pool
         owner: "e2e",
         function: "long",
         priority: Priority::Medium,
+        queue: None,
         args: &args,
         max_attempts: 3,
         run_after: None,

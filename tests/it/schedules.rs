@@ -263,7 +263,7 @@ async fn cleanup_removes_only_what_is_past_retention(pool: PgPool) {
 #[test]
 fn infra_runq_json_matches_the_declarations() {
     let app = runq::App::new();
-    let export = runq::infra::export(app.schedules(), &runq::infra::QueueSpec::defaults());
+    let export = runq::infra::export(app.schedules(), app.queues());
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/runq.json");
     let committed: runq::infra::Export =
         serde_json::from_str(&std::fs::read_to_string(path).expect("infra/runq.json exists")).unwrap();
