@@ -38,7 +38,11 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 /// `GET /jobs/{id}/runs`: the job's runs from `job_runs`, oldest first.
-async fn runs(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Json<RunList>, ApiError> {
+async fn runs(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunList>, ApiError> {
     let id = parse_id(&id)?;
     let runs = store::run_history(&state.pool, id, caller.owner_filter())
         .await?

@@ -393,9 +393,9 @@ function route() {
 }
 
 let ticking = false;
-/** Refreshes the stats, and the job list when it shows the newest page. */
+/** Refreshes the stats, and the job list when it shows the newest page (the job view follows its job itself). */
 async function tick() {
-  if (ticking || !token() || document.hidden) return;
+  if (ticking || !token() || document.hidden || view) return;
   ticking = true;
   try {
     await refreshStats();

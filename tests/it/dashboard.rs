@@ -179,7 +179,7 @@ async fn the_page_is_self_contained_and_locked_down(pool: PgPool) {
     let inline = |open: &str, close: &str| {
         let start = html.find(open).unwrap() + open.len();
         let len = html[start..].find(close).unwrap();
-        let digest = Sha256::digest(html[start..start + len].as_bytes());
+        let digest = Sha256::digest(&html.as_bytes()[start..start + len]);
         format!("'sha256-{}'", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest))
     };
     assert!(csp.contains(&format!("script-src {}", inline("<script>", "</script>"))), "{csp}");
@@ -220,19 +220,27 @@ async fn chromium_renders_the_dashboard(pool: PgPool) {
     s.finished(echo["id"].as_str().unwrap()).await;
 
     let admin = stack_token("ops", true);
-    let (base, flaky_id) = (s.dev.api_url.clone(), flaky_id.to_owned());
+    let (base, flaky_id, echo_id) =
+        (s.dev.api_url.clone(), flaky_id.to_owned(), echo["id"].as_str().unwrap().to_owned());
     let tasks = tokio::task::spawn_blocking(move || {
         let overview = screenshot(&browser, &out.join("runq-dashboard.png"), &base, &format!("token={admin}"));
-        let job = screenshot(&browser, &out.join("runq-dashboard-job.png"), &base, &format!("job/{flaky_id}&token={admin}"));
-        (overview, job)
+        let job =
+            screenshot(&browser, &out.join("runq-dashboard-job.png"), &base, &format!("job/{flaky_id}&token={admin}"));
+        let hostile_view = screenshot(
+            &browser,
+            &out.join("runq-dashboard-hostile.png"),
+            &base,
+            &format!("job/{echo_id}&token={admin}"),
+        );
+        (overview, job, hostile_view)
     });
-    let (overview, job) = tasks.await.unwrap();
+    let (overview, job, hostile_view) = tasks.await.unwrap();
     // The DOM after the scripts ran: data arrived, and the hostile args stayed text.
-    if !overview.is_empty() {
-        assert!(overview.contains("echo") && overview.contains("succeeded"), "{overview}");
-        assert!(!overview.contains("<img src=\"x\""), "args became markup");
-        assert!(job.contains("flaky &lt;b&gt;bold&lt;/b&gt;") && job.contains("retrying"), "{job}");
-    }
+    assert!(overview.contains("echo") && overview.contains("succeeded"), "{overview}");
+    assert!(!overview.contains("<img src=\"x\""), "args became markup");
+    assert!(job.contains("flaky &lt;b&gt;bold&lt;/b&gt;") && job.contains("retrying"), "{job}");
+    assert!(hostile_view.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{hostile_view}");
+    assert!(hostile_view.contains("<title>runq dashboard</title>"), "the args' onerror ran");
     s.dev.shutdown().await;
 }
 
