@@ -11,6 +11,7 @@
 //! - [`store`]: Postgres, the source of truth; every transition is one guarded UPDATE.
 //! - [`function`]: the [`Function`] trait, the registry and the built-in functions.
 //! - [`api`]: the public JSON API (`/jobs`), health and OpenAPI.
+//! - [`dashboard`]: the web dashboard at `/dashboard` (Flower's role), its stats and run history.
 //! - [`auth`]: bearer JWTs for the public API, Google OIDC for push and internal calls.
 //! - [`dispatch`]: publishing jobs to Pub/Sub, the outbox marker and the relay.
 //! - [`worker`]: the push endpoint that claims and runs jobs, leases, graceful shutdown.
@@ -27,6 +28,7 @@ pub mod app;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod dev;
 pub mod dispatch;
 pub mod emulator;

@@ -68,6 +68,7 @@ pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
     let router = Router::new()
         .merge(jobs::router(body_limit))
         .merge(internal::router())
+        .merge(crate::dashboard::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))

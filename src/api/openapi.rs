@@ -125,6 +125,30 @@ pub fn openapi() -> Value {
                     })))
                 }
             },
+            "/jobs/{id}/runs": {
+                "get": {
+                    "summary": "A job's runs, oldest first (the dashboard's timeline)",
+                    "parameters": [id_param()],
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "Each run: its claim, worker, start and end, outcome, error and, for a retried run, when it became due again.",
+                                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RunList" } } } },
+                        "404": problem("No such job, or another owner's."),
+                        "422": problem("The id is not a UUID.")
+                    })))
+                }
+            },
+            "/dashboard": { "get": { "summary": "The dashboard: one HTML page that asks for a token and calls this API", "security": [],
+                                     "responses": { "200": { "description": "text/html, with a strict Content-Security-Policy" } } } },
+            "/dashboard/stats": {
+                "get": {
+                    "summary": "Job counts by status, function and priority, and throughput (admin token)",
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "The counts, from one consistent snapshot.",
+                                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Stats" } } } },
+                        "403": problem("Not an admin token.")
+                    })))
+                }
+            },
             "/healthz": { "get": { "summary": "The process is up", "security": [], "responses": { "200": { "description": "OK" } } } },
             "/readyz": { "get": { "summary": "The database is reachable", "security": [],
                                   "responses": { "200": { "description": "Ready" }, "503": problem("Database unreachable.") } } },
@@ -191,6 +215,37 @@ pub fn openapi() -> Value {
                     "properties": {
                         "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } },
                         "next_cursor": { "type": ["string", "null"] }
+                    }
+                },
+                "Run": {
+                    "type": "object",
+                    "required": ["attempt", "worker_id", "started_at"],
+                    "properties": {
+                        "attempt": { "type": "integer" },
+                        "worker_id": { "type": "string" },
+                        "started_at": { "type": "string", "format": "date-time" },
+                        "finished_at": { "type": ["string", "null"], "format": "date-time" },
+                        "outcome": { "type": ["string", "null"], "enum": ["succeeded", "retrying", "failed", "cancelled", "released", "reaped", null],
+                                     "description": "null while the run is running." },
+                        "error": { "oneOf": [{ "type": "null" }, { "type": "object", "properties": {
+                            "kind": { "type": "string" }, "message": { "type": "string" }, "retryable": { "type": "boolean" } } }] },
+                        "retry_at": { "type": ["string", "null"], "format": "date-time", "description": "When a retrying run's job became due again." }
+                    }
+                },
+                "RunList": { "type": "object", "properties": { "runs": { "type": "array", "items": { "$ref": "#/components/schemas/Run" } } } },
+                "Stats": {
+                    "type": "object",
+                    "properties": {
+                        "by_status": { "type": "object", "additionalProperties": { "type": "integer" }, "description": "Every status, zeros included." },
+                        "by_function": { "type": "object", "additionalProperties": { "type": "object", "additionalProperties": { "type": "integer" } },
+                                         "description": "Function, then status, then count." },
+                        "unfinished_by_priority": { "type": "object", "additionalProperties": { "type": "object", "additionalProperties": { "type": "integer" } },
+                                                    "description": "Priority, then queued/running/retrying, then count: the queue depth." },
+                        "throughput": { "type": "object", "properties": {
+                            "finished_per_minute": { "type": "array", "description": "15 minutes ending with the current (partial) one, oldest first.",
+                                                     "items": { "type": "object", "properties": {
+                                                         "minute": { "type": "string", "format": "date-time" }, "finished": { "type": "integer" } } } },
+                            "last_hour": { "type": "object", "properties": { "succeeded": { "type": "integer" }, "failed": { "type": "integer" } } } } }
                     }
                 },
                 "Problem": {

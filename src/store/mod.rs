@@ -9,10 +9,12 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 mod cleanup;
+mod history;
 mod jobs;
 mod runs;
 
 pub use cleanup::*;
+pub use history::*;
 pub use jobs::*;
 pub use runs::*;
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::common::database_url;
 
-const SECRET: &str = "e2e-secret-0123456789abcdef012345";
+pub const SECRET: &str = "e2e-secret-0123456789abcdef012345";
 
 /// `noop` that counts how often its body runs, per job.
 #[derive(Clone, Default)]

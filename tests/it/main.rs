@@ -6,6 +6,7 @@ mod auth;
 mod binary;
 mod client;
 mod common;
+mod dashboard;
 mod deploy;
 mod dev;
 mod e2e;

@@ -1,0 +1,51 @@
+//! The dashboard (what Flower is to Celery), served by `runq api`: one self-contained page at
+//! `/dashboard`, the admin-only counts at `/dashboard/stats`, and each job's run history at
+//! `/jobs/{id}/runs`. Reads only; the page acts through the public `/jobs` API.
+
+mod page;
+mod stats;
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api::{ApiError, ApiState, Caller};
+use crate::store::{self, Run};
+
+pub use stats::{LastHour, MinuteCount, Stats, Throughput};
+
+/// The dashboard's routes, merged into the API's router.
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/dashboard", get(page::page))
+        .route("/dashboard/stats", get(stats::stats))
+        .route("/jobs/{id}/runs", get(runs))
+}
+
+/// The answer of `GET /jobs/{id}/runs`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunList {
+    /// Oldest first: the gaps between a `retrying` run's end, its `retry_at` and the next run's
+    /// start are the backoff and the dispatch delay.
+    pub runs: Vec<Run>,
+}
+
+/// Same contract as the `/jobs/{id}` routes: a bad id is a 422, another owner's job a 404.
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::invalid("id", format!("{raw:?} is not a job id (a UUID)")))
+}
+
+/// `GET /jobs/{id}/runs`: the job's runs from `job_runs`, oldest first.
+async fn runs(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunList>, ApiError> {
+    let id = parse_id(&id)?;
+    let runs = store::run_history(&state.pool, id, caller.owner_filter())
+        .await?
+        .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
+    Ok(Json(RunList { runs }))
+}

@@ -1,0 +1,454 @@
+'use strict';
+// The runq dashboard. Every value from the API is put in the page as text (textContent,
+// createTextNode, attributes): job args and errors are user data, never markup.
+
+const TOKEN_KEY = 'runq.token';
+const PAGE_SIZE = 25;
+const REFRESH_MS = 5000;
+const FINISHED = ['succeeded', 'failed', 'cancelled'];
+const STATUSES = ['queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'];
+
+const $ = (id) => document.getElementById(id);
+
+/** Builds an element; string children become text nodes, never HTML. */
+function el(tag, props, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (v === undefined || v === null) continue;
+    if (k === 'class') e.className = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    e.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+function badge(status) { return el('span', { class: 'badge s-' + status }, status); }
+function pad(n, w = 2) { return String(n).padStart(w, '0'); }
+function fmtTime(iso) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+function fmtDuration(ms) {
+  if (ms < 0) ms = 0;
+  if (ms < 1000) return Math.round(ms) + ' ms';
+  if (ms < 60000) return (ms / 1000).toFixed(1) + ' s';
+  const m = Math.floor(ms / 60000);
+  return m + ' min ' + Math.round((ms % 60000) / 1000) + ' s';
+}
+function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+function showError(msg) { $('error').textContent = msg || ''; }
+
+// ---- the token and the API ----
+
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+function forgetToken(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  closeJob();
+  $('app').hidden = true;
+  $('forget').hidden = true;
+  $('login').hidden = false;
+  showError(message || '');
+}
+
+class ApiFailure extends Error {
+  constructor(status, detail) { super(detail); this.status = status; }
+}
+
+/** Calls the API with the token; a 401 asks for a new token. */
+async function api(path, opts = {}) {
+  const headers = Object.assign({ Authorization: 'Bearer ' + token() }, opts.headers || {});
+  const resp = await fetch(path, Object.assign({}, opts, { headers, credentials: 'omit', cache: 'no-store' }));
+  if (resp.status === 401) {
+    forgetToken('The token was refused (401): paste a valid one.');
+    throw new ApiFailure(401, 'unauthorized');
+  }
+  return resp;
+}
+
+/** The JSON body of a 2xx answer, else an ApiFailure with the problem's detail. */
+async function body(resp) {
+  if (!resp.ok) {
+    let detail = 'HTTP ' + resp.status;
+    try { const p = await resp.json(); if (p && p.detail) detail = p.detail; } catch (_) { /* not JSON */ }
+    throw new ApiFailure(resp.status, detail);
+  }
+  return resp.json();
+}
+
+async function getJson(path, opts) { return body(await api(path, opts)); }
+
+// ---- stats ----
+
+async function refreshStats() {
+  let stats;
+  try {
+    stats = await getJson('dashboard/stats');
+  } catch (e) {
+    if (e.status === 403) {
+      $('stats-error').hidden = false;
+      $('stats-error').textContent = 'Counts across all jobs need an admin token; the list below shows your jobs.';
+      return;
+    }
+    throw e;
+  }
+  $('stats-error').hidden = true;
+  renderStatusCards(stats.by_status);
+  renderThroughput(stats.throughput);
+  renderDepth(stats.unfinished_by_priority);
+  renderByFunction(stats.by_function);
+}
+
+function renderStatusCards(byStatus) {
+  const cards = clear($('status-cards'));
+  for (const s of STATUSES) {
+    cards.appendChild(el('div', {
+      class: 'card s-' + s, title: 'list ' + s + ' jobs',
+      onclick: () => { $('f-status').value = s; location.hash = ''; loadJobs(null, []); },
+    }, el('div', { class: 'muted' }, s), el('div', { class: 'n' }, (byStatus[s] || 0).toLocaleString())));
+  }
+}
+
+function renderThroughput(t) {
+  const chart = clear($('throughput'));
+  const perMinute = t.finished_per_minute;
+  const max = Math.max(1, ...perMinute.map((m) => m.finished));
+  perMinute.forEach((m, i) => {
+    const bar = el('div', {
+      class: i === perMinute.length - 1 ? 'bar current' : 'bar',
+      title: fmtTime(m.minute).slice(11, 16) + ': ' + m.finished + ' finished' +
+        (i === perMinute.length - 1 ? ' (this minute, so far)' : ''),
+    });
+    bar.style.height = (100 * m.finished / max) + '%';
+    chart.appendChild(bar);
+  });
+  const axis = clear($('throughput-axis'));
+  if (perMinute.length) {
+    axis.appendChild(el('span', null, fmtTime(perMinute[0].minute).slice(11, 16)));
+    axis.appendChild(el('span', null, 'peak ' + max + '/min'));
+    axis.appendChild(el('span', null, 'now'));
+  }
+  clear($('last-hour')).append('Last hour: ', el('strong', null, String(t.last_hour.succeeded)), ' succeeded, ',
+    el('strong', null, String(t.last_hour.failed)), ' failed');
+}
+
+function renderDepth(byPriority) {
+  const cols = ['queued', 'running', 'retrying'];
+  const table = clear($('depth'));
+  table.appendChild(el('tr', null, el('th', null, 'priority'), cols.map((c) => el('th', { class: 'num' }, c))));
+  for (const p of ['high', 'medium', 'low']) {
+    const row = byPriority[p] || {};
+    table.appendChild(el('tr', null, el('td', null, p), cols.map((c) => el('td', { class: 'num' }, String(row[c] || 0)))));
+  }
+}
+
+function renderByFunction(byFunction) {
+  const table = clear($('by-function'));
+  table.appendChild(el('tr', null, el('th', null, 'function'), STATUSES.map((s) => el('th', { class: 'num' }, s))));
+  const names = Object.keys(byFunction).sort();
+  for (const f of names) {
+    const row = byFunction[f];
+    table.appendChild(el('tr', null, el('td', null, el('a', {
+      href: '#', onclick: (ev) => { ev.preventDefault(); $('f-function').value = f; loadJobs(null, []); },
+    }, f)), STATUSES.map((s) => el('td', { class: 'num' }, row[s] ? String(row[s]) : ''))));
+  }
+  if (!names.length) table.appendChild(el('tr', null, el('td', { class: 'muted' }, 'no jobs yet')));
+  const list = clear($('functions'));
+  for (const f of names) list.appendChild(el('option', { value: f }));
+}
+
+// ---- the jobs list (keyset paging: a stack of the cursors of the pages before this one) ----
+
+const list = { cursor: null, before: [], next: null };
+
+async function loadJobs(cursor, before) {
+  const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  const status = $('f-status').value;
+  const fn = $('f-function').value.trim();
+  if (status) params.set('status', status);
+  if (fn) params.set('function', fn);
+  if (cursor) params.set('cursor', cursor);
+  const page = await getJson('jobs?' + params.toString());
+  list.cursor = cursor;
+  list.before = before;
+  list.next = page.next_cursor || null;
+  renderJobs(page.jobs);
+}
+
+function renderJobs(jobs) {
+  const tbody = clear($('job-table').tBodies[0]);
+  for (const j of jobs) {
+    const bar = el('span');
+    bar.style.width = (100 * (j.progress || 0)) + '%';
+    tbody.appendChild(el('tr', { onclick: () => { location.hash = '#job/' + encodeURIComponent(j.id); } },
+      el('td', { class: 'mono', title: j.id }, j.id.slice(-12)),
+      el('td', null, j.function),
+      el('td', null, j.priority),
+      el('td', null, badge(j.status)),
+      el('td', { title: j.message || '' }, el('span', { class: 'mini' }, bar), ' ', Math.round(100 * (j.progress || 0)) + '%'),
+      el('td', { class: 'num' }, j.attempt + '/' + j.max_attempts),
+      el('td', null, fmtTime(j.created_at)),
+      el('td', null, fmtTime(j.finished_at))));
+  }
+  if (!jobs.length) tbody.appendChild(el('tr', null, el('td', { class: 'muted', colspan: '8' }, 'no jobs')));
+  $('prev').disabled = list.before.length === 0;
+  $('first').disabled = list.cursor === null;
+  $('next').disabled = list.next === null;
+  $('page-label').textContent = 'page ' + (list.before.length + 1);
+}
+
+// ---- one job: details, live progress (status long-poll with If-None-Match), runs ----
+
+let view = null; // { id, etag, status, attempt, ctl }
+
+function closeJob() {
+  if (view) view.ctl.abort();
+  view = null;
+  $('job').hidden = true;
+  $('jobs').hidden = false;
+  $('stats').hidden = false;
+}
+
+async function openJob(id) {
+  closeJob();
+  const v = { id, etag: null, status: null, attempt: null, ctl: new AbortController() };
+  view = v;
+  $('jobs').hidden = true;
+  $('stats').hidden = true;
+  $('job').hidden = false;
+  $('cancel-result').textContent = '';
+  try {
+    await loadJob(v);
+  } catch (e) {
+    if (view === v) showError('job ' + id + ': ' + e.message);
+    return;
+  }
+  follow(v);
+}
+
+async function loadJob(v) {
+  const path = 'jobs/' + encodeURIComponent(v.id);
+  const [job, runs] = await Promise.all([getJson(path, { signal: v.ctl.signal }),
+    getJson(path + '/runs', { signal: v.ctl.signal })]);
+  if (view !== v) return;
+  renderJob(job);
+  renderRuns(job, runs.runs);
+}
+
+/** Follows the job until it finishes: each long-poll answers when the ETag changes (or 304 after 25 s). */
+async function follow(v) {
+  const path = 'jobs/' + encodeURIComponent(v.id) + '/status';
+  while (view === v) {
+    try {
+      const headers = v.etag ? { 'If-None-Match': v.etag } : {};
+      const resp = await api(v.etag ? path + '?wait=25' : path, { headers, signal: v.ctl.signal });
+      if (view !== v) return;
+      if (resp.status === 304) continue;
+      const st = await body(resp);
+      v.etag = resp.headers.get('ETag');
+      renderProgress(st);
+      if (st.status !== v.status || st.attempt !== v.attempt) await loadJob(v); // a new run or an outcome
+      if (FINISHED.includes(st.status)) return;
+    } catch (e) {
+      if (v.ctl.signal.aborted || e.status === 401) return;
+      showError('following the job: ' + e.message);
+      await sleep(3000);
+    }
+  }
+}
+
+function renderProgress(st) {
+  const s = $('job-status');
+  s.className = 'badge s-' + st.status;
+  s.textContent = st.status;
+  $('job-bar').style.width = (100 * (st.progress || 0)) + '%';
+  $('job-message').textContent = Math.round(100 * (st.progress || 0)) + '%' + (st.message ? ' · ' + st.message : '');
+  $('cancel').disabled = FINISHED.includes(st.status);
+}
+
+function json(value) { return value === null || value === undefined ? '—' : JSON.stringify(value, null, 2); }
+
+function renderJob(job) {
+  if (view) { view.status = job.status; view.attempt = job.attempt; }
+  $('job-function').textContent = job.function;
+  $('job-id').textContent = job.id;
+  renderProgress(job);
+  const fields = clear($('job-fields'));
+  const row = (k, ...v) => fields.appendChild(el('tr', null, el('th', null, k), el('td', { class: 'wrap' }, ...v)));
+  row('priority', job.priority);
+  row('attempt', job.attempt + ' of ' + job.max_attempts);
+  row('created', fmtTime(job.created_at));
+  row('run after', fmtTime(job.run_after));
+  row('started', fmtTime(job.started_at));
+  row('finished', fmtTime(job.finished_at));
+  if (job.cancel_requested) row('cancel', 'requested');
+  if (job.idempotency_key) row('idempotency key', job.idempotency_key);
+  if (job.parent_id) row('parent', el('a', { href: '#job/' + encodeURIComponent(job.parent_id) }, job.parent_id));
+  if (job.children) {
+    const counts = Object.entries(job.children).map(([s, n]) => [badge(s), ' ' + n + '  ']);
+    row('children', counts, ' ', el('a', {
+      href: '#', onclick: (ev) => { ev.preventDefault(); listChildren(job.id); },
+    }, 'list them'));
+  }
+  if (job.result_uri) row('result uri', job.result_uri);
+  $('job-args').textContent = json(job.args);
+  $('job-result').textContent = json(job.result);
+  $('job-error').textContent = json(job.error);
+}
+
+/** Shows the children of a fan-out in the runs table's place. */
+async function listChildren(parent) {
+  const page = await getJson('jobs?parent=' + encodeURIComponent(parent) + '&limit=200');
+  const table = clear($('runs'));
+  table.appendChild(el('tr', null, ['child', 'function', 'status', 'attempt', 'finished'].map((h) => el('th', null, h))));
+  for (const c of page.jobs) {
+    table.appendChild(el('tr', null, el('td', { class: 'mono' }, el('a', { href: '#job/' + encodeURIComponent(c.id) }, c.id)),
+      el('td', null, c.function), el('td', null, badge(c.status)), el('td', null, c.attempt + '/' + c.max_attempts),
+      el('td', null, fmtTime(c.finished_at))));
+  }
+}
+
+/**
+ * The timeline: queued time, each run as a bar coloured by its outcome, and between a retrying
+ * run and the next one its backoff (until retry_at) then the wait for dispatch.
+ */
+function renderRuns(job, runs) {
+  const t0 = Date.parse(job.created_at);
+  const now = Date.now();
+  const ends = runs.map((r) => Date.parse(r.finished_at || r.retry_at || new Date(now).toISOString()));
+  const t1 = Math.max(t0 + 1, job.finished_at ? Date.parse(job.finished_at) : now, ...ends);
+  const line = clear($('timeline'));
+  const seg = (cls, from, to, title) => {
+    const d = el('div', { class: cls, title });
+    d.style.left = (100 * (from - t0) / (t1 - t0)) + '%';
+    d.style.width = Math.max(0, 100 * (to - from) / (t1 - t0)) + '%';
+    line.appendChild(d);
+  };
+  let cursor = t0;
+  runs.forEach((r) => {
+    const start = Date.parse(r.started_at);
+    if (start > cursor) seg('t-wait', cursor, start, 'waiting to be claimed: ' + fmtDuration(start - cursor));
+    const end = r.finished_at ? Date.parse(r.finished_at) : now;
+    seg('s-' + (r.outcome || 'running'), start, end,
+      'attempt ' + r.attempt + ' on ' + r.worker_id + ': ' + (r.outcome || 'running') + ', ' + fmtDuration(end - start));
+    cursor = end;
+    if (r.retry_at) {
+      const due = Date.parse(r.retry_at);
+      seg('t-backoff', end, due, 'backoff before attempt ' + (r.attempt + 1) + ': ' + fmtDuration(due - end));
+      cursor = Math.max(cursor, due);
+    }
+  });
+  if (!runs.length && !FINISHED.includes(job.status)) seg('t-wait', t0, now, 'waiting to be claimed');
+
+  const legend = clear($('legend'));
+  for (const [cls, label] of [['t-wait', 'waiting'], ['s-running', 'running'], ['s-retrying', 'failed, will retry'],
+    ['t-backoff', 'backoff'], ['s-succeeded', 'succeeded'], ['s-failed', 'failed']]) {
+    legend.appendChild(el('span', null, el('i', { class: cls }), label));
+  }
+
+  const table = clear($('runs'));
+  table.appendChild(el('tr', null, ['attempt', 'worker', 'started', 'ran for', 'outcome', 'error', 'retry due',
+    'next run started'].map((h) => el('th', null, h))));
+  runs.forEach((r, i) => {
+    const start = Date.parse(r.started_at);
+    const end = r.finished_at ? Date.parse(r.finished_at) : null;
+    const next = runs[i + 1] ? Date.parse(runs[i + 1].started_at) : null;
+    table.appendChild(el('tr', null,
+      el('td', { class: 'num' }, String(r.attempt)),
+      el('td', { class: 'mono' }, r.worker_id),
+      el('td', null, fmtTime(r.started_at)),
+      el('td', { class: 'num' }, end === null ? 'running' : fmtDuration(end - start)),
+      el('td', null, badge(r.outcome || 'running')),
+      el('td', { class: 'wrap' }, r.error ? r.error.kind + ': ' + r.error.message : ''),
+      el('td', null, r.retry_at ? fmtTime(r.retry_at) + ' (backoff ' + fmtDuration(Date.parse(r.retry_at) - end) + ')' : ''),
+      el('td', null, next !== null && end !== null ? fmtDuration(next - end) + ' after it ended' : '')));
+  });
+  if (!runs.length) table.appendChild(el('tr', null, el('td', { class: 'muted', colspan: '8' }, 'not run yet')));
+}
+
+async function cancelJob() {
+  if (!view || !confirm('Cancel job ' + view.id + '?')) return;
+  const v = view;
+  const resp = await api('jobs/' + encodeURIComponent(v.id) + '/cancel', { method: 'POST' });
+  let detail = '';
+  try { const b = await resp.json(); detail = b.detail || (b.status ? 'now ' + b.status : ''); } catch (_) { /* empty */ }
+  $('cancel-result').textContent = resp.status === 202 ? 'cancel requested: the run stops when it notices'
+    : resp.ok ? 'cancelled' : 'refused (' + resp.status + '): ' + detail;
+  if (view === v) await loadJob(v);
+}
+
+// ---- wiring ----
+
+function route() {
+  const m = location.hash.match(/^#job\/(.+)$/);
+  if (m) openJob(decodeURIComponent(m[1]));
+  else { closeJob(); tick(); }
+}
+
+let ticking = false;
+/** Refreshes the stats, and the job list when it shows the newest page (the job view follows its job itself). */
+async function tick() {
+  if (ticking || !token() || document.hidden || view) return;
+  ticking = true;
+  try {
+    await refreshStats();
+    if (!view && list.cursor === null) await loadJobs(null, []);
+    $('refreshed').textContent = 'updated ' + new Date().toLocaleTimeString();
+    showError('');
+  } catch (e) {
+    if (e.status !== 401) showError(e.message);
+  } finally {
+    ticking = false;
+  }
+}
+
+function start() {
+  $('login').hidden = true;
+  $('app').hidden = false;
+  $('forget').hidden = false;
+  route();
+}
+
+$('login-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const t = $('token').value.trim();
+  if (!t) return;
+  sessionStorage.setItem(TOKEN_KEY, t);
+  $('token').value = '';
+  start();
+});
+$('forget').addEventListener('click', () => forgetToken(''));
+$('filters').addEventListener('submit', (ev) => { ev.preventDefault(); loadJobs(null, []).catch((e) => showError(e.message)); });
+$('next').addEventListener('click', () => loadJobs(list.next, list.before.concat([list.cursor])).catch((e) => showError(e.message)));
+$('prev').addEventListener('click', () => {
+  const before = list.before.slice(0, -1);
+  loadJobs(list.before[list.before.length - 1], before).catch((e) => showError(e.message));
+});
+$('first').addEventListener('click', () => loadJobs(null, []).catch((e) => showError(e.message)));
+$('back').addEventListener('click', (ev) => { ev.preventDefault(); location.hash = ''; });
+$('cancel').addEventListener('click', () => cancelJob().catch((e) => showError(e.message)));
+window.addEventListener('hashchange', () => { if (token()) route(); });
+setInterval(tick, REFRESH_MS);
+
+/**
+ * A token may also come in the fragment (`/dashboard#token=...`, or `#job/ID&token=...`): a
+ * link a script can open, which never reaches a server or a Referer. It moves to session storage
+ * and leaves the address bar at once.
+ */
+function tokenFromFragment() {
+  const m = location.hash.match(/(^#|&)token=([^&]*)/);
+  if (!m) return;
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[2]));
+  const rest = location.hash.replace(m[0], m[1] === '#' ? '#' : '').replace(/^#&/, '#');
+  history.replaceState(null, '', location.pathname + location.search + (rest === '#' ? '' : rest));
+}
+
+tokenFromFragment();
+if (token()) start(); else forgetToken('');
