@@ -70,24 +70,9 @@ pub fn flag(name: &'static str) -> Result<Option<bool>, ConfigError> {
     }
 }
 
-/// How the public API authenticates callers (see [`crate::auth`]).
-#[derive(Debug, Clone, Default)]
-pub struct AuthSettings {
-    /// `RUNQ_AUTH_HS256_SECRET`: shared secret for local HS256 tokens (at least 16 bytes).
-    pub hs256_secret: Option<String>,
-    /// `RUNQ_AUTH_HS256_PREVIOUS_SECRET`: still accepted while clients move to the new secret.
-    pub hs256_previous_secret: Option<String>,
-    /// `RUNQ_AUTH_JWKS_URL`: the identity provider's key set (RS256/ES256) in production.
-    pub jwks_url: Option<String>,
-    /// `RUNQ_AUTH_ISSUER`: required `iss`; mandatory with a JWKS.
-    pub issuer: Option<String>,
-    /// `RUNQ_AUTH_AUDIENCE`: required `aud`; mandatory with a JWKS.
-    pub audience: Option<String>,
-    /// `RUNQ_AUTH_ADMIN_CLAIM` (default `scope`): the claim that can grant admin.
-    pub admin_claim: String,
-    /// `RUNQ_AUTH_ADMIN_VALUE` (default `runq:admin`): the value in that claim that grants admin.
-    pub admin_value: String,
-}
+/// How the public API authenticates callers: [`crate::auth::UserAuthConfig`], read from the
+/// `RUNQ_AUTH_*` variables here.
+pub use crate::auth::UserAuthConfig as AuthSettings;
 
 impl AuthSettings {
     /// Reads the `RUNQ_AUTH_*` variables.
@@ -117,14 +102,16 @@ impl AuthSettings {
                 return Err(ConfigError::new("RUNQ_AUTH_AUDIENCE", "is required when RUNQ_AUTH_JWKS_URL is set"));
             }
         }
+        let defaults = Self::default();
         Ok(Self {
             hs256_secret,
             hs256_previous_secret,
             jwks_url,
             issuer,
             audience,
-            admin_claim: var("RUNQ_AUTH_ADMIN_CLAIM")?.unwrap_or_else(|| "scope".into()),
-            admin_value: var("RUNQ_AUTH_ADMIN_VALUE")?.unwrap_or_else(|| "runq:admin".into()),
+            admin_claim: var("RUNQ_AUTH_ADMIN_CLAIM")?.unwrap_or(defaults.admin_claim),
+            admin_value: var("RUNQ_AUTH_ADMIN_VALUE")?.unwrap_or(defaults.admin_value),
+            leeway_secs: defaults.leeway_secs,
         })
     }
 

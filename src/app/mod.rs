@@ -182,7 +182,7 @@ impl App {
             }
             Command::Emulator(args) => {
                 crate::telemetry::init();
-                Ok(crate::emulator::run(args).await?)
+                Ok(crate::emulator::run(args, shutdown_signal()).await?)
             }
             Command::Token(args) => {
                 let auth = AuthSettings::from_env()?;

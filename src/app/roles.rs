@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::api::{self, ApiState, DeadLetterPolicy, Internal, Limits};
-use crate::auth::{GoogleOidcVerifier, JwksCache, UserAuthConfig, UserVerifier};
+use crate::auth::{GoogleOidcVerifier, JwksCache, UserVerifier};
 use crate::config::{AuthSettings, Config, var};
 use crate::dispatch::{Dispatcher, Outbox, PubSubSettings};
 use crate::function::Registry;
@@ -126,17 +126,7 @@ pub async fn api(registry: Registry, schedules: Schedules) -> Result<(), BoxErro
 
 /// Builds the public API's token verifier from the `RUNQ_AUTH_*` settings.
 pub fn user_verifier(auth: &AuthSettings) -> Result<UserVerifier, BoxError> {
-    let cfg = UserAuthConfig {
-        hs256_secret: auth.hs256_secret.clone(),
-        hs256_previous_secret: auth.hs256_previous_secret.clone(),
-        jwks_url: auth.jwks_url.clone(),
-        issuer: auth.issuer.clone(),
-        audience: auth.audience.clone(),
-        admin_claim: auth.admin_claim.clone(),
-        admin_value: auth.admin_value.clone(),
-        ..UserAuthConfig::default()
-    };
-    Ok(UserVerifier::new(cfg, reqwest::Client::new())?)
+    Ok(UserVerifier::new(auth.clone(), reqwest::Client::new())?)
 }
 
 /// Resolves on SIGTERM (Cloud Run's stop signal) or Ctrl-C.

@@ -152,8 +152,8 @@ pub async fn start(listener: tokio::net::TcpListener, opts: EmulatorOptions) -> 
 }
 
 /// `runq emulator`: binds, prints the `export PUBSUB_EMULATOR_HOST=...` line to stdout and
-/// serves until Ctrl-C or SIGTERM.
-pub async fn run(args: EmulatorArgs) -> std::io::Result<()> {
+/// serves until `shutdown` resolves (the CLI passes Ctrl-C or SIGTERM).
+pub async fn run(args: EmulatorArgs, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.host_port).await?;
     let opts = EmulatorOptions {
         time_scale: args.time_scale,
@@ -168,30 +168,9 @@ pub async fn run(args: EmulatorArgs) -> std::io::Result<()> {
         jwks = %handle.jwks_url(),
         "Pub/Sub emulator listening"
     );
-    wait_for_signal().await;
+    shutdown.await;
     handle.shutdown().await;
     Ok(())
-}
-
-/// Resolves on Ctrl-C, or SIGTERM on Unix (how Cloud Run and CI stop processes).
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await;
 }
 
 /// Shared by every part of one emulator: the broker and what push delivery needs.

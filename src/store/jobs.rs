@@ -353,15 +353,19 @@ impl Columns {
     }
 }
 
-/// Inserts many jobs in one statement and one durable commit (`POST /jobs:batch`). All or
-/// nothing. Idempotency keys are not supported here (each job's key would need its own check).
-pub async fn submit_many(pool: &PgPool, jobs: &[NewJob<'_>]) -> Result<Vec<Job>, StoreError> {
+/// Inserts many jobs in one statement. `parent` (with its `owner`) makes them child jobs.
+async fn insert_many(
+    conn: &mut sqlx::PgConnection,
+    jobs: &[NewJob<'_>],
+    parent: Option<(Uuid, &str)>,
+) -> Result<Vec<Job>, StoreError> {
     let c = Columns::of(jobs);
     let rows = sqlx::query_as!(
         JobRow,
-        r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after, trace_context, queue)
-           SELECT t.id, t.owner, t.function, t.priority, t.args::jsonb, 'queued', t.max_attempts,
-                  coalesce(t.run_after, now()), t.trace_context, t.queue
+        r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after, trace_context,
+                             queue, parent_id)
+           SELECT t.id, coalesce($11, t.owner), t.function, t.priority, t.args::jsonb, 'queued', t.max_attempts,
+                  coalesce(t.run_after, now()), t.trace_context, t.queue, $10
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
                        $7::timestamptz[], $8::text[], $9::text[])
                 AS t(id, owner, function, priority, args, max_attempts, run_after, trace_context, queue)
@@ -377,11 +381,20 @@ pub async fn submit_many(pool: &PgPool, jobs: &[NewJob<'_>]) -> Result<Vec<Job>,
         &c.run_after as &[Option<DateTime<Utc>>],
         &c.trace_contexts as &[Option<String>],
         &c.queues as &[Option<String>],
+        parent.map(|(id, _)| id),
+        parent.map(|(_, owner)| owner),
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     let now = Utc::now();
     Ok(rows.into_iter().map(|r| r.into_job(now)).collect())
+}
+
+/// Inserts many jobs in one statement and one durable commit (`POST /jobs:batch`). All or
+/// nothing. Idempotency keys are not supported here (each job's key would need its own check).
+pub async fn submit_many(pool: &PgPool, jobs: &[NewJob<'_>]) -> Result<Vec<Job>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    insert_many(&mut conn, jobs, None).await
 }
 
 /// Inserts child jobs of a running job, fenced by its claim: nothing is inserted unless the
@@ -393,7 +406,6 @@ pub async fn spawn_children(
     claim_id: Uuid,
     jobs: &[NewJob<'_>],
 ) -> Result<Option<Vec<Job>>, StoreError> {
-    let c = Columns::of(jobs);
     let mut tx = pool.begin().await?;
     let owner: Option<String> = sqlx::query_scalar!(
         "SELECT owner FROM jobs WHERE id = $1 AND claim_id = $2 AND status = 'running' FOR SHARE",
@@ -405,34 +417,9 @@ pub async fn spawn_children(
     let Some(owner) = owner else {
         return Ok(None);
     };
-    let rows = sqlx::query_as!(
-        JobRow,
-        r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after, trace_context, parent_id, queue)
-           SELECT t.id, $9, t.function, t.priority, t.args::jsonb, 'queued', t.max_attempts,
-                  coalesce(t.run_after, now()), t.trace_context, $10, t.queue
-           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
-                       $7::timestamptz[], $8::text[], $11::text[])
-                AS t(id, owner, function, priority, args, max_attempts, run_after, trace_context, queue)
-           RETURNING id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
-                     run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
-                     created_at, started_at, finished_at, updated_at"#,
-        &c.ids,
-        &c.owners,
-        &c.functions,
-        &c.priorities,
-        &c.args,
-        &c.max_attempts,
-        &c.run_after as &[Option<DateTime<Utc>>],
-        &c.trace_contexts as &[Option<String>],
-        owner,
-        parent,
-        &c.queues as &[Option<String>],
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    let children = insert_many(&mut tx, jobs, Some((parent, &owner))).await?;
     tx.commit().await?;
-    let now = Utc::now();
-    Ok(Some(rows.into_iter().map(|r| r.into_job(now)).collect()))
+    Ok(Some(children))
 }
 
 /// A parent's children by status (on the `parent_id` index).
