@@ -170,7 +170,9 @@ pub trait Function: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Runs the job once.
+    /// Runs the job once. The future runs on the worker's async runtime: put CPU-bound work on
+    /// `tokio::task::spawn_blocking` (as `wordcount` does) so it can't stall other runs, progress
+    /// writes or the lease heartbeat.
     fn run(&self, ctx: Context, args: Self::Args) -> impl Future<Output = Result<Self::Output, FunctionError>> + Send;
 }
 

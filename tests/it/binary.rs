@@ -158,3 +158,56 @@ async fn api_serves_the_readme_example_and_drains_on_sigterm(pool: PgPool) {
 fn send_sigterm(pid: i32) -> i32 {
     std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().map_or(-1, |s| s.code().unwrap_or(-1))
 }
+
+#[sqlx::test(migrations = false)]
+async fn runq_dev_and_the_cli_run_the_readme_walkthrough(pool: PgPool) {
+    use tokio::io::AsyncBufReadExt;
+    let (api_port, emulator_port) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("runq-dev-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut dev = runq()
+        .args(["dev", "--api-addr", &format!("127.0.0.1:{api_port}"), "--emulator-addr"])
+        .arg(format!("127.0.0.1:{emulator_port}"))
+        .env("DATABASE_URL", database_url(&pool))
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The banner names the API and prints a ready token.
+    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut token = None;
+    let read_banner = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(t) = line.trim().strip_prefix("token     export RUNQ_TOKEN=") {
+                token = Some(t.to_owned());
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read_banner).await.expect("runq dev printed its banner");
+    let token = token.expect("a token line");
+    let out = runq()
+        .args(["submit", "sleep", "--args", r#"{"seconds": 1, "steps": 4}"#, "--wait"])
+        .env("RUNQ_API_URL", format!("http://127.0.0.1:{api_port}"))
+        .env("RUNQ_TOKEN", &token)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((job["status"].as_str(), job["progress"].as_f64()), (Some("succeeded"), Some(1.0)));
+    let failing = runq()
+        .args(["submit", "fail", "--args", r#"{"retryable": false, "message": "nope"}"#, "--wait"])
+        .env("RUNQ_API_URL", format!("http://127.0.0.1:{api_port}"))
+        .env("RUNQ_TOKEN", &token)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(failing.status.code(), Some(1), "a failed job exits 1");
+    assert!(String::from_utf8_lossy(&failing.stderr).contains("nope"));
+    assert_eq!(send_sigterm(dev.id().unwrap() as i32), 0);
+    let exit = tokio::time::timeout(Duration::from_secs(20), dev.wait()).await.expect("dev stops on SIGTERM").unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
