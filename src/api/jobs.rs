@@ -32,7 +32,11 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 pub(super) fn router(body_limit: usize) -> Router<ApiState> {
     Router::new()
         .route("/jobs", post(submit).get(list))
-        .route("/jobs:batch", post(submit_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES.max(body_limit))))
+        .route(
+            "/jobs:batch",
+            post(super::batch::submit_batch)
+                .layer(DefaultBodyLimit::max(super::batch::MAX_BATCH_BYTES.max(body_limit))),
+        )
         .route("/jobs/{id}", get(detail))
         .route("/jobs/{id}/status", get(status))
         .route("/jobs/{id}/cancel", post(cancel))
@@ -59,7 +63,7 @@ pub struct SubmitRequest {
     pub delay_seconds: Option<f64>,
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let content_type =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).ok_or(ApiError::UnsupportedMediaType)?;
     let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
@@ -70,7 +74,7 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn body_error(rejection: BytesRejection) -> ApiError {
+pub(super) fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::TooLarge("request body is over the limit".into())
     } else {
@@ -78,7 +82,7 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+pub(super) fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::invalid("body", e.to_string()),
         _ => ApiError::MalformedJson(e.to_string()),
@@ -115,17 +119,17 @@ fn request_hash(req: &SubmitRequest, priority: Priority, args: &RawValue) -> Res
 }
 
 /// A submit that passed validation: everything a [`NewJob`] needs, owned.
-struct Checked {
-    function: &'static str,
-    priority: Priority,
-    queue: Option<&'static str>,
-    max_attempts: i32,
-    run_after: Option<chrono::DateTime<Utc>>,
+pub(super) struct Checked {
+    pub(super) function: &'static str,
+    pub(super) priority: Priority,
+    pub(super) queue: Option<&'static str>,
+    pub(super) max_attempts: i32,
+    pub(super) run_after: Option<chrono::DateTime<Utc>>,
 }
 
 /// Validates one submit against the registry and the limits. `args` is the request's args
 /// (or `{}`); `at` prefixes error details in a batch.
-fn check(state: &ApiState, req: &SubmitRequest, args: &RawValue, at: &str) -> Result<Checked, ApiError> {
+pub(super) fn check(state: &ApiState, req: &SubmitRequest, args: &RawValue, at: &str) -> Result<Checked, ApiError> {
     let function = state
         .registry
         .get(&req.function)
@@ -170,7 +174,7 @@ fn check(state: &ApiState, req: &SubmitRequest, args: &RawValue, at: &str) -> Re
 
 /// After a job's row committed: count it and, when it is due, publish it off the request path
 /// (a delayed job waits for the relay).
-fn submitted(state: &ApiState, job: &Job, trace_context: Option<&str>) {
+pub(super) fn submitted(state: &ApiState, job: &Job, trace_context: Option<&str>) {
     metrics::counter!(crate::telemetry::metrics::JOBS_SUBMITTED, "function" => job.function.clone(), "priority" => job.priority.as_str())
         .increment(1);
     if let Some(outbox) = &state.outbox
@@ -180,7 +184,7 @@ fn submitted(state: &ApiState, job: &Job, trace_context: Option<&str>) {
     }
 }
 
-fn empty_args() -> Box<RawValue> {
+pub(super) fn empty_args() -> Box<RawValue> {
     RawValue::from_string("{}".into()).expect("valid JSON")
 }
 
@@ -224,76 +228,6 @@ async fn submit(
     let code = if result.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     let location = HeaderValue::from_str(&format!("/jobs/{}", job.status.id)).expect("uuid is a valid header");
     Ok((code, [(header::LOCATION, location)], Json(job)).into_response())
-}
-
-/// Largest `POST /jobs:batch` body.
-pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
-
-/// Most jobs in one `POST /jobs:batch`.
-pub const MAX_BATCH: usize = 1000;
-
-/// The body of `POST /jobs:batch`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchRequest {
-    pub jobs: Vec<SubmitRequest>,
-}
-
-/// The answer of `POST /jobs:batch`, in request order.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct BatchResponse {
-    pub jobs: Vec<Job>,
-}
-
-/// `POST /jobs:batch`: up to 1000 jobs in one statement and one commit, all or nothing.
-async fn submit_batch(
-    State(state): State<ApiState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    require_json(&headers)?;
-    if headers.contains_key("idempotency-key") {
-        return Err(ApiError::invalid(
-            "Idempotency-Key",
-            "batches don't take an Idempotency-Key; submit jobs that need one with POST /jobs",
-        ));
-    }
-    let body = body.map_err(body_error)?;
-    let req: BatchRequest = parse_json(&body)?;
-    if req.jobs.is_empty() || req.jobs.len() > MAX_BATCH {
-        return Err(ApiError::invalid("jobs", format!("a batch holds 1 to {MAX_BATCH} jobs")));
-    }
-    let empty = empty_args();
-    let args: Vec<&RawValue> = req.jobs.iter().map(|j| j.args.as_deref().unwrap_or(&empty)).collect();
-    let mut checked = Vec::with_capacity(req.jobs.len());
-    for (i, (job, args)) in req.jobs.iter().zip(&args).enumerate() {
-        checked.push(check(&state, job, args, &format!("jobs[{i}]: "))?);
-    }
-    let trace_context = headers.get("traceparent").and_then(|v| v.to_str().ok());
-    let new: Vec<NewJob<'_>> = checked
-        .iter()
-        .zip(&args)
-        .map(|(c, args)| NewJob {
-            id: Uuid::now_v7(),
-            owner: &caller.0.sub,
-            function: c.function,
-            priority: c.priority,
-            queue: c.queue,
-            args,
-            max_attempts: c.max_attempts,
-            run_after: c.run_after,
-            parent_id: None,
-            trace_context,
-            idempotency: None,
-        })
-        .collect();
-    let jobs = store::submit_many(&state.pool, &new).await?;
-    tracing::info!(count = jobs.len(), "batch submitted");
-    for job in &jobs {
-        submitted(&state, job, trace_context);
-    }
-    Ok((StatusCode::ACCEPTED, Json(BatchResponse { jobs })).into_response())
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {

@@ -2,6 +2,7 @@
 //!
 //! [`router`] builds it from an [`ApiState`]; [`serve`] runs it until a shutdown signal.
 
+mod batch;
 mod error;
 mod internal;
 mod jobs;
@@ -22,6 +23,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+pub use batch::{BatchRequest, BatchResponse, MAX_BATCH};
 pub use error::{ApiError, RETRY_AFTER_SECS};
 pub use internal::{DeadLetterPolicy, Internal};
 pub use jobs::{JobList, SubmitRequest};

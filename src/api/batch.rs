@@ -1,0 +1,86 @@
+//! `POST /jobs:batch`: many jobs in one statement and one durable commit, all or nothing.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::jobs::{SubmitRequest, body_error, check, empty_args, parse_json, require_json, submitted};
+use super::{ApiError, ApiState, Caller};
+use crate::job::Job;
+use crate::store::{self, NewJob};
+
+/// Largest `POST /jobs:batch` body.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most jobs in one `POST /jobs:batch`.
+pub const MAX_BATCH: usize = 1000;
+
+/// The body of `POST /jobs:batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub jobs: Vec<SubmitRequest>,
+}
+
+/// The answer of `POST /jobs:batch`, in request order.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub jobs: Vec<Job>,
+}
+
+/// `POST /jobs:batch`: up to 1000 jobs in one statement and one commit, all or nothing.
+pub(super) async fn submit_batch(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_json(&headers)?;
+    if headers.contains_key("idempotency-key") {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "batches don't take an Idempotency-Key; submit jobs that need one with POST /jobs",
+        ));
+    }
+    let body = body.map_err(body_error)?;
+    let req: BatchRequest = parse_json(&body)?;
+    if req.jobs.is_empty() || req.jobs.len() > MAX_BATCH {
+        return Err(ApiError::invalid("jobs", format!("a batch holds 1 to {MAX_BATCH} jobs")));
+    }
+    let empty = empty_args();
+    let args: Vec<&RawValue> = req.jobs.iter().map(|j| j.args.as_deref().unwrap_or(&empty)).collect();
+    let mut checked = Vec::with_capacity(req.jobs.len());
+    for (i, (job, args)) in req.jobs.iter().zip(&args).enumerate() {
+        checked.push(check(&state, job, args, &format!("jobs[{i}]: "))?);
+    }
+    let trace_context = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let new: Vec<NewJob<'_>> = checked
+        .iter()
+        .zip(&args)
+        .map(|(c, args)| NewJob {
+            id: Uuid::now_v7(),
+            owner: &caller.0.sub,
+            function: c.function,
+            priority: c.priority,
+            queue: c.queue,
+            args,
+            max_attempts: c.max_attempts,
+            run_after: c.run_after,
+            parent_id: None,
+            trace_context,
+            idempotency: None,
+        })
+        .collect();
+    let jobs = store::submit_many(&state.pool, &new).await?;
+    tracing::info!(count = jobs.len(), "batch submitted");
+    for job in &jobs {
+        submitted(&state, job, trace_context);
+    }
+    Ok((StatusCode::ACCEPTED, Json(BatchResponse { jobs })).into_response())
+}
