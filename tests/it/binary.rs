@@ -211,3 +211,29 @@ async fn runq_dev_and_the_cli_run_the_readme_walkthrough(pool: PgPool) {
     assert!(exit.success(), "{exit:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[sqlx::test(migrations = false)]
+async fn api_without_auto_migrate_refuses_an_old_schema(pool: PgPool) {
+    let out = runq()
+        .arg("api")
+        .env("DATABASE_URL", database_url(&pool))
+        .env("PORT", free_port().to_string())
+        .env("RUNQ_AUTH_HS256_SECRET", SECRET)
+        .env("RUNQ_AUTO_MIGRATE", "false")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("runq migrate"), "says how to fix it: {stderr}");
+    // `runq migrate` brings it up to date; then the same start succeeds past the check.
+    let migrated = runq().arg("migrate").env("DATABASE_URL", database_url(&pool)).output().await.unwrap();
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('jobs', 'job_runs', 'idempotency_keys')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 3);
+}
