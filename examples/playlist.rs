@@ -98,9 +98,7 @@ impl Function for IndexVideo {
         ctx.progress(0.1, format!("fetching {} from {}", args.video, args.playlist));
         // CPU-bound work goes on a blocking thread, so progress and heartbeats keep flowing.
         let video = args.video.clone();
-        let words = tokio::task::spawn_blocking(move || video.len() * 1000)
-            .await
-            .map_err(FunctionError::retryable)?;
+        let words = tokio::task::spawn_blocking(move || video.len() * 1000).await.map_err(FunctionError::retryable)?;
         if ctx.is_cancelled() {
             return Err(FunctionError::Cancelled);
         }
