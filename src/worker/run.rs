@@ -84,6 +84,13 @@ pub async fn execute(
     let mut shutdown_deadline: Option<Instant> = None;
     let mut last_write = Instant::now() - PROGRESS_INTERVAL;
     let mut progress_pending = false;
+    // A channel whose sender is gone answers `changed()` at once, forever: stop polling it, or
+    // the loop would spin (a function that drops its context, a worker past its shutdown).
+    let (mut progress_open, mut signals_open, mut shutdown_open) = (true, true, true);
+    // A run claimed after shutdown began gets the grace period from now.
+    if let Some(grace) = *shutdown.borrow() {
+        shutdown_deadline = Some(Instant::now() + grace);
+    }
 
     let ending = loop {
         let write_at = last_write + PROGRESS_INTERVAL;
@@ -93,9 +100,10 @@ pub async fn execute(
                 Err(e) if e.is_panic() => Ending::Panicked(panic_message(&*e.into_panic())),
                 Err(_) => Ending::Panicked("the run's task was cancelled".into()),
             },
-            changed = control.progress.changed(), if !progress_pending => {
-                if changed.is_ok() {
-                    progress_pending = true;
+            changed = control.progress.changed(), if progress_open && !progress_pending => {
+                match changed {
+                    Ok(()) => progress_pending = true,
+                    Err(_) => progress_open = false,
                 }
             }
             () = tokio::time::sleep_until(write_at), if progress_pending => {
@@ -108,8 +116,9 @@ pub async fn execute(
                     Err(e) => tracing::warn!(job_id = %claimed.id, error = %e, "progress write failed"),
                 }
             }
-            changed = signals.changed() => {
+            changed = signals.changed(), if signals_open => {
                 if changed.is_err() {
+                    signals_open = false;
                     continue;
                 }
                 let signal = *signals.borrow_and_update();
@@ -132,10 +141,11 @@ pub async fn execute(
                 task.abort();
                 break Ending::HardTimeout(policy.hard_time_limit);
             }
-            changed = shutdown.changed(), if shutdown_deadline.is_none() => {
-                if changed.is_ok() && shutdown.borrow().is_some() {
-                    let grace = shutdown.borrow().unwrap_or_default();
-                    shutdown_deadline = Some(Instant::now() + grace);
+            changed = shutdown.changed(), if shutdown_open && shutdown_deadline.is_none() => {
+                match (changed, *shutdown.borrow()) {
+                    (Ok(()), Some(grace)) => shutdown_deadline = Some(Instant::now() + grace),
+                    (Ok(()), None) => {}
+                    (Err(_), _) => shutdown_open = false,
                 }
             }
             () = tokio::time::sleep_until(shutdown_deadline.unwrap_or(hard_deadline)), if shutdown_deadline.is_some() => {

@@ -122,6 +122,29 @@ impl Function for Transcode {
     }
 }
 
+/// Drops its context at once, then works for a while without it.
+struct Aloof;
+impl Function for Aloof {
+    type Args = serde_json::Value;
+    type Output = serde_json::Value;
+    fn name(&self) -> &'static str {
+        "aloof"
+    }
+    async fn run(&self, ctx: Context, _args: Value) -> Result<Value, FunctionError> {
+        drop(ctx);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Ok(Value::Null)
+    }
+}
+
+/// This process's CPU time so far (user + system), from /proc.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
 /// Returns a result over the 64 KiB inline limit.
 struct Big;
 impl Function for Big {
@@ -154,6 +177,7 @@ fn registry(counter: &CountingNoop) -> Registry {
     r.register(Playlist).unwrap();
     r.register(Long).unwrap();
     r.register(Transcode).unwrap();
+    r.register(Aloof).unwrap();
     r.register(runq::function::Wordcount::default()).unwrap();
     r
 }
@@ -564,4 +588,18 @@ fn queues_must_be_declared_and_well_named() {
     assert_eq!((heavy.topic.as_str(), heavy.service.as_str()), ("runq-jobs-heavy", "runq-worker-heavy"));
     assert!(runq::App::new().queue(runq::infra::QueueSpec::custom("Heavy!")).check().is_err());
     assert!(runq::App::new().queue(runq::infra::QueueSpec::custom("high")).check().unwrap_err().contains("twice"));
+}
+
+#[sqlx::test]
+async fn a_run_that_drops_its_context_doesnt_spin_the_worker(pool: PgPool) {
+    let s = stack(&pool).await;
+    let job = s.submit(json!({"function": "aloof"})).await;
+    s.wait_until(&id(&job), Duration::from_secs(30), |j| j["status"] == "running").await;
+    let before = cpu_time();
+    let done = s.finished(&id(&job)).await;
+    let used = cpu_time() - before;
+    assert_eq!(done["status"], "succeeded");
+    // The run idles ~1.5 s; a busy-polling worker would burn a whole core for it.
+    assert!(used < Duration::from_millis(700), "the worker burnt {used:?} of CPU while the run slept");
+    s.dev.shutdown().await;
 }
