@@ -18,6 +18,8 @@ use crate::job::Priority;
 use crate::store::{self, Dispatch};
 use crate::telemetry::metrics as metrics_names;
 
+/// Topic names start with this unless `RUNQ_TOPIC_PREFIX` says otherwise.
+pub const DEFAULT_TOPIC_PREFIX: &str = "runq";
 /// How long one publish may take before it counts as failed (the relay retries later).
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A queued job whose message went out this long ago without a claim is published again.
@@ -52,7 +54,7 @@ impl PubSubSettings {
         Ok(Self {
             emulator_host: var("PUBSUB_EMULATOR_HOST")?,
             project,
-            topic_prefix: var("RUNQ_TOPIC_PREFIX")?.unwrap_or_else(|| "runq".into()),
+            topic_prefix: var("RUNQ_TOPIC_PREFIX")?.unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.into()),
             redispatch_after: crate::config::parse("RUNQ_REDISPATCH_AFTER_SECS", "seconds")?
                 .map_or(DEFAULT_REDISPATCH_AFTER, Duration::from_secs),
         })
@@ -71,11 +73,6 @@ impl PubSubSettings {
     /// The full topic name of a queue.
     pub fn queue_topic(&self, queue: &str) -> String {
         format!("projects/{}/topics/{}", self.project, self.topic_id(queue))
-    }
-
-    /// The full topic name of a priority's queue.
-    pub fn topic(&self, priority: Priority) -> String {
-        self.queue_topic(priority.as_str())
     }
 
     /// The dead-letter topic's id.
@@ -183,6 +180,18 @@ impl Dispatcher {
             tracing::warn!(error = %e, failed = batch.len() - published.len(), "publishing failed; the relay will retry");
         }
         published
+    }
+}
+
+/// After a new job's row committed (a submit, a batch, a schedule's firing): count it and, when
+/// it is due, publish it off the request path (a delayed job waits for the relay).
+pub fn job_created(outbox: Option<&Outbox>, job: &crate::job::Job, trace_context: Option<&str>) {
+    metrics::counter!(metrics_names::JOBS_SUBMITTED, "function" => job.function.clone(), "priority" => job.priority.as_str())
+        .increment(1);
+    if let Some(outbox) = outbox
+        && job.run_after <= chrono::Utc::now()
+    {
+        outbox.dispatch(Dispatch::of(job, trace_context));
     }
 }
 

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dispatch::DEFAULT_TOPIC_PREFIX;
 use crate::job::Priority;
 use crate::schedule::Schedules;
 
@@ -31,10 +32,30 @@ pub struct QueueSpec {
 }
 
 impl QueueSpec {
+    /// A queue's names and Pub/Sub settings, with its worker service's sizes.
+    fn sized(name: &str, concurrency: u32, max_instances: u32, cpu: &str, memory: &str) -> Self {
+        let prefix = DEFAULT_TOPIC_PREFIX;
+        Self {
+            name: name.into(),
+            topic: format!("{prefix}-jobs-{name}"),
+            subscription: format!("{prefix}-worker-{name}"),
+            service: format!("{prefix}-worker-{name}"),
+            ack_deadline_seconds: 600,
+            min_backoff_seconds: 10,
+            max_backoff_seconds: 600,
+            max_delivery_attempts: 100,
+            concurrency,
+            max_instances,
+            timeout_seconds: 600,
+            cpu: cpu.into(),
+            memory: memory.into(),
+            cpu_always_allocated: false,
+        }
+    }
+
     /// The three priorities' defaults: latency-sensitive `high` scales wide with few runs per
     /// instance; bulk `low` packs more runs into fewer instances.
     pub fn defaults() -> Vec<Self> {
-        let prefix = "runq";
         Priority::ALL
             .into_iter()
             .map(|p| {
@@ -43,22 +64,7 @@ impl QueueSpec {
                     Priority::Medium => (20, 10),
                     Priority::Low => (40, 5),
                 };
-                Self {
-                    name: p.as_str().into(),
-                    topic: format!("{prefix}-jobs-{p}"),
-                    subscription: format!("{prefix}-worker-{p}"),
-                    service: format!("{prefix}-worker-{p}"),
-                    ack_deadline_seconds: 600,
-                    min_backoff_seconds: 10,
-                    max_backoff_seconds: 600,
-                    max_delivery_attempts: 100,
-                    concurrency,
-                    max_instances,
-                    timeout_seconds: 600,
-                    cpu: "1".into(),
-                    memory: "512Mi".into(),
-                    cpu_always_allocated: false,
-                }
+                Self::sized(p.as_str(), concurrency, max_instances, "1", "512Mi")
             })
             .collect()
     }
@@ -66,22 +72,7 @@ impl QueueSpec {
     /// A queue of its own (for [`crate::App::queue`]): a bigger worker service by default, two
     /// CPUs and 2 GiB, fewer runs per instance. Adjust the fields before declaring it.
     pub fn custom(name: &str) -> Self {
-        Self {
-            name: name.into(),
-            topic: format!("runq-jobs-{name}"),
-            subscription: format!("runq-worker-{name}"),
-            service: format!("runq-worker-{name}"),
-            ack_deadline_seconds: 600,
-            min_backoff_seconds: 10,
-            max_backoff_seconds: 600,
-            max_delivery_attempts: 100,
-            concurrency: 4,
-            max_instances: 10,
-            timeout_seconds: 600,
-            cpu: "2".into(),
-            memory: "2Gi".into(),
-            cpu_always_allocated: false,
-        }
+        Self::sized(name, 4, 10, "2", "2Gi")
     }
 }
 
@@ -107,8 +98,8 @@ pub struct Export {
 /// The export of `schedules` and `queues`.
 pub fn export(schedules: &Schedules, queues: &[QueueSpec]) -> Export {
     Export {
-        topic_prefix: "runq".into(),
-        dead_letter_topic: "runq-jobs-dead".into(),
+        topic_prefix: DEFAULT_TOPIC_PREFIX.into(),
+        dead_letter_topic: format!("{DEFAULT_TOPIC_PREFIX}-jobs-dead"),
         queues: queues.to_vec(),
         schedules: schedules
             .iter()

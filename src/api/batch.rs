@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::jobs::{SubmitRequest, body_error, check, empty_args, parse_json, require_json, submitted};
+use super::jobs::{SubmitRequest, body_error, check, empty_args, parse_json, require_json};
 use super::{ApiError, ApiState, Caller};
 use crate::job::Job;
 use crate::store::{self, NewJob};
@@ -80,7 +80,7 @@ pub(super) async fn submit_batch(
     let jobs = store::submit_many(&state.pool, &new).await?;
     tracing::info!(count = jobs.len(), "batch submitted");
     for job in &jobs {
-        submitted(&state, job, trace_context);
+        crate::dispatch::job_created(state.outbox.as_ref(), job, trace_context);
     }
     Ok((StatusCode::ACCEPTED, Json(BatchResponse { jobs })).into_response())
 }

@@ -172,18 +172,6 @@ pub(super) fn check(state: &ApiState, req: &SubmitRequest, args: &RawValue, at: 
     })
 }
 
-/// After a job's row committed: count it and, when it is due, publish it off the request path
-/// (a delayed job waits for the relay).
-pub(super) fn submitted(state: &ApiState, job: &Job, trace_context: Option<&str>) {
-    metrics::counter!(crate::telemetry::metrics::JOBS_SUBMITTED, "function" => job.function.clone(), "priority" => job.priority.as_str())
-        .increment(1);
-    if let Some(outbox) = &state.outbox
-        && job.run_after <= Utc::now()
-    {
-        outbox.dispatch(crate::store::Dispatch::of(job, trace_context));
-    }
-}
-
 pub(super) fn empty_args() -> Box<RawValue> {
     RawValue::from_string("{}".into()).expect("valid JSON")
 }
@@ -223,7 +211,7 @@ async fn submit(
     let job = result.job;
     if result.created {
         tracing::info!(job_id = %job.status.id, function = %job.function, priority = %job.priority, "job submitted");
-        submitted(&state, &job, trace_context);
+        crate::dispatch::job_created(state.outbox.as_ref(), &job, trace_context);
     }
     let code = if result.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     let location = HeaderValue::from_str(&format!("/jobs/{}", job.status.id)).expect("uuid is a valid header");

@@ -75,7 +75,7 @@ impl DevOptions {
             emulator_addr: "127.0.0.1:8085".into(),
             secret,
             project: "runq-dev".into(),
-            topic_prefix: "runq".into(),
+            topic_prefix: crate::dispatch::DEFAULT_TOPIC_PREFIX.into(),
             sweep_every: Duration::from_secs(1),
             lease: worker::DEFAULT_LEASE,
             push_backoff: (Duration::from_secs(1), Duration::from_secs(60)),
@@ -107,8 +107,6 @@ pub struct DevStack {
     pub dispatcher: Dispatcher,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    /// Per-worker stop switches, so a test can kill one worker.
-    worker_stops: Vec<(String, watch::Sender<bool>)>,
 }
 
 async fn bind(addr: &str) -> std::io::Result<TcpListener> {
@@ -163,7 +161,6 @@ impl DevStack {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut worker_urls = Vec::new();
-        let mut worker_stops = Vec::new();
         // A worker per priority, and per queue of a function's own.
         let queues: Vec<String> = Priority::ALL
             .iter()
@@ -184,15 +181,7 @@ impl DevStack {
                 state = state.with_storage(storage.clone(), options.results_bucket.clone());
             }
             state = state.with_outbox(outbox.clone());
-            let (worker_stop, worker_stop_rx) = watch::channel(false);
-            let mut all = stop_rx.clone();
-            let mut own = worker_stop_rx;
-            let signal = async move {
-                tokio::select! {
-                    _ = all.wait_for(|s| *s) => {},
-                    _ = own.wait_for(|s| *s) => {},
-                }
-            };
+            let signal = stopped(stop_rx.clone());
             let grace = options.grace;
             let name = queue.clone();
             tasks.push(tokio::spawn(async move {
@@ -200,8 +189,7 @@ impl DevStack {
                     tracing::error!(error = %e, queue = %name, "worker stopped");
                 }
             }));
-            worker_urls.push((queue.clone(), url));
-            worker_stops.push((queue, worker_stop));
+            worker_urls.push((queue, url));
         }
 
         let api_listener = bind(&options.api_addr).await?;
@@ -313,15 +301,7 @@ impl DevStack {
             dispatcher,
             stop,
             tasks,
-            worker_stops,
         })
-    }
-
-    /// Stops one worker as SIGTERM would (its running jobs get the grace period, then are released).
-    pub fn stop_worker(&self, queue: &str) {
-        if let Some((_, s)) = self.worker_stops.iter().find(|(q, _)| *q == queue) {
-            let _ = s.send(true);
-        }
     }
 
     /// The emulator's `host:port` (for `PUBSUB_EMULATOR_HOST`).

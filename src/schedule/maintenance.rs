@@ -229,11 +229,7 @@ impl Maintenance {
                 let submitted = store::submit(&self.pool, &new, self.key_retention).await?;
                 if submitted.created {
                     tracing::info!(schedule = %schedule.name, job_id = %submitted.job.status.id, scheduled = %at, "schedule fired");
-                    metrics::counter!(crate::telemetry::metrics::JOBS_SUBMITTED, "function" => submitted.job.function.clone(), "priority" => submitted.job.priority.as_str())
-                        .increment(1);
-                    if let Some(outbox) = &self.outbox {
-                        outbox.dispatch(store::Dispatch::of(&submitted.job, None));
-                    }
+                    dispatch::job_created(self.outbox.as_ref(), &submitted.job, None);
                 } else {
                     tracing::info!(schedule = %schedule.name, scheduled = %at, "schedule already fired for this time");
                 }
