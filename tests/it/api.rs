@@ -182,6 +182,7 @@ async fn client_errors_are_problems_and_write_nothing(pool: PgPool) {
         (api.http.get(api.url("/jobs?limit=0")).bearer_auth(&alice), StatusCode::UNPROCESSABLE_ENTITY),
         (api.http.get(api.url("/jobs?limit=many")).bearer_auth(&alice), StatusCode::UNPROCESSABLE_ENTITY),
         (api.http.get(api.url("/jobs?sort=asc")).bearer_auth(&alice), StatusCode::UNPROCESSABLE_ENTITY),
+        (api.http.get(api.url("/jobs?parent=not-a-job")).bearer_auth(&alice), StatusCode::UNPROCESSABLE_ENTITY),
         // Bad and unknown ids.
         (api.http.get(api.url("/jobs/12345/status")).bearer_auth(&alice), StatusCode::UNPROCESSABLE_ENTITY),
         (api.http.get(api.url(&format!("/jobs/{}", uuid::Uuid::now_v7()))).bearer_auth(&alice), StatusCode::NOT_FOUND),
