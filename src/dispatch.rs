@@ -22,8 +22,19 @@ use crate::telemetry::metrics as metrics_names;
 pub const DEFAULT_TOPIC_PREFIX: &str = "runq";
 /// How long one publish may take before it counts as failed (the relay retries later).
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
-/// A queued job whose message went out this long ago without a claim is published again.
-pub const DEFAULT_REDISPATCH_AFTER: Duration = Duration::from_secs(15 * 60);
+/// A queued job whose message went out this long ago without a claim is published again. Ten
+/// minutes is runq's push ack deadline: the longest Pub/Sub itself waits on a delivery before
+/// it redelivers, so a republish sooner would only duplicate messages still in flight.
+pub const DEFAULT_REDISPATCH_AFTER: Duration = Duration::from_secs(10 * 60);
+/// Refusals (Pub/Sub rejected the message itself, published alone) after which a job fails
+/// with kind `unpublishable`. Between them the job backs off alone: 1 s, 2 s, 4 s, ... 5 min.
+pub const MAX_PUBLISH_REFUSALS: i32 = 8;
+/// The first backoff after a refusal; it doubles per refusal up to [`MAX_PUBLISH_BACKOFF`].
+pub const PUBLISH_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest backoff between two publishes of a refused job.
+pub const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(300);
+/// Pub/Sub's limit on an attribute value; a longer one makes it refuse the whole message.
+pub const MAX_ATTRIBUTE_BYTES: usize = 1024;
 /// Jobs one relay batch locks and publishes.
 pub const RELAY_BATCH: i64 = 500;
 
@@ -86,17 +97,68 @@ impl PubSubSettings {
 pub enum DispatchError {
     #[error("can't create the Pub/Sub publisher: {0}")]
     Client(String),
+    /// Pub/Sub refused this message (an attribute it rejects, a missing topic, no permission):
+    /// sending it again unchanged won't help.
+    #[error("Pub/Sub refused the message: {0}")]
+    Refused(String),
+    /// Anything that may pass on its own: Pub/Sub unavailable, a connection reset.
     #[error("publish failed: {0}")]
     Publish(String),
     #[error("publish timed out after {0:?}")]
     Timeout(Duration),
 }
 
+impl DispatchError {
+    /// True when Pub/Sub refused the message itself, not when it was merely unreachable.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, DispatchError::Refused(_))
+    }
+
+    fn of(e: &google_cloud_pubsub::error::PublishError) -> Self {
+        use google_cloud_gax::error::rpc::Code;
+        let refused = match e {
+            google_cloud_pubsub::error::PublishError::Rpc(err) => err.status().is_some_and(|s| {
+                matches!(
+                    s.code,
+                    Code::InvalidArgument
+                        | Code::NotFound
+                        | Code::PermissionDenied
+                        | Code::FailedPrecondition
+                        | Code::OutOfRange
+                        | Code::Unimplemented
+                )
+            }),
+            _ => false,
+        };
+        if refused { DispatchError::Refused(e.to_string()) } else { DispatchError::Publish(e.to_string()) }
+    }
+}
+
+/// How a publish went, per job.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Sent.
+    pub sent: Vec<Uuid>,
+    /// Refused by Pub/Sub even when sent alone, with the reason: these back off alone.
+    pub refused: Vec<(Uuid, String)>,
+    /// Not sent for a reason that may pass (Pub/Sub unreachable): tried again on the next pass.
+    pub failed: Vec<Uuid>,
+}
+
+/// Whether a publish batches with its neighbours (the common case) or goes out alone (to find
+/// out whether a refused batch was refused for this message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Batching {
+    Batched,
+    Alone,
+}
+
 /// Publishes `{"job_id", "attempt"}` to each queue's topic. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Dispatcher {
-    /// One publisher per queue: the priorities' made up front, a function's own on first use.
-    publishers: Arc<tokio::sync::RwLock<HashMap<String, Publisher>>>,
+    /// One publisher per queue and batching: the priorities' batched ones made up front, the
+    /// rest on first use.
+    publishers: Arc<tokio::sync::RwLock<HashMap<(String, Batching), Publisher>>>,
     settings: Arc<PubSubSettings>,
     timeout: Duration,
 }
@@ -113,7 +175,8 @@ impl Dispatcher {
     pub async fn connect(settings: &PubSubSettings) -> Result<Self, DispatchError> {
         let mut publishers = HashMap::new();
         for priority in Priority::ALL {
-            publishers.insert(priority.as_str().to_owned(), Self::publisher(settings, priority.as_str()).await?);
+            let publisher = Self::publisher(settings, priority.as_str(), Batching::Batched).await?;
+            publishers.insert((priority.as_str().to_owned(), Batching::Batched), publisher);
         }
         Ok(Self {
             publishers: Arc::new(tokio::sync::RwLock::new(publishers)),
@@ -122,8 +185,12 @@ impl Dispatcher {
         })
     }
 
-    async fn publisher(settings: &PubSubSettings, queue: &str) -> Result<Publisher, DispatchError> {
-        let mut builder = Publisher::builder(settings.queue_topic(queue)).set_delay_threshold(Duration::from_millis(1));
+    async fn publisher(settings: &PubSubSettings, queue: &str, batching: Batching) -> Result<Publisher, DispatchError> {
+        let mut builder = Publisher::builder(settings.queue_topic(queue));
+        builder = match batching {
+            Batching::Batched => builder.set_delay_threshold(Duration::from_millis(1)),
+            Batching::Alone => builder.set_message_count_threshold(1).set_delay_threshold(Duration::ZERO),
+        };
         if let Some(endpoint) = settings.endpoint() {
             builder = builder.with_endpoint(endpoint).with_credentials(anonymous());
         }
@@ -131,31 +198,40 @@ impl Dispatcher {
     }
 
     /// The publisher of `queue`, made on first use.
-    async fn publisher_for(&self, queue: &str) -> Result<Publisher, DispatchError> {
-        if let Some(p) = self.publishers.read().await.get(queue) {
+    async fn publisher_for(&self, queue: &str, batching: Batching) -> Result<Publisher, DispatchError> {
+        let key = (queue.to_owned(), batching);
+        if let Some(p) = self.publishers.read().await.get(&key) {
             return Ok(p.clone());
         }
         let mut publishers = self.publishers.write().await;
-        if let Some(p) = publishers.get(queue) {
+        if let Some(p) = publishers.get(&key) {
             return Ok(p.clone());
         }
-        let publisher = Self::publisher(&self.settings, queue).await?;
-        publishers.insert(queue.to_owned(), publisher.clone());
+        let publisher = Self::publisher(&self.settings, queue, batching).await?;
+        publishers.insert(key, publisher.clone());
         Ok(publisher)
     }
 
-    /// Publishes one job's message.
+    /// Publishes one job's message (batched with concurrent ones).
     pub async fn publish(&self, job: &Dispatch) -> Result<(), DispatchError> {
+        self.publish_with(job, Batching::Batched).await
+    }
+
+    async fn publish_with(&self, job: &Dispatch, batching: Batching) -> Result<(), DispatchError> {
         let data = serde_json::json!({ "job_id": job.id, "attempt": job.attempt }).to_string();
         let mut attributes = vec![("function", job.function.clone()), ("priority", job.priority.as_str().to_owned())];
-        if let Some(tp) = &job.trace_context {
+        // Pub/Sub refuses a whole message over one bad attribute; a trace context is worth
+        // less than the job, so one that doesn't fit is left out.
+        if let Some(tp) = &job.trace_context
+            && tp.len() <= MAX_ATTRIBUTE_BYTES
+        {
             attributes.push(("traceparent", tp.clone()));
         }
         let message = Message::new().set_data(data).set_attributes(attributes);
-        let publisher = self.publisher_for(job.queue_name()).await?;
+        let publisher = self.publisher_for(job.queue_name(), batching).await?;
         let result = match tokio::time::timeout(self.timeout, publisher.publish(message)).await {
             Ok(Ok(_message_id)) => Ok(()),
-            Ok(Err(e)) => Err(DispatchError::Publish(e.to_string())),
+            Ok(Err(e)) => Err(DispatchError::of(&e)),
             Err(_) => Err(DispatchError::Timeout(self.timeout)),
         };
         let name = if result.is_ok() { metrics_names::PUBLISHED } else { metrics_names::PUBLISH_ERRORS };
@@ -163,23 +239,42 @@ impl Dispatcher {
         result
     }
 
-    /// Publishes a batch concurrently; returns the ids that went out.
-    pub async fn publish_all(&self, batch: Vec<Dispatch>) -> Vec<Uuid> {
+    /// Publishes a batch concurrently. A message Pub/Sub refuses fails the whole request it
+    /// was batched in, so each refused one is sent again alone: only a message refused on its
+    /// own counts against its job, and its neighbours go out.
+    pub async fn publish_all(&self, batch: Vec<Dispatch>) -> Published {
         let results = futures::future::join_all(batch.iter().map(|job| self.publish(job))).await;
-        let mut published = Vec::with_capacity(batch.len());
+        let mut out = Published::default();
+        let mut suspects = Vec::new();
         let mut first_error = None;
         for (job, result) in batch.iter().zip(results) {
             match result {
-                Ok(()) => published.push(job.id),
+                Ok(()) => out.sent.push(job.id),
+                Err(e) if e.is_refusal() => suspects.push(job),
                 Err(e) => {
+                    out.failed.push(job.id);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let alone = futures::future::join_all(suspects.iter().map(|job| self.publish_with(job, Batching::Alone))).await;
+        for (job, result) in suspects.into_iter().zip(alone) {
+            match result {
+                Ok(()) => out.sent.push(job.id),
+                Err(e) if e.is_refusal() => {
+                    tracing::warn!(job_id = %job.id, error = %e, "Pub/Sub refused this job's message; it backs off alone");
+                    out.refused.push((job.id, e.to_string()));
+                }
+                Err(e) => {
+                    out.failed.push(job.id);
                     first_error.get_or_insert(e);
                 }
             }
         }
         if let Some(e) = first_error {
-            tracing::warn!(error = %e, failed = batch.len() - published.len(), "publishing failed; the relay will retry");
+            tracing::warn!(error = %e, failed = out.failed.len(), "publishing failed; the relay will retry");
         }
-        published
+        out
     }
 }
 
@@ -188,8 +283,10 @@ impl Dispatcher {
 pub fn job_created(outbox: Option<&Outbox>, job: &crate::job::Job, trace_context: Option<&str>) {
     metrics::counter!(metrics_names::JOBS_SUBMITTED, "function" => job.function.clone(), "priority" => job.priority.as_str())
         .increment(1);
+    // Due at once when it was created due: both times come from the database's clock, in the
+    // insert that made the row (never this process's, which may be skewed).
     if let Some(outbox) = outbox
-        && job.run_after <= chrono::Utc::now()
+        && job.run_after <= job.status.created_at
     {
         outbox.dispatch(Dispatch::of(job, trace_context));
     }
@@ -246,10 +343,17 @@ pub struct RelayReport {
     pub found: usize,
     /// Of those, how many were published.
     pub published: usize,
+    /// Of those, how many Pub/Sub refused (each backs off alone, or failed as `unpublishable`).
+    pub refused: usize,
 }
 
-/// One relay pass: promote due retries, then publish undispatched due jobs batch by batch
-/// until none are left or a batch fails entirely (Pub/Sub down: try again next pass).
+/// One relay pass: promote due retries, then publish undispatched due jobs batch by batch.
+///
+/// Each batch is marked dispatched and committed before anything is published, so no row lock
+/// is held across a publish (claims and cancels of those jobs never wait on Pub/Sub). A job
+/// whose publish failed is unmarked again; one Pub/Sub refused backs off alone, so it can't
+/// keep the jobs behind it from going out. The pass ends when a batch comes back short, or
+/// when Pub/Sub is unreachable (nothing went out and nothing was refused: try next pass).
 pub async fn relay_once(
     pool: &PgPool,
     dispatcher: &Dispatcher,
@@ -258,11 +362,25 @@ pub async fn relay_once(
     let mut report =
         RelayReport { promoted: store::promote_due_retries(pool, 10 * RELAY_BATCH).await?, ..Default::default() };
     loop {
-        let (found, published) =
-            store::relay_batch(pool, RELAY_BATCH, redispatch_after, |batch| dispatcher.publish_all(batch)).await?;
+        let batch = store::take_for_publish(pool, RELAY_BATCH, redispatch_after).await?;
+        let found = batch.len();
+        if found == 0 {
+            return Ok(report);
+        }
+        let published = dispatcher.publish_all(batch).await;
+        store::publish_failed(
+            pool,
+            &published.failed,
+            &published.refused,
+            MAX_PUBLISH_REFUSALS,
+            PUBLISH_BACKOFF,
+            MAX_PUBLISH_BACKOFF,
+        )
+        .await?;
         report.found += found;
-        report.published += published;
-        if found < RELAY_BATCH as usize || published == 0 {
+        report.published += published.sent.len();
+        report.refused += published.refused.len();
+        if found < RELAY_BATCH as usize || (published.sent.is_empty() && published.refused.is_empty()) {
             return Ok(report);
         }
     }

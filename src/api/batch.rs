@@ -71,7 +71,7 @@ pub(super) async fn submit_batch(
             queue: c.queue,
             args,
             max_attempts: c.max_attempts,
-            run_after: c.run_after,
+            delay_secs: c.delay_secs,
             parent_id: None,
             trace_context,
             idempotency: None,

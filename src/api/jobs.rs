@@ -9,7 +9,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -124,7 +123,7 @@ pub(super) struct Checked {
     pub(super) priority: Priority,
     pub(super) queue: Option<&'static str>,
     pub(super) max_attempts: i32,
-    pub(super) run_after: Option<chrono::DateTime<Utc>>,
+    pub(super) delay_secs: Option<f64>,
 }
 
 /// Validates one submit against the registry and the limits. `args` is the request's args
@@ -154,11 +153,9 @@ pub(super) fn check(state: &ApiState, req: &SubmitRequest, args: &RawValue, at: 
     if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
         return Err(ApiError::invalid("max_attempts", format!("{at}must be between 1 and {MAX_ATTEMPTS_LIMIT}")));
     }
-    let run_after = match req.delay_seconds {
+    let delay_secs = match req.delay_seconds {
         None => None,
-        Some(d) if d.is_finite() && (0.0..=MAX_DELAY_SECONDS).contains(&d) => {
-            Some(Utc::now() + chrono::Duration::milliseconds((d * 1000.0) as i64))
-        }
+        Some(d) if d.is_finite() && (0.0..=MAX_DELAY_SECONDS).contains(&d) => Some(d),
         Some(_) => {
             return Err(ApiError::invalid("delay_seconds", format!("{at}must be between 0 and {MAX_DELAY_SECONDS}")));
         }
@@ -168,7 +165,7 @@ pub(super) fn check(state: &ApiState, req: &SubmitRequest, args: &RawValue, at: 
         priority,
         queue: function.policy().queue,
         max_attempts: max_attempts as i32,
-        run_after,
+        delay_secs,
     })
 }
 
@@ -202,7 +199,7 @@ async fn submit(
         queue: checked.queue,
         args,
         max_attempts: checked.max_attempts,
-        run_after: checked.run_after,
+        delay_secs: checked.delay_secs,
         parent_id: None,
         trace_context,
         idempotency,

@@ -135,6 +135,12 @@ impl DevStack {
         let pool = store::connect_lazy(&options.database_url, 16, Duration::from_secs(5))?;
         let relaxed = store::connect_relaxed(&options.database_url, 4, Duration::from_secs(5))?;
         store::migrate(&pool).await?;
+        // The embedded emulator starts empty: whatever messages an earlier run published died
+        // with it, so every queued job must be published again now, not a redispatch window later.
+        let forgotten = store::forget_dispatches(&pool).await?;
+        if forgotten > 0 {
+            tracing::info!(jobs = forgotten, "fresh Pub/Sub emulator: queued jobs will be published again");
+        }
 
         let emulator_listener = bind(&options.emulator_addr).await?;
         let emulator = crate::emulator::start(
@@ -334,6 +340,7 @@ impl DevStack {
         create_pubsub_layout(&emulator, &self.settings, &self.worker_urls, &self.dead_letter_url, self.push_backoff)
             .await?;
         self.emulator = Some(emulator);
+        store::forget_dispatches(&self.pool).await?;
         Ok(())
     }
 

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
 use tokio::sync::watch;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 /// The latest progress a run reported. The worker writes only the newest value, so reports
@@ -51,6 +54,11 @@ struct Shared {
     max_attempts: u32,
     progress: watch::Sender<Progress>,
     cancelled: watch::Receiver<bool>,
+    /// The moment the run's lease may lapse (its last renewal plus the lease, less a margin).
+    /// `is_cancelled` turns true past it by the clock alone, so a process that was frozen (a
+    /// SIGSTOP, a throttled CPU) and wakes up after another run took the job over sees it
+    /// before its next side effect, without waiting for the worker's own timers to fire.
+    stop_at: Arc<Mutex<Option<Instant>>>,
 }
 
 /// What a function's run can see and do: its job, progress reports and cancellation.
@@ -64,12 +72,19 @@ pub struct RunControl {
     /// Progress reports; `changed()` wakes the writer.
     pub progress: watch::Receiver<Progress>,
     cancel: watch::Sender<bool>,
+    stop_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl RunControl {
     /// Asks the run to stop: [`Context::is_cancelled`] turns true.
     pub fn cancel(&self) {
         self.cancel.send_replace(true);
+    }
+
+    /// Tells the run that it must stop by `at` even if nothing else says so (its lease can
+    /// lapse then): [`Context::is_cancelled`] turns true past it.
+    pub fn stop_by(&self, at: Instant) {
+        *self.stop_at.lock().expect("stop_at lock") = Some(at);
     }
 }
 
@@ -99,9 +114,18 @@ impl Context {
     ) -> (Self, RunControl) {
         let (progress_tx, progress_rx) = watch::channel(Progress::default());
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        let shared =
-            Shared { storage, spawner, job_id, attempt, max_attempts, progress: progress_tx, cancelled: cancel_rx };
-        let control = RunControl { progress: progress_rx, cancel: cancel_tx };
+        let stop_at = Arc::new(Mutex::new(None));
+        let shared = Shared {
+            storage,
+            spawner,
+            job_id,
+            attempt,
+            max_attempts,
+            progress: progress_tx,
+            cancelled: cancel_rx,
+            stop_at: stop_at.clone(),
+        };
+        let control = RunControl { progress: progress_rx, cancel: cancel_tx, stop_at };
         (Self { shared: Arc::new(shared) }, control)
     }
 
@@ -144,12 +168,16 @@ impl Context {
         self.shared.progress.send_replace(Progress { fraction, message: Some(message.into()) });
     }
 
-    /// True once the job was cancelled or its soft time limit passed.
+    /// True once the run should stop: the job was cancelled, its soft time limit passed, or
+    /// its lease may have lapsed (another run may own the job now). Check it before each side
+    /// effect a second run of the job must not overlap.
     pub fn is_cancelled(&self) -> bool {
         *self.shared.cancelled.borrow()
+            || self.shared.stop_at.lock().expect("stop_at lock").is_some_and(|at| Instant::now() >= at)
     }
 
-    /// Resolves when the run should stop (cancel or soft time limit); never if it shouldn't.
+    /// Resolves when the run should stop (cancel, soft time limit, a lease that can't be
+    /// renewed, shutdown); never if it shouldn't.
     pub async fn cancelled(&self) {
         let mut rx = self.shared.cancelled.clone();
         if rx.wait_for(|c| *c).await.is_err() {

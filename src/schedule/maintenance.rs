@@ -221,7 +221,7 @@ impl Maintenance {
                     queue: f.policy().queue,
                     args: &raw,
                     max_attempts: f.policy().max_attempts as i32,
-                    run_after: None,
+                    delay_secs: None,
                     parent_id: None,
                     trace_context: None,
                     idempotency: Some((&key, hash)),

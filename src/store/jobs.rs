@@ -96,8 +96,9 @@ pub struct NewJob<'a> {
     pub queue: Option<&'a str>,
     pub args: &'a RawValue,
     pub max_attempts: i32,
-    /// Not due before this (a delayed submit).
-    pub run_after: Option<DateTime<Utc>>,
+    /// Not due before this many seconds from the insert, by the database's clock (a delayed
+    /// submit). Never a time from this process's clock, which may be skewed.
+    pub delay_secs: Option<f64>,
     pub parent_id: Option<Uuid>,
     pub trace_context: Option<&'a str>,
     /// The key and a hash of the request it came with.
@@ -120,7 +121,8 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
     let mut tx = pool.begin().await?;
     if let Some((key, hash)) = new.idempotency {
         let retention_secs = key_retention.as_secs_f64();
-        // An expired key is free again; a live one is returned instead of being overwritten.
+        // A key is free again only once it has expired AND its job is gone (a job may live
+        // longer than the key's retention: failed jobs, long delays); else its job is the answer.
         let claimed: Option<Uuid> = sqlx::query_scalar!(
             "INSERT INTO idempotency_keys (owner, key, request_hash, job_id, expires_at)
              VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
@@ -128,6 +130,7 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
                 SET request_hash = EXCLUDED.request_hash, job_id = EXCLUDED.job_id,
                     created_at = now(), expires_at = EXCLUDED.expires_at
                 WHERE idempotency_keys.expires_at < now()
+                  AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = idempotency_keys.job_id)
              RETURNING job_id",
             new.owner,
             key,
@@ -160,7 +163,7 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
         JobRow,
         r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after,
                              parent_id, trace_context, idempotency_key, queue)
-           VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, coalesce($7, now()), $8, $9, $10, $11)
+           VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, now() + make_interval(secs => coalesce($7::float8, 0)), $8, $9, $10, $11)
            RETURNING id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
                      run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
                      created_at, started_at, finished_at, updated_at"#,
@@ -170,7 +173,7 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
         new.priority.as_str(),
         new.args.get(),
         new.max_attempts,
-        new.run_after,
+        new.delay_secs,
         new.parent_id,
         new.trace_context,
         new.idempotency.map(|(key, _)| key),
@@ -330,7 +333,7 @@ struct Columns {
     priorities: Vec<String>,
     args: Vec<String>,
     max_attempts: Vec<i32>,
-    run_after: Vec<Option<DateTime<Utc>>>,
+    delay_secs: Vec<Option<f64>>,
     trace_contexts: Vec<Option<String>>,
     queues: Vec<Option<String>>,
 }
@@ -345,7 +348,7 @@ impl Columns {
             c.priorities.push(j.priority.as_str().to_owned());
             c.args.push(j.args.get().to_owned());
             c.max_attempts.push(j.max_attempts);
-            c.run_after.push(j.run_after);
+            c.delay_secs.push(j.delay_secs);
             c.trace_contexts.push(j.trace_context.map(str::to_owned));
             c.queues.push(j.queue.map(str::to_owned));
         }
@@ -365,10 +368,10 @@ async fn insert_many(
         r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after, trace_context,
                              queue, parent_id)
            SELECT t.id, coalesce($11, t.owner), t.function, t.priority, t.args::jsonb, 'queued', t.max_attempts,
-                  coalesce(t.run_after, now()), t.trace_context, t.queue, $10
+                  now() + make_interval(secs => coalesce(t.delay_secs, 0)), t.trace_context, t.queue, $10
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
-                       $7::timestamptz[], $8::text[], $9::text[])
-                AS t(id, owner, function, priority, args, max_attempts, run_after, trace_context, queue)
+                       $7::float8[], $8::text[], $9::text[])
+                AS t(id, owner, function, priority, args, max_attempts, delay_secs, trace_context, queue)
            RETURNING id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
                      run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
                      created_at, started_at, finished_at, updated_at"#,
@@ -378,7 +381,7 @@ async fn insert_many(
         &c.priorities,
         &c.args,
         &c.max_attempts,
-        &c.run_after as &[Option<DateTime<Utc>>],
+        &c.delay_secs as &[Option<f64>],
         &c.trace_contexts as &[Option<String>],
         &c.queues as &[Option<String>],
         parent.map(|(id, _)| id),

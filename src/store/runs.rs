@@ -99,9 +99,9 @@ pub async fn unclaimable(pool: &PgPool, id: Uuid) -> Result<Option<Unclaimable>,
     }))
 }
 
-/// Extends the leases of live runs in one statement (on the relaxed pool: a lost heartbeat
-/// costs nothing but the next one). Returns, per run still held, whether a cancel was requested;
-/// a run missing from the answer has lost its claim and must stop.
+/// Extends the leases of live runs, given as `(job id, claim id)`, in one statement (on the
+/// relaxed pool: a lost heartbeat costs nothing but the next one). Returns, per claim still
+/// held, whether a cancel was requested; a claim missing from the answer was lost.
 pub async fn heartbeat(
     relaxed: &PgPool,
     runs: &[(Uuid, Uuid)],
@@ -115,14 +115,14 @@ pub async fn heartbeat(
         r#"UPDATE jobs j SET lease_until = now() + make_interval(secs => $3)
            FROM unnest($1::uuid[], $2::uuid[]) AS held(id, claim_id)
            WHERE j.id = held.id AND j.claim_id = held.claim_id AND j.status = 'running'
-           RETURNING j.id, j.cancel_requested"#,
+           RETURNING j.claim_id AS "claim_id!", j.cancel_requested"#,
         &ids,
         &claims,
         secs(lease),
     )
     .fetch_all(relaxed)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r.cancel_requested)).collect())
+    Ok(rows.into_iter().map(|r| (r.claim_id, r.cancel_requested)).collect())
 }
 
 /// Records a run's progress and extends its lease. `Some(cancel_requested)` while the claim
@@ -269,6 +269,45 @@ pub async fn release(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, St
     Ok(done.rows_affected() == 1)
 }
 
+/// Gives back a job claimed by a worker that has no such function (another version, in a
+/// rolling deploy): queued again after `backoff` doubled per round (the attempt doesn't count),
+/// failed with kind `unknown_function` at round `max_rounds`. Fenced by the claim; `None` if it
+/// was lost.
+pub async fn release_unknown_function(
+    pool: &PgPool,
+    id: Uuid,
+    claim_id: Uuid,
+    max_rounds: i32,
+    backoff: Duration,
+) -> Result<Option<Status>, StoreError> {
+    let status = sqlx::query_scalar!(
+        r#"WITH done AS (
+              UPDATE jobs SET
+                 unknown_function_rounds = unknown_function_rounds + 1,
+                 status = CASE WHEN cancel_requested THEN 'cancelled'
+                               WHEN unknown_function_rounds + 1 >= $3 THEN 'failed' ELSE 'queued' END,
+                 finished_at = CASE WHEN cancel_requested OR unknown_function_rounds + 1 >= $3 THEN now() END,
+                 error = CASE WHEN NOT cancel_requested AND unknown_function_rounds + 1 >= $3
+                              THEN jsonb_build_object('kind', 'unknown_function', 'retryable', false,
+                                   'message', 'no worker that received the job has a function named ' || function)
+                              ELSE error END,
+                 attempt = greatest(attempt - 1, 0), claim_id = NULL, worker_id = NULL, lease_until = NULL,
+                 dispatched_at = NULL, run_after = now() + make_interval(secs => $4 * power(2, unknown_function_rounds)),
+                 updated_at = now()
+              WHERE id = $1 AND claim_id = $2 AND status = 'running' RETURNING status),
+           runs AS (UPDATE job_runs SET finished_at = now(), outcome = 'released'
+                    WHERE claim_id = $2 AND EXISTS (SELECT 1 FROM done))
+           SELECT status AS "status!" FROM done"#,
+        id,
+        claim_id,
+        max_rounds,
+        secs(backoff),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(status.map(|s| s.parse().unwrap_or(Status::Failed)))
+}
+
 /// A job the relay should publish.
 #[derive(Debug, Clone)]
 pub struct Dispatch {
@@ -314,37 +353,39 @@ pub async fn promote_due_retries(pool: &PgPool, limit: i64) -> Result<u64, Store
     Ok(done.rows_affected())
 }
 
-/// One relay batch: locks up to `limit` due, undispatched (or stale-dispatched) queued jobs
-/// with `SKIP LOCKED` so concurrent relays never publish the same job, lets `publish` send
-/// them, and marks the ones it returns as dispatched, all in one transaction.
-pub async fn relay_batch<F, Fut>(
+/// Takes one relay batch: up to `limit` due queued jobs never published, and up to `limit`
+/// published longer than `redispatch_after` ago without a claim, each on its own partial index.
+/// They are marked dispatched in the same statement (`SKIP LOCKED`, so concurrent relays never
+/// take the same job) and committed before anything is published: no lock outlives this call.
+/// A publish that then fails is undone by [`publish_failed`]; a crash in between costs one
+/// redispatch window, never the job.
+pub async fn take_for_publish(
     pool: &PgPool,
     limit: i64,
     redispatch_after: Duration,
-    publish: F,
-) -> Result<(usize, usize), StoreError>
-where
-    F: FnOnce(Vec<Dispatch>) -> Fut,
-    Fut: Future<Output = Vec<Uuid>>,
-{
+) -> Result<Vec<Dispatch>, StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     let rows = sqlx::query!(
-        r#"SELECT id, attempt, function, priority, queue, trace_context FROM jobs
-           WHERE status = 'queued' AND run_after <= now() AND NOT cancel_requested
-             AND (dispatched_at IS NULL OR dispatched_at < now() - make_interval(secs => $2))
-           ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED"#,
+        r#"WITH fresh AS (
+              SELECT id FROM jobs
+              WHERE status = 'queued' AND dispatched_at IS NULL AND run_after <= now() AND NOT cancel_requested
+              ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED),
+           stale AS (
+              SELECT id FROM jobs
+              WHERE status = 'queued' AND dispatched_at < now() - make_interval(secs => $2)
+                AND run_after <= now() AND NOT cancel_requested
+              ORDER BY dispatched_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+           UPDATE jobs j SET dispatched_at = now()
+           WHERE j.id IN (SELECT id FROM fresh UNION SELECT id FROM stale) AND j.status = 'queued'
+           RETURNING j.id, j.attempt, j.function, j.priority, j.queue, j.trace_context"#,
         limit,
         secs(redispatch_after),
     )
     .fetch_all(&mut *tx)
     .await?;
-    if rows.is_empty() {
-        tx.commit().await?;
-        return Ok((0, 0));
-    }
-    let found = rows.len();
-    let batch = rows
+    tx.commit().await?;
+    Ok(rows
         .into_iter()
         .map(|r| Dispatch {
             id: r.id,
@@ -354,11 +395,69 @@ where
             queue: r.queue,
             trace_context: r.trace_context,
         })
-        .collect();
-    let published = publish(batch).await;
-    sqlx::query!("UPDATE jobs SET dispatched_at = now() WHERE id = ANY($1)", &published).execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok((found, published.len()))
+        .collect())
+}
+
+/// Undoes the dispatched mark of jobs whose publish failed. `failed` (Pub/Sub unreachable) are
+/// simply due again; each of `refused` (Pub/Sub refused its message alone) backs off by itself,
+/// `backoff` doubled per refusal up to `max_backoff`, and fails with kind `unpublishable` at its
+/// `max_refusals`th. Guarded by `status = 'queued'`.
+pub async fn publish_failed(
+    pool: &PgPool,
+    failed: &[Uuid],
+    refused: &[(Uuid, String)],
+    max_refusals: i32,
+    backoff: Duration,
+    max_backoff: Duration,
+) -> Result<(), StoreError> {
+    if failed.is_empty() && refused.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<Uuid> = failed.to_vec();
+    let mut counts = vec![false; failed.len()];
+    let mut reasons = vec![String::new(); failed.len()];
+    for (id, reason) in refused {
+        ids.push(*id);
+        counts.push(true);
+        // Postgres text can't hold NUL; an error message is only for people.
+        reasons.push(reason.replace('\0', ""));
+    }
+    sqlx::query!(
+        r#"UPDATE jobs j SET
+              dispatched_at = NULL,
+              publish_failures = j.publish_failures + f.counts::int,
+              status = CASE WHEN f.counts AND j.publish_failures + 1 >= $4 THEN 'failed' ELSE 'queued' END,
+              run_after = CASE WHEN f.counts
+                               THEN now() + make_interval(secs => least($5 * power(2, j.publish_failures), $6))
+                               ELSE j.run_after END,
+              finished_at = CASE WHEN f.counts AND j.publish_failures + 1 >= $4 THEN now() ELSE j.finished_at END,
+              error = CASE WHEN f.counts AND j.publish_failures + 1 >= $4
+                           THEN jsonb_build_object('kind', 'unpublishable', 'retryable', false,
+                                'message', 'Pub/Sub refused the job''s message ' || $4 || ' times: ' || f.reason)
+                           ELSE j.error END,
+              updated_at = now()
+           FROM unnest($1::uuid[], $2::bool[], $3::text[]) AS f(id, counts, reason)
+           WHERE j.id = f.id AND j.status = 'queued'"#,
+        &ids,
+        &counts,
+        &reasons,
+        max_refusals,
+        secs(backoff),
+        secs(max_backoff),
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Clears the dispatched mark of every queued job, so the relay publishes them all again: for a
+/// broker known to have started empty (`runq dev`'s embedded emulator). On the stale-dispatch index.
+pub async fn forget_dispatches(pool: &PgPool) -> Result<u64, StoreError> {
+    let done =
+        sqlx::query!("UPDATE jobs SET dispatched_at = NULL WHERE status = 'queued' AND dispatched_at IS NOT NULL")
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected())
 }
 
 /// Marks freshly published jobs as dispatched (relaxed: losing it costs one republish).

@@ -8,25 +8,39 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::store;
 
 /// What the keeper has learned about a run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunSignal {
     /// A client asked to cancel the job.
     pub cancel_requested: bool,
     /// The claim no longer holds (reaped or re-claimed): stop, and record nothing.
     pub lost: bool,
+    /// When the last renewal that succeeded was sent (the claim counts as one): the database
+    /// extended the lease from a moment after this, so the lease lasts at least until
+    /// `renewed_at + lease` by this process's clock.
+    pub renewed_at: Instant,
+}
+
+impl RunSignal {
+    /// A run whose lease was just taken at `at`.
+    pub fn claimed(at: Instant) -> Self {
+        Self { cancel_requested: false, lost: false, renewed_at: at }
+    }
 }
 
 struct Held {
-    claim_id: Uuid,
+    job_id: Uuid,
     signal: watch::Sender<RunSignal>,
 }
 
-/// Runs of this process and their claims. Cheap to clone.
+/// Runs of this process, keyed by claim: one job can have two runs here at once (a run whose
+/// lease lapsed, still stopping, and the run that re-claimed it after the reaper), and each
+/// must keep its own lease and signals. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Leases {
     held: Arc<Mutex<HashMap<Uuid, Held>>>,
@@ -35,26 +49,27 @@ pub struct Leases {
 /// Removes a run from the keeper when its execution ends, however it ends.
 pub struct LeaseGuard {
     leases: Leases,
-    id: Uuid,
+    claim_id: Uuid,
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        self.leases.held.lock().expect("leases lock").remove(&self.id);
+        self.leases.held.lock().expect("leases lock").remove(&self.claim_id);
     }
 }
 
 impl Leases {
-    /// Starts keeping `id`'s lease; the receiver reports cancel requests and a lost claim.
-    pub fn hold(&self, id: Uuid, claim_id: Uuid) -> (LeaseGuard, watch::Receiver<RunSignal>) {
-        let (tx, rx) = watch::channel(RunSignal::default());
-        self.held.lock().expect("leases lock").insert(id, Held { claim_id, signal: tx });
-        (LeaseGuard { leases: self.clone(), id }, rx)
+    /// Starts keeping the lease of claim `claim_id` of job `job_id`, taken at `claimed_at`; the
+    /// receiver reports cancel requests, renewals and a lost claim.
+    pub fn hold(&self, job_id: Uuid, claim_id: Uuid, claimed_at: Instant) -> (LeaseGuard, watch::Receiver<RunSignal>) {
+        let (tx, rx) = watch::channel(RunSignal::claimed(claimed_at));
+        self.held.lock().expect("leases lock").insert(claim_id, Held { job_id, signal: tx });
+        (LeaseGuard { leases: self.clone(), claim_id }, rx)
     }
 
     /// The runs held now, as `(job id, claim id)`.
     pub fn snapshot(&self) -> Vec<(Uuid, Uuid)> {
-        self.held.lock().expect("leases lock").iter().map(|(id, h)| (*id, h.claim_id)).collect()
+        self.held.lock().expect("leases lock").iter().map(|(claim, h)| (h.job_id, *claim)).collect()
     }
 
     /// How many runs are live.
@@ -67,13 +82,25 @@ impl Leases {
         self.len() == 0
     }
 
-    /// Tells a run what a progress write or a heartbeat learned.
-    pub fn signal(&self, id: Uuid, signal: RunSignal) {
-        if let Some(h) = self.held.lock().expect("leases lock").get(&id) {
+    /// The claim still holds, as of a renewal sent at `sent` (a heartbeat or a progress write).
+    pub fn renewed(&self, claim_id: Uuid, cancel_requested: bool, sent: Instant) {
+        self.update(claim_id, |s| {
+            s.cancel_requested = cancel_requested;
+            s.renewed_at = s.renewed_at.max(sent);
+        });
+    }
+
+    /// The claim no longer holds: its run must stop.
+    pub fn lost(&self, claim_id: Uuid) {
+        self.update(claim_id, |s| s.lost = true);
+    }
+
+    fn update(&self, claim_id: Uuid, change: impl FnOnce(&mut RunSignal)) {
+        if let Some(h) = self.held.lock().expect("leases lock").get(&claim_id) {
             h.signal.send_if_modified(|s| {
-                let changed = *s != signal;
-                *s = signal;
-                changed
+                let before = *s;
+                change(s);
+                *s != before
             });
         }
     }
@@ -84,13 +111,13 @@ impl Leases {
         if held.is_empty() {
             return Ok(());
         }
+        let sent = Instant::now();
         let alive: HashMap<Uuid, bool> = store::heartbeat(relaxed, &held, lease).await?.into_iter().collect();
-        for (id, _) in held {
-            let signal = match alive.get(&id) {
-                Some(&cancel_requested) => RunSignal { cancel_requested, lost: false },
-                None => RunSignal { cancel_requested: false, lost: true },
-            };
-            self.signal(id, signal);
+        for (_, claim_id) in held {
+            match alive.get(&claim_id) {
+                Some(&cancel_requested) => self.renewed(claim_id, cancel_requested, sent),
+                None => self.lost(claim_id),
+            }
         }
         Ok(())
     }
@@ -103,9 +130,14 @@ impl Leases {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = leases.beat(&relaxed, lease).await {
-                    // Leases outlast a few missed beats; the reaper only acts once one expires.
-                    tracing::warn!(error = %e, "heartbeat failed");
+                // A heartbeat that hangs (Postgres unreachable) must not delay the next one past
+                // the lease: give each at most a third of it.
+                match tokio::time::timeout(lease / 3, leases.beat(&relaxed, lease)).await {
+                    Ok(Ok(())) => {}
+                    // Leases outlast a few missed beats; a run whose lease can't be renewed in
+                    // time stops by itself (see `run`), before the reaper hands it on.
+                    Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
+                    Err(_) => tracing::warn!("heartbeat timed out"),
                 }
             }
         })
@@ -156,5 +188,45 @@ impl Background {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn two_runs_of_one_job_keep_their_own_lease_and_signals() {
+        let leases = Leases::default();
+        let job = Uuid::now_v7();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let t0 = Instant::now();
+        // Run A's lease lapsed; the reaper and relay handed the job to this process again as B.
+        let (guard_a, mut rx_a) = leases.hold(job, a, t0);
+        let (guard_b, mut rx_b) = leases.hold(job, b, t0);
+        let mut held = leases.snapshot();
+        held.sort();
+        let mut want = vec![(job, a), (job, b)];
+        want.sort();
+        assert_eq!(held, want, "both claims are held");
+
+        // A learns it lost its claim; B must not hear of it.
+        leases.lost(a);
+        assert!(rx_a.has_changed().unwrap() && rx_a.borrow_and_update().lost);
+        assert!(!rx_b.has_changed().unwrap());
+
+        // A's run ends: B is still kept (heartbeated), and renewals reach B alone.
+        drop(guard_a);
+        assert_eq!(leases.snapshot(), vec![(job, b)]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let t1 = Instant::now();
+        leases.renewed(b, true, t1);
+        let s = *rx_b.borrow_and_update();
+        assert_eq!((s.lost, s.cancel_requested, s.renewed_at), (false, true, t1));
+        // A renewal older than the one recorded doesn't move the lease back.
+        leases.renewed(b, true, t0);
+        assert_eq!(rx_b.borrow().renewed_at, t1);
+        drop(guard_b);
+        assert!(leases.is_empty());
     }
 }

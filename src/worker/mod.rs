@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use leases::{Background, Leases, RunSignal};
-pub use push::{JobMessage, PushEnvelope, PushError, authenticate, decode};
+pub use push::{
+    JobMessage, MAX_UNKNOWN_FUNCTION_ROUNDS, PushEnvelope, PushError, UNKNOWN_FUNCTION_BACKOFF, authenticate, decode,
+};
 pub use run::{INLINE_RESULT_LIMIT, PROGRESS_INTERVAL, Recorded, execute};
 pub use spawn::{MAX_CHILDREN, RunSpawner};
 

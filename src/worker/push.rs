@@ -114,7 +114,15 @@ pub async fn push(State(state): State<WorkerState>, headers: HeaderMap, body: By
     }
 }
 
+/// Claims a job released this many times by workers without its function fail as
+/// `unknown_function`; between them it waits 10 s, then 20 s, for a worker that has it (a
+/// rolling deploy), instead of looping through redeliveries for hours.
+pub const MAX_UNKNOWN_FUNCTION_ROUNDS: i32 = 3;
+/// The first wait after an unknown-function release; it doubles per round.
+pub const UNKNOWN_FUNCTION_BACKOFF: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn handle(state: &WorkerState, id: Uuid) -> Result<(), StoreError> {
+    let claimed_at = tokio::time::Instant::now();
     let Some(claimed) = store::claim(&state.pool, id, &state.worker_id, state.lease).await? else {
         metrics::counter!(crate::telemetry::metrics::CLAIM_CONFLICTS, "queue" => state.queue.clone()).increment(1);
         match store::unclaimable(&state.pool, id).await? {
@@ -126,27 +134,46 @@ async fn handle(state: &WorkerState, id: Uuid) -> Result<(), StoreError> {
         return Ok(());
     };
     let Some(function) = state.registry.get(&claimed.function).cloned() else {
-        // A worker of another version: give the job back for one that knows the function.
-        store::release(&state.pool, claimed.id, claimed.claim_id).await?;
-        tracing::error!(function = %claimed.function, "this worker has no such function; job released");
-        return Err(StoreError::Other(sqlx::Error::Protocol(format!("unknown function {}", claimed.function))));
+        // A worker of another version: give the job back, after a backoff, for one that knows
+        // the function; acknowledged, so Pub/Sub doesn't bring it straight back here.
+        let status = store::release_unknown_function(
+            &state.pool,
+            claimed.id,
+            claimed.claim_id,
+            MAX_UNKNOWN_FUNCTION_ROUNDS,
+            UNKNOWN_FUNCTION_BACKOFF,
+        )
+        .await?;
+        tracing::error!(function = %claimed.function, ?status, "this worker has no such function; job released");
+        return Ok(());
     };
-    if function.policy().detached {
+    // The run lives on its own task, counted as background work: if Pub/Sub drops the push
+    // connection (its deadline passed) and this handler is dropped with it, the run still keeps
+    // its lease, limits and signals, and records its outcome; shutdown waits for it.
+    let (task_state, guard) = (state.clone(), state.background.enter());
+    let id = claimed.id;
+    let detached = function.policy().detached;
+    let run = tokio::spawn(async move {
+        let _guard = guard;
+        execute(&task_state, claimed, function, claimed_at).await
+    });
+    if detached {
         // Claimed durably above; answer Pub/Sub now and run in the background with heartbeats.
-        let (state, guard) = (state.clone(), state.background.enter());
-        let id = claimed.id;
         tokio::spawn(async move {
-            let _guard = guard;
-            if let Err(e) = execute(&state, claimed, function).await {
+            match run.await {
+                Ok(Ok(_)) => {}
                 // The lease expires and the reaper requeues the job: retried, never lost.
-                tracing::error!(job_id = %id, error = %e, "detached run's outcome could not be recorded");
+                Ok(Err(e)) => tracing::error!(job_id = %id, error = %e, "detached run's outcome could not be recorded"),
+                Err(e) => tracing::error!(job_id = %id, error = %e, "detached run's task failed"),
             }
         });
         return Ok(());
     }
-    match execute(state, claimed, function).await? {
-        Recorded::Released => Err(StoreError::Other(sqlx::Error::Protocol("interrupted by shutdown".into()))),
-        Recorded::Status(_) | Recorded::Fenced => Ok(()),
+    match run.await {
+        Ok(Ok(Recorded::Released)) => Err(StoreError::Other(sqlx::Error::Protocol("interrupted by shutdown".into()))),
+        Ok(Ok(Recorded::Status(_) | Recorded::Fenced)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(StoreError::Other(sqlx::Error::Protocol(format!("the run's task failed: {e}")))),
     }
 }
 

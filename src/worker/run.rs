@@ -9,8 +9,10 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::WorkerState;
+use tokio::sync::watch;
+
 use super::leases::RunSignal;
-use crate::function::{Context, DynFunction, FunctionError};
+use crate::function::{Context, DynFunction, FunctionError, Progress, RunControl};
 use crate::job::{JobError, Status};
 use crate::store::{self, Claimed, ResultValue, StoreError};
 
@@ -19,16 +21,43 @@ pub const INLINE_RESULT_LIMIT: usize = 64 * 1024;
 /// Progress is written at most this often per run; reports in between are coalesced.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 
+/// A run stops once its last successful renewal is older than the lease less this share of
+/// it (a quarter: with heartbeats every third of the lease, one missed beat is tolerated and
+/// two are not), so it has stopped before the reaper can hand the job to another run.
+pub const LEASE_MARGIN_DIVISOR: u32 = 4;
+
 /// How a run ended, before it is recorded.
 #[derive(Debug)]
-enum Ending {
+pub(crate) enum Ending {
     Returned(Result<serde_json::Value, FunctionError>),
     Panicked(String),
     HardTimeout(Duration),
     /// The claim was lost: another run owns the job now; record nothing.
     Lost,
+    /// The lease couldn't be renewed in time (Postgres unreachable from here): stopped before
+    /// the reaper could hand the job on; record nothing, the reaper requeues it.
+    LeaseLapsed,
     /// The process is shutting down and the run couldn't finish in the grace period.
     Interrupted,
+}
+
+/// What a run obeys while it runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunLimits {
+    pub hard: Duration,
+    pub soft: Option<Duration>,
+    /// The claim's lease: the run stops when it can't renew it in time.
+    pub lease: Duration,
+}
+
+/// What supervising a run found.
+#[derive(Debug)]
+pub(crate) struct Supervised {
+    pub ending: Ending,
+    /// A client's cancel request reached the run.
+    pub cancel_seen: bool,
+    /// The soft time limit passed and the run was asked to stop.
+    pub soft_fired: bool,
 }
 
 /// What happened to a run, as recorded.
@@ -52,12 +81,122 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs `claimed` with `function` and records the outcome. `Err` only when the outcome could
-/// not be recorded (Postgres unreachable), so the push is answered 5xx and redelivered.
+/// Watches one run's task until it ends or must be stopped: writes its progress coalesced
+/// (through `write_progress`, at most every [`PROGRESS_INTERVAL`]), passes cancel requests and
+/// the soft limit on, and stops it (cancel, then abort, so `spawn_blocking` work sees the flag
+/// too) when its claim is lost, its lease can't be renewed in time, its hard limit passes, or
+/// shutdown's grace runs out. Every input is a channel or a timer, so tests drive it under
+/// paused time.
+pub(crate) async fn supervise<F, Fut>(
+    mut task: tokio::task::JoinHandle<Result<serde_json::Value, FunctionError>>,
+    control: &mut RunControl,
+    mut signals: watch::Receiver<RunSignal>,
+    mut shutdown: watch::Receiver<Option<Duration>>,
+    limits: RunLimits,
+    mut write_progress: F,
+) -> Supervised
+where
+    F: FnMut(Progress) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let started = Instant::now();
+    let hard_deadline = started + limits.hard;
+    let soft_deadline = limits.soft.map(|soft| started + soft);
+    let keep = limits.lease - limits.lease / LEASE_MARGIN_DIVISOR;
+    let mut lease_deadline = signals.borrow().renewed_at + keep;
+    control.stop_by(lease_deadline);
+    let mut soft_fired = false;
+    let mut cancel_seen = false;
+    let mut shutdown_deadline: Option<Instant> = None;
+    let mut last_write = Instant::now() - PROGRESS_INTERVAL;
+    let mut progress_pending = false;
+    // A channel whose sender is gone answers `changed()` at once, forever: stop polling it, or
+    // the loop would spin (a function that drops its context, a worker past its shutdown).
+    let (mut progress_open, mut signals_open, mut shutdown_open) = (true, true, true);
+    // A run claimed after shutdown began gets the grace period from now.
+    if let Some(grace) = *shutdown.borrow() {
+        shutdown_deadline = Some(Instant::now() + grace);
+    }
+    let stop = |control: &RunControl, task: &tokio::task::JoinHandle<_>| {
+        control.cancel();
+        task.abort();
+    };
+
+    let ending = loop {
+        let write_at = last_write + PROGRESS_INTERVAL;
+        tokio::select! {
+            biased;
+            joined = &mut task => break match joined {
+                Ok(result) => Ending::Returned(result),
+                Err(e) if e.is_panic() => Ending::Panicked(panic_message(&*e.into_panic())),
+                Err(_) => Ending::Panicked("the run's task was cancelled".into()),
+            },
+            changed = signals.changed(), if signals_open => {
+                if changed.is_err() {
+                    signals_open = false;
+                    continue;
+                }
+                let signal = *signals.borrow_and_update();
+                if signal.lost {
+                    stop(control, &task);
+                    break Ending::Lost;
+                }
+                lease_deadline = signal.renewed_at + keep;
+                control.stop_by(lease_deadline);
+                if signal.cancel_requested && !cancel_seen {
+                    cancel_seen = true;
+                    control.cancel();
+                }
+            }
+            () = tokio::time::sleep_until(lease_deadline) => {
+                stop(control, &task);
+                break Ending::LeaseLapsed;
+            }
+            () = tokio::time::sleep_until(hard_deadline) => {
+                stop(control, &task);
+                break Ending::HardTimeout(limits.hard);
+            }
+            () = tokio::time::sleep_until(shutdown_deadline.unwrap_or(hard_deadline)), if shutdown_deadline.is_some() => {
+                stop(control, &task);
+                break Ending::Interrupted;
+            }
+            () = tokio::time::sleep_until(soft_deadline.unwrap_or(hard_deadline)), if soft_deadline.is_some() && !soft_fired => {
+                soft_fired = true;
+                control.cancel();
+            }
+            changed = shutdown.changed(), if shutdown_open && shutdown_deadline.is_none() => {
+                match (changed, *shutdown.borrow()) {
+                    (Ok(()), Some(grace)) => shutdown_deadline = Some(Instant::now() + grace),
+                    (Ok(()), None) => {}
+                    (Err(_), _) => shutdown_open = false,
+                }
+            }
+            changed = control.progress.changed(), if progress_open && !progress_pending => {
+                match changed {
+                    Ok(()) => progress_pending = true,
+                    Err(_) => progress_open = false,
+                }
+            }
+            () = tokio::time::sleep_until(write_at), if progress_pending => {
+                progress_pending = false;
+                last_write = Instant::now();
+                let p = control.progress.borrow_and_update().clone();
+                // Bounded, so a write that hangs can't hold the run past its lease or limits.
+                let _ = tokio::time::timeout(limits.lease / 3, write_progress(p)).await;
+            }
+        }
+    };
+    Supervised { ending, cancel_seen, soft_fired }
+}
+
+/// Runs `claimed` with `function` and records the outcome. `claimed_at` is when the claim was
+/// asked for (its lease runs from a moment after). `Err` only when the outcome could not be
+/// recorded (Postgres unreachable), so the push is answered 5xx and redelivered.
 pub async fn execute(
     state: &WorkerState,
     claimed: Claimed,
     function: Arc<dyn DynFunction>,
+    claimed_at: Instant,
 ) -> Result<Recorded, StoreError> {
     let policy = function.policy().clone();
     let spawner = super::RunSpawner {
@@ -73,90 +212,30 @@ pub async fn execute(
         state.storage.clone(),
         Some(Arc::new(spawner)),
     );
-    let (_guard, mut signals) = state.leases.hold(claimed.id, claimed.claim_id);
-    let mut task = tokio::spawn(function.call(ctx, &claimed.args));
+    let (_guard, signals) = state.leases.hold(claimed.id, claimed.claim_id, claimed_at);
+    let task = tokio::spawn(function.call(ctx, &claimed.args));
     let started = Instant::now();
-    let hard_deadline = started + policy.hard_time_limit;
-    let soft_deadline = policy.soft_time_limit.map(|soft| started + soft);
-    let mut soft_fired = false;
-    let mut cancel_seen = false;
-    let mut shutdown = state.shutdown.clone();
-    let mut shutdown_deadline: Option<Instant> = None;
-    let mut last_write = Instant::now() - PROGRESS_INTERVAL;
-    let mut progress_pending = false;
-    // A channel whose sender is gone answers `changed()` at once, forever: stop polling it, or
-    // the loop would spin (a function that drops its context, a worker past its shutdown).
-    let (mut progress_open, mut signals_open, mut shutdown_open) = (true, true, true);
-    // A run claimed after shutdown began gets the grace period from now.
-    if let Some(grace) = *shutdown.borrow() {
-        shutdown_deadline = Some(Instant::now() + grace);
-    }
-
-    let ending = loop {
-        let write_at = last_write + PROGRESS_INTERVAL;
-        tokio::select! {
-            joined = &mut task => break match joined {
-                Ok(result) => Ending::Returned(result),
-                Err(e) if e.is_panic() => Ending::Panicked(panic_message(&*e.into_panic())),
-                Err(_) => Ending::Panicked("the run's task was cancelled".into()),
-            },
-            changed = control.progress.changed(), if progress_open && !progress_pending => {
-                match changed {
-                    Ok(()) => progress_pending = true,
-                    Err(_) => progress_open = false,
-                }
-            }
-            () = tokio::time::sleep_until(write_at), if progress_pending => {
-                progress_pending = false;
-                last_write = Instant::now();
-                let p = control.progress.borrow_and_update().clone();
-                match store::progress(&state.relaxed, claimed.id, claimed.claim_id, p.fraction, p.message.as_deref(), state.lease).await {
-                    Ok(Some(cancel_requested)) => state.leases.signal(claimed.id, RunSignal { cancel_requested, lost: false }),
-                    Ok(None) => state.leases.signal(claimed.id, RunSignal { cancel_requested: false, lost: true }),
-                    Err(e) => tracing::warn!(job_id = %claimed.id, error = %e, "progress write failed"),
-                }
-            }
-            changed = signals.changed(), if signals_open => {
-                if changed.is_err() {
-                    signals_open = false;
-                    continue;
-                }
-                let signal = *signals.borrow_and_update();
-                if signal.lost {
-                    task.abort();
-                    break Ending::Lost;
-                }
-                if signal.cancel_requested && !cancel_seen {
-                    cancel_seen = true;
-                    tracing::info!(job_id = %claimed.id, "cancel requested; asking the run to stop");
-                    control.cancel();
-                }
-            }
-            () = tokio::time::sleep_until(soft_deadline.unwrap_or(hard_deadline)), if soft_deadline.is_some() && !soft_fired => {
-                soft_fired = true;
-                tracing::info!(job_id = %claimed.id, "soft time limit passed; asking the run to stop");
-                control.cancel();
-            }
-            () = tokio::time::sleep_until(hard_deadline) => {
-                task.abort();
-                break Ending::HardTimeout(policy.hard_time_limit);
-            }
-            changed = shutdown.changed(), if shutdown_open && shutdown_deadline.is_none() => {
-                match (changed, *shutdown.borrow()) {
-                    (Ok(()), Some(grace)) => shutdown_deadline = Some(Instant::now() + grace),
-                    (Ok(()), None) => {}
-                    (Err(_), _) => shutdown_open = false,
-                }
-            }
-            () = tokio::time::sleep_until(shutdown_deadline.unwrap_or(hard_deadline)), if shutdown_deadline.is_some() => {
-                task.abort();
-                break Ending::Interrupted;
-            }
+    let limits = RunLimits { hard: policy.hard_time_limit, soft: policy.soft_time_limit, lease: state.lease };
+    let (id, claim) = (claimed.id, claimed.claim_id);
+    let write_progress = |p: Progress| async move {
+        let sent = Instant::now();
+        let message = p.message.as_deref().map(without_nul);
+        match store::progress(&state.relaxed, id, claim, p.fraction, message.as_deref(), state.lease).await {
+            Ok(Some(cancel_requested)) => state.leases.renewed(claim, cancel_requested, sent),
+            Ok(None) => state.leases.lost(claim),
+            Err(e) => tracing::warn!(job_id = %id, error = %e, "progress write failed"),
         }
     };
-    let final_message = control.progress.borrow().message.clone();
+    let supervised = supervise(task, &mut control, signals, state.shutdown.clone(), limits, write_progress).await;
+    match supervised.ending {
+        Ending::Lost | Ending::LeaseLapsed | Ending::HardTimeout(_) | Ending::Interrupted => {
+            tracing::info!(job_id = %id, ending = ?supervised.ending, "run stopped");
+        }
+        _ => {}
+    }
+    let final_message = control.progress.borrow().message.as_deref().map(without_nul);
     let function_name = claimed.function.clone();
-    let recorded = record(state, &claimed, &policy, ending, cancel_seen, soft_fired, final_message.as_deref()).await;
+    let recorded = record(state, &claimed, &policy, supervised, final_message.as_deref()).await;
     let outcome = match &recorded {
         Ok(Recorded::Status(status)) => status.as_str(),
         Ok(Recorded::Fenced) => "fenced",
@@ -172,20 +251,28 @@ pub async fn execute(
     recorded
 }
 
+/// Text Postgres can store: NUL, which it refuses in `text` and `jsonb`, replaced.
+fn without_nul(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
 async fn record(
     state: &WorkerState,
     claimed: &Claimed,
     policy: &crate::function::Policy,
-    ending: Ending,
-    cancel_seen: bool,
-    soft_fired: bool,
+    supervised: Supervised,
     final_message: Option<&str>,
 ) -> Result<Recorded, StoreError> {
+    let Supervised { ending, cancel_seen, soft_fired } = supervised;
     let (id, claim) = (claimed.id, claimed.claim_id);
     let error = |kind: &str, message: String, retryable: bool| JobError { kind: kind.into(), message, retryable };
     let failure = match ending {
         Ending::Lost => {
             tracing::warn!(job_id = %id, "claim lost (lease expired and the job was taken back); dropping this run's outcome");
+            return Ok(Recorded::Fenced);
+        }
+        Ending::LeaseLapsed => {
+            tracing::warn!(job_id = %id, "lease could not be renewed in time; run stopped, the reaper requeues the job");
             return Ok(Recorded::Fenced);
         }
         Ending::Interrupted => {
@@ -201,9 +288,9 @@ async fn record(
             let done = store::cancelled(&state.pool, id, claim).await?;
             return Ok(if done { Recorded::Status(Status::Cancelled) } else { Recorded::Fenced });
         }
-        Ending::Returned(Err(FunctionError::Retryable(message))) => error("error", message, true),
-        Ending::Returned(Err(FunctionError::Fatal(message))) => error("error", message, false),
-        Ending::Panicked(message) => error("panic", message, true),
+        Ending::Returned(Err(FunctionError::Retryable(message))) => error("error", without_nul(&message), true),
+        Ending::Returned(Err(FunctionError::Fatal(message))) => error("error", without_nul(&message), false),
+        Ending::Panicked(message) => error("panic", without_nul(&message), true),
         Ending::HardTimeout(limit) => {
             error("timeout", format!("aborted at its hard time limit of {}s", limit.as_secs_f64()), false)
         }
@@ -226,9 +313,33 @@ async fn record_success(
 ) -> Result<Recorded, StoreError> {
     let (id, claim) = (claimed.id, claimed.claim_id);
     let json = serde_json::to_string(&value).expect("a Value serializes");
+    // Postgres can't store NUL in jsonb: such a result is the run's failure, recorded, never
+    // an outcome that can't be written and loops through redeliveries.
+    if json.contains("\\u0000") && has_nul(&value) {
+        let failure = JobError {
+            kind: "invalid_result".into(),
+            message: "the result contains a NUL character (\\u0000), which Postgres can't store".into(),
+            retryable: false,
+        };
+        let status = store::fail(&state.pool, id, claim, &failure, Duration::ZERO).await?;
+        return Ok(status.map_or(Recorded::Fenced, Recorded::Status));
+    }
     let recorded = if json.len() <= INLINE_RESULT_LIMIT {
         let raw = RawValue::from_string(json).expect("serde_json wrote valid JSON");
-        store::succeed(&state.pool, id, claim, ResultValue::Inline(&raw), final_message).await?
+        match store::succeed(&state.pool, id, claim, ResultValue::Inline(&raw), final_message).await {
+            Err(StoreError::Other(e)) => {
+                // The database refused this result (not an outage): fail the run, recorded.
+                tracing::warn!(job_id = %id, error = %e, "result refused by the database");
+                let failure = JobError {
+                    kind: "invalid_result".into(),
+                    message: "the result could not be stored".into(),
+                    retryable: false,
+                };
+                let status = store::fail(&state.pool, id, claim, &failure, Duration::ZERO).await?;
+                return Ok(status.map_or(Recorded::Fenced, Recorded::Status));
+            }
+            other => other?,
+        }
     } else {
         match state.offload_result(id, claim, json.into_bytes()).await {
             Ok(uri) => {
@@ -253,5 +364,256 @@ async fn record_success(
         Ok(Recorded::Status(Status::Succeeded))
     } else {
         Ok(Recorded::Fenced)
+    }
+}
+
+/// True when a string or key anywhere in `value` holds a NUL.
+fn has_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The run loop under paused time: every input is a channel or a timer the test owns.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(12);
+
+    fn limits() -> RunLimits {
+        RunLimits { hard: Duration::from_secs(300), soft: None, lease: LEASE }
+    }
+
+    /// A run's moving parts: its context (for the function), and the channels the keeper,
+    /// shutdown and progress writer would use.
+    struct Rig {
+        ctx: Context,
+        control: RunControl,
+        signal_tx: watch::Sender<RunSignal>,
+        signals: watch::Receiver<RunSignal>,
+        shutdown_tx: watch::Sender<Option<Duration>>,
+        shutdown: watch::Receiver<Option<Duration>>,
+    }
+
+    fn rig() -> Rig {
+        let (ctx, control) = Context::new(uuid::Uuid::now_v7(), 1, 3);
+        let (signal_tx, signals) = watch::channel(RunSignal::claimed(Instant::now()));
+        let (shutdown_tx, shutdown) = watch::channel(None);
+        Rig { ctx, control, signal_tx, signals, shutdown_tx, shutdown }
+    }
+
+    /// Blocking work (as the docs tell CPU-bound functions to do) that stops only when its
+    /// context says so, and reports that it saw it. Resolves once the work has started.
+    async fn blocking_until_cancelled(
+        ctx: Context,
+        saw_cancel: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<Result<serde_json::Value, FunctionError>> {
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = started_tx.send(());
+                while !ctx.is_cancelled() {
+                    std::thread::yield_now();
+                }
+                saw_cancel.store(true, Ordering::SeqCst);
+            })
+            .await;
+            Err(FunctionError::Cancelled)
+        });
+        started.await.expect("the blocking work started");
+        task
+    }
+
+    fn forever(ctx: Context) -> tokio::task::JoinHandle<Result<serde_json::Value, FunctionError>> {
+        tokio::spawn(async move {
+            let _ctx = ctx;
+            std::future::pending::<()>().await;
+            Ok(serde_json::Value::Null)
+        })
+    }
+
+    async fn no_progress(_: Progress) {}
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_claim_cancels_then_aborts_so_blocking_work_stops_too() {
+        let mut r = rig();
+        let saw = Arc::new(AtomicBool::new(false));
+        let task = blocking_until_cancelled(r.ctx.clone(), saw.clone()).await;
+        let mut lost = *r.signal_tx.borrow();
+        lost.lost = true;
+        r.signal_tx.send(lost).unwrap();
+        let out = supervise(task, &mut r.control, r.signals, r.shutdown, limits(), no_progress).await;
+        assert!(matches!(out.ending, Ending::Lost), "{out:?}");
+        assert!(r.ctx.is_cancelled(), "the context must say stop, or spawn_blocking work runs on");
+        // The blocking thread sees the flag and ends (abort alone can't stop it).
+        while !saw.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_that_is_not_renewed_stops_the_run_before_it_can_lapse() {
+        let mut r = rig();
+        let start = Instant::now();
+        let task = forever(r.ctx.clone());
+        let out = supervise(task, &mut r.control, r.signals, r.shutdown, limits(), no_progress).await;
+        assert!(matches!(out.ending, Ending::LeaseLapsed), "{out:?}");
+        let stopped_after = start.elapsed();
+        assert_eq!(stopped_after, LEASE - LEASE / LEASE_MARGIN_DIVISOR, "stops a margin before the lease ends");
+        assert!(r.ctx.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_keep_the_run_going_and_the_context_knows_its_deadline() {
+        let mut r = rig();
+        let start = Instant::now();
+        let task = forever(r.ctx.clone());
+        let tx = r.signal_tx;
+        let ctx = r.ctx.clone();
+        // The keeper renews every third of the lease, three times, then the database goes away.
+        let keeper = tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(LEASE / 3).await;
+                let now = Instant::now();
+                tx.send_modify(|s| s.renewed_at = now);
+            }
+            tx
+        });
+        let out = supervise(task, &mut r.control, r.signals, r.shutdown, limits(), no_progress).await;
+        assert!(matches!(out.ending, Ending::LeaseLapsed), "{out:?}");
+        assert_eq!(start.elapsed(), LEASE + (LEASE - LEASE / LEASE_MARGIN_DIVISOR), "last renewal + lease - margin");
+        drop(keeper.await.unwrap());
+
+        // A frozen process (SIGSTOP) wakes past its deadline: the context says stop at once, by
+        // the clock alone, before any timer of the worker has run.
+        let (ctx2, control2) = Context::new(uuid::Uuid::now_v7(), 1, 1);
+        control2.stop_by(Instant::now() + Duration::from_secs(1));
+        assert!(!ctx2.is_cancelled());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(ctx2.is_cancelled());
+        assert!(ctx.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_hard_limit_cancels_then_aborts() {
+        let r = rig();
+        let saw = Arc::new(AtomicBool::new(false));
+        let task = blocking_until_cancelled(r.ctx.clone(), saw.clone()).await;
+        let lim = RunLimits { hard: Duration::from_secs(2), soft: None, lease: LEASE };
+        let start = Instant::now();
+        // Paused time doesn't advance by itself while blocking work runs: the test moves it.
+        let mut control = r.control;
+        let (signals, shutdown) = (r.signals, r.shutdown);
+        let supervisor =
+            tokio::spawn(async move { supervise(task, &mut control, signals, shutdown, lim, no_progress).await });
+        while !supervisor.is_finished() {
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        let out = supervisor.await.unwrap();
+        assert!(matches!(out.ending, Ending::HardTimeout(d) if d == Duration::from_secs(2)), "{out:?}");
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(2) && took <= Duration::from_millis(2200), "{took:?}");
+        while !saw.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_soft_limit_asks_the_run_to_stop_and_it_may_finish() {
+        let mut r = rig();
+        let ctx = r.ctx.clone();
+        let task = tokio::spawn(async move {
+            ctx.cancelled().await;
+            Err(FunctionError::Cancelled)
+        });
+        let lim = RunLimits { hard: Duration::from_secs(60), soft: Some(Duration::from_secs(5)), lease: LEASE };
+        let start = Instant::now();
+        let out = supervise(task, &mut r.control, r.signals, r.shutdown, lim, no_progress).await;
+        assert!(matches!(out.ending, Ending::Returned(Err(FunctionError::Cancelled))), "{out:?}");
+        assert!(out.soft_fired && !out.cancel_seen);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_request_reaches_the_run() {
+        let mut r = rig();
+        let ctx = r.ctx.clone();
+        let task = tokio::spawn(async move {
+            ctx.cancelled().await;
+            Err(FunctionError::Cancelled)
+        });
+        r.signal_tx.send_modify(|s| s.cancel_requested = true);
+        let out = supervise(task, &mut r.control, r.signals, r.shutdown, limits(), no_progress).await;
+        assert!(matches!(out.ending, Ending::Returned(Err(FunctionError::Cancelled))), "{out:?}");
+        assert!(out.cancel_seen && !out.soft_fired);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_gives_the_grace_period_then_interrupts() {
+        let mut r = rig();
+        let task = forever(r.ctx.clone());
+        // Keep the lease fresh so only shutdown can end the run.
+        let tx = r.signal_tx.clone();
+        let keeper = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE / 3).await;
+                let now = Instant::now();
+                tx.send_modify(|s| s.renewed_at = now);
+            }
+        });
+        let shutdown_tx = r.shutdown_tx;
+        let start = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            shutdown_tx.send(Some(Duration::from_secs(8))).unwrap();
+            shutdown_tx
+        });
+        let out = supervise(task, &mut r.control, r.signals, r.shutdown, limits(), no_progress).await;
+        keeper.abort();
+        assert!(matches!(out.ending, Ending::Interrupted), "{out:?}");
+        assert_eq!(start.elapsed(), Duration::from_secs(28));
+        assert!(r.ctx.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_is_written_coalesced_and_the_last_report_wins() {
+        let mut r = rig();
+        let ctx = r.ctx.clone();
+        let task = tokio::spawn(async move {
+            for i in 1..=50 {
+                ctx.progress(i as f32 / 50.0, format!("step {i}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(serde_json::json!("done"))
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let write = move |p: Progress| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((Instant::now(), p));
+            }
+        };
+        let out = supervise(task, &mut r.control, r.signals, r.shutdown, limits(), write).await;
+        assert!(matches!(out.ending, Ending::Returned(Ok(_))), "{out:?}");
+        let mut writes = Vec::new();
+        while let Ok(w) = rx.try_recv() {
+            writes.push(w);
+        }
+        // 500 ms of reports, 50 of them: a write at once, then at most one per interval.
+        assert!((2..=4).contains(&writes.len()), "{} writes", writes.len());
+        for pair in writes.windows(2) {
+            assert!(pair[1].0 - pair[0].0 >= PROGRESS_INTERVAL);
+        }
+        assert_eq!(r.control.progress.borrow().message.as_deref(), Some("step 50"));
     }
 }

@@ -57,7 +57,7 @@ impl RunSpawner {
                 queue: *queue,
                 args,
                 max_attempts: *max_attempts as i32,
-                run_after: None,
+                delay_secs: None,
                 parent_id: Some(parent),
                 trace_context: None,
                 idempotency: None,

@@ -299,7 +299,7 @@ async fn detached_runs_answer_the_push_at_once_and_finish_in_the_background(pool
         queue: None,
         args: &args,
         max_attempts: 3,
-        run_after: None,
+        delay_secs: None,
         parent_id: None,
         trace_context: None,
         idempotency: None,

@@ -13,4 +13,5 @@ mod e2e;
 mod e2e_faults;
 mod emulator;
 mod gcs;
+mod reliability;
 mod schedules;
