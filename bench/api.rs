@@ -125,7 +125,7 @@ async fn start_in_process() -> (String, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = runq::api::router(state, &[]);
-    tokio::spawn(runq::api::serve(listener, router, std::future::pending(), Duration::from_secs(1)));
+    tokio::spawn(runq::server::serve(listener, router, std::future::pending(), Duration::from_secs(1)));
     let token =
         runq::auth::mint_hs256(secret, "bench", false, Duration::from_secs(3600), "scope", "runq:admin", None, None)
             .unwrap();

@@ -21,7 +21,7 @@ locals {
   api_url     = "https://${local.api_service}-${local.project_number}.${var.region}.run.app"
   worker_urls = { for name, q in local.queues : name => "https://${q.service}-${local.project_number}.${var.region}.run.app" }
 
-  # Each internal caller gets its own audience and its own service account (ARCHITECTURE §5).
+  # Each internal caller gets its own audience and its own service account (docs/deploy.md).
   dead_letter_audience = "${local.api_url}/internal/dead-letter"
   scheduler_audience   = "${local.api_url}/internal/schedules"
 

@@ -1,9 +1,9 @@
-# Pub/Sub (ARCHITECTURE §4): per queue in runq.json one topic, one push subscription to its
+# Pub/Sub (docs/architecture.md): per queue in runq.json one topic, one push subscription to its
 # worker service's /push with an OIDC token (push account, audience = the worker's URL), the
 # ack deadline, retry and dead-letter policies; the dead-letter topic pushes to the API.
 
 resource "google_pubsub_topic" "queue" {
-  # checkov:skip=CKV_GCP_83: Google-managed encryption; messages carry only job ids (ARCHITECTURE §3), and a customer-managed key is an organisation policy choice (see CKV_GCP_84 in registry.tf).
+  # checkov:skip=CKV_GCP_83: Google-managed encryption; messages carry only job ids (docs/architecture.md), and a customer-managed key is an organisation policy choice (see CKV_GCP_84 in registry.tf).
   for_each                   = local.queues
   name                       = each.value.topic
   message_retention_duration = "604800s"

@@ -218,7 +218,7 @@ impl Dispatcher {
     }
 
     async fn publish_with(&self, job: &Dispatch, batching: Batching) -> Result<(), DispatchError> {
-        let data = serde_json::json!({ "job_id": job.id, "attempt": job.attempt }).to_string();
+        let data = crate::message::JobMessage { job_id: job.id, attempt: job.attempt }.encode();
         let mut attributes = vec![("function", job.function.clone()), ("priority", job.priority.as_str().to_owned())];
         // Pub/Sub refuses a whole message over one bad attribute; a trace context is worth
         // less than the job, so one that doesn't fit is left out.

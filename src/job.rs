@@ -10,17 +10,31 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Where a job is in its life.
+/// Where a job is in its life. Every arrow is one guarded UPDATE in [`crate::store`]; the same
+/// diagram, explained, is in `docs/architecture.md`.
 ///
 /// ```text
-/// queued --claim--> running --ok--> succeeded
-///   |                  |--error, attempts left--> retrying --due (relay)--> queued
-///   |                  |--error permanent, or attempts used up--> failed
-///   |                  |--cancel observed by the run--> cancelled
-///   |                  |--lease expired, attempts left (reaper)--> queued
-///   |                  \--lease expired, none left (reaper)--> failed (kind: lost)
-///   |--cancel--> cancelled                      retrying --cancel--> cancelled
-///   \--dead-lettered, never claimed--> queued again, re-dispatched later
+///             submit
+///               |
+///               v
+///    +------> queued --claim (worker)--> running --ok--> succeeded
+///    |          |  ^                       |
+///    |          |  |                       |--retryable error, attempts left--> retrying
+///    |          |  |                       |--permanent error / attempts used up--> failed
+///    |          |  |                       |--cancel observed by the run--> cancelled
+///    |          |  +--lease expired, attempts left (reaper)-----------------------|
+///    |          |  +--released: shutdown grace ran out (attempt given back)-------|
+///    |          |  +--released: this worker has no such function (backoff)-------|
+///    |          |                          |--lease expired, none left (reaper)--> failed (lost)
+///    |          |                          |--lease expired, cancel asked (reaper)--> cancelled
+///    |          |                          |--released, cancel asked--> cancelled
+///    |          |                          \--no such function, rounds used up--> failed (unknown_function)
+///    |          |--cancel--> cancelled
+///    |          |--dead-lettered, never claimed, rounds left--> queued (later, backoff)
+///    |          |--dead-lettered, rounds used up--> failed (undeliverable)
+///    |          \--publish refused by Pub/Sub, refusals used up--> failed (unpublishable)
+///    |
+///    +--due (retry promotion)-- retrying --cancel--> cancelled
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

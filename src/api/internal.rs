@@ -14,9 +14,9 @@ use chrono::{DateTime, Timelike, Utc};
 
 use super::ApiState;
 use crate::auth::GoogleOidcVerifier;
+use crate::message::decode;
 use crate::schedule::{Fired, Maintenance, Schedules};
 use crate::store::{self, DeadLetterOutcome};
-use crate::worker::{authenticate, decode};
 
 /// How dead-lettered jobs are retried before they fail as `undeliverable`.
 #[derive(Debug, Clone, Copy)]
@@ -70,13 +70,9 @@ async fn fire_schedule(State(state): State<ApiState>, Path(name): Path<String>, 
     let Some(verifier) = &internal.scheduler else {
         return problem(StatusCode::NOT_FOUND, "schedules are not configured (RUNQ_SCHEDULER_AUDIENCE)");
     };
-    if let Err(e) = authenticate(verifier, &headers).await {
+    if let Err(e) = verifier.verify_request(&headers).await {
         tracing::warn!(error = %e, schedule = %name, "scheduler call refused");
-        let detail = match &e {
-            crate::worker::PushError::Auth(a) => a.detail().to_owned(),
-            other => other.to_string(),
-        };
-        return problem(e.status(), detail);
+        return problem(e.status(), e.detail());
     }
     let Some(schedule) = internal.schedules.get(&name) else {
         return problem(StatusCode::NOT_FOUND, format!("no schedule named `{name}`"));
@@ -120,7 +116,7 @@ async fn dead_letter(State(state): State<ApiState>, headers: HeaderMap, body: By
     let Some((verifier, policy)) = state.internal.as_deref().and_then(|i| i.dead_letter.as_ref()) else {
         return StatusCode::NOT_FOUND;
     };
-    if let Err(e) = authenticate(verifier, &headers).await {
+    if let Err(e) = verifier.verify_request(&headers).await {
         tracing::warn!(error = %e, "dead-letter push refused");
         return e.status();
     }
@@ -128,7 +124,7 @@ async fn dead_letter(State(state): State<ApiState>, headers: HeaderMap, body: By
         Ok((_, message)) => message,
         Err(e) => {
             tracing::warn!(error = %e, "dead-letter push refused");
-            return e.status();
+            return StatusCode::BAD_REQUEST;
         }
     };
     match store::dead_letter(&state.pool, message.job_id, message.attempt, policy.max_rounds, policy.backoff).await {

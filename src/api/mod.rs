@@ -9,7 +9,6 @@ mod jobs;
 mod openapi;
 mod watch;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,6 @@ use axum::http::{HeaderValue, Method, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use batch::{BatchRequest, BatchResponse, MAX_BATCH};
@@ -96,34 +94,6 @@ pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
             .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER])
             .max_age(Duration::from_secs(3600)),
     )
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish
-/// for up to `grace`.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> std::io::Result<()> {
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: draining in-flight requests");
-        let _ = stopped_tx.send(());
-    };
-    let server = axum::serve(listener, router).with_graceful_shutdown(signal);
-    let drained = async move {
-        let _ = stopped_rx.await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = server.into_future() => result,
-        () = drained => {
-            tracing::warn!(grace_secs = grace.as_secs(), "requests still running after the grace period; exiting");
-            Ok(())
-        }
-    }
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod roles;
 
-pub use roles::{shutdown_signal, user_verifier};
+pub use roles::user_verifier;
 
 use crate::auth::mint_hs256;
 use crate::config::AuthSettings;
@@ -182,7 +182,7 @@ impl App {
             }
             Command::Emulator(args) => {
                 crate::telemetry::init();
-                Ok(crate::emulator::run(args, shutdown_signal()).await?)
+                Ok(crate::emulator::run(args, crate::server::shutdown_signal()).await?)
             }
             Command::Token(args) => {
                 let auth = AuthSettings::from_env()?;

@@ -50,7 +50,7 @@ pub async fn worker(registry: Registry, queue: String) -> Result<(), BoxError> {
     }
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port)).await?;
     tracing::info!(port = config.port, %queue, "runq worker listening");
-    worker::serve(listener, state, shutdown, shutdown_signal(), config.shutdown_grace).await?;
+    worker::serve(listener, state, shutdown, crate::server::shutdown_signal(), config.shutdown_grace).await?;
     Ok(())
 }
 
@@ -120,33 +120,11 @@ pub async fn api(registry: Registry, schedules: Schedules) -> Result<(), BoxErro
     let router = api::router(state, &config.cors_origins);
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port)).await?;
     tracing::info!(port = config.port, "runq api listening");
-    api::serve(listener, router, shutdown_signal(), config.shutdown_grace).await?;
+    crate::server::serve(listener, router, crate::server::shutdown_signal(), config.shutdown_grace).await?;
     Ok(())
 }
 
 /// Builds the public API's token verifier from the `RUNQ_AUTH_*` settings.
 pub fn user_verifier(auth: &AuthSettings) -> Result<UserVerifier, BoxError> {
     Ok(UserVerifier::new(auth.clone(), reqwest::Client::new())?)
-}
-
-/// Resolves on SIGTERM (Cloud Run's stop signal) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

@@ -54,6 +54,11 @@ impl GoogleOidcVerifier {
         Self { inner: Arc::new(Inner { jwks, audience, allowed_emails }) }
     }
 
+    /// Verifies the `Authorization: Bearer` token of a request (a push, a scheduler call).
+    pub async fn verify_request(&self, headers: &http::HeaderMap) -> Result<ServiceIdentity, AuthError> {
+        self.verify(super::bearer_token(headers)?).await
+    }
+
     /// Verifies the token and returns its caller; [`AuthError::Forbidden`] (403) when the token
     /// is valid but its email is not allowed here. Never logs the token.
     pub async fn verify(&self, token: &str) -> Result<ServiceIdentity, AuthError> {

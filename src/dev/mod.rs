@@ -245,7 +245,7 @@ impl DevStack {
         let grace = options.grace;
         let api_stop = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = api::serve(api_listener, router, api_stop, grace).await {
+            if let Err(e) = crate::server::serve(api_listener, router, api_stop, grace).await {
                 tracing::error!(error = %e, "api stopped");
             }
         }));
@@ -436,7 +436,7 @@ pub async fn run(
     println!("  Pub/Sub   export PUBSUB_EMULATOR_HOST={}", stack.emulator_host());
     println!("  token     export RUNQ_TOKEN={token}");
     println!("  try       runq submit sleep --args '{{\"seconds\": 5, \"steps\": 5}}' --wait");
-    crate::app::shutdown_signal().await;
+    crate::server::shutdown_signal().await;
     println!("runq dev: shutting down");
     stack.shutdown().await;
     Ok(())

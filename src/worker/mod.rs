@@ -17,9 +17,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use leases::{Background, Leases, RunSignal};
-pub use push::{
-    JobMessage, MAX_UNKNOWN_FUNCTION_ROUNDS, PushEnvelope, PushError, UNKNOWN_FUNCTION_BACKOFF, authenticate, decode,
-};
+pub use push::{MAX_UNKNOWN_FUNCTION_ROUNDS, PushError, UNKNOWN_FUNCTION_BACKOFF};
 pub use run::{INLINE_RESULT_LIMIT, PROGRESS_INTERVAL, Recorded, execute};
 pub use spawn::{MAX_CHILDREN, RunSpawner};
 
@@ -212,7 +210,7 @@ pub async fn serve(
         let _ = shutdown.send(Some(grace));
     };
     // Runs get `grace`; recording their release takes a moment more.
-    let result = crate::api::serve(listener, router(state), stop, grace + Duration::from_secs(2)).await;
+    let result = crate::server::serve(listener, router(state), stop, grace + Duration::from_secs(2)).await;
     // Detached runs saw the same shutdown signal: they finish or release within the grace.
     if tokio::time::timeout(grace + Duration::from_secs(2), background.idle()).await.is_err() {
         tracing::warn!(running = background.len(), "detached runs still going at exit; their leases will expire");

@@ -1,58 +1,23 @@
-//! The Pub/Sub push envelope and the `/push` handler: verify, decode, claim, run, answer.
-
-use std::collections::HashMap;
+//! The `/push` handler: verify, decode, claim, run, answer.
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use serde::Deserialize;
 use uuid::Uuid;
 
 use super::WorkerState;
 use super::run::{Recorded, execute};
-use crate::auth::{AuthError, GoogleOidcVerifier, ServiceIdentity, bearer_token};
+use crate::auth::AuthError;
+use crate::message::{Malformed, decode};
 use crate::store::{self, StoreError};
-
-/// The JSON body Pub/Sub POSTs to a push endpoint.
-#[derive(Debug, Deserialize)]
-pub struct PushEnvelope {
-    pub message: PushMessage,
-    /// The subscription that delivered it.
-    #[serde(default)]
-    pub subscription: Option<String>,
-    /// Present when the subscription has a dead-letter policy.
-    #[serde(default, rename = "deliveryAttempt")]
-    pub delivery_attempt: Option<i32>,
-}
-
-/// The message inside a push envelope.
-#[derive(Debug, Deserialize)]
-pub struct PushMessage {
-    /// Base64 of the payload.
-    #[serde(default)]
-    pub data: Option<String>,
-    #[serde(default)]
-    pub attributes: HashMap<String, String>,
-    #[serde(default, rename = "messageId")]
-    pub message_id: Option<String>,
-}
-
-/// What runq publishes: ids, never objects.
-#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
-pub struct JobMessage {
-    pub job_id: Uuid,
-    pub attempt: i32,
-}
 
 /// Why a push was refused before anything was touched.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("malformed push: {0}")]
-    Malformed(String),
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
 }
 
 impl PushError {
@@ -65,27 +30,10 @@ impl PushError {
     }
 }
 
-/// Verifies the caller's Google OIDC token.
-pub async fn authenticate(verifier: &GoogleOidcVerifier, headers: &HeaderMap) -> Result<ServiceIdentity, PushError> {
-    let token = bearer_token(headers)?;
-    Ok(verifier.verify(token).await?)
-}
-
-/// Decodes a push body into the envelope and runq's job message.
-pub fn decode(body: &[u8]) -> Result<(PushEnvelope, JobMessage), PushError> {
-    let envelope: PushEnvelope =
-        serde_json::from_slice(body).map_err(|e| PushError::Malformed(format!("not a push envelope: {e}")))?;
-    let data = envelope.message.data.as_deref().ok_or_else(|| PushError::Malformed("message has no data".into()))?;
-    let bytes = STANDARD.decode(data).map_err(|e| PushError::Malformed(format!("message data is not base64: {e}")))?;
-    let job: JobMessage =
-        serde_json::from_slice(&bytes).map_err(|e| PushError::Malformed(format!("message is not a runq job: {e}")))?;
-    Ok((envelope, job))
-}
-
 /// `POST /push`: 204 once the delivery is handled (run recorded, or nothing to claim); 400 for a
 /// malformed body; 401/403 for a refused token; 503 when the outcome couldn't be recorded.
 pub async fn push(State(state): State<WorkerState>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    if let Err(e) = authenticate(&state.verifier, &headers).await {
+    if let Err(e) = state.verifier.verify_request(&headers).await {
         tracing::warn!(error = %e, "push refused");
         return e.status();
     }
@@ -93,7 +41,7 @@ pub async fn push(State(state): State<WorkerState>, headers: HeaderMap, body: By
         Ok(decoded) => decoded,
         Err(e) => {
             tracing::warn!(error = %e, "push refused");
-            return e.status();
+            return PushError::from(e).status();
         }
     };
     let id = message.job_id;
@@ -174,27 +122,5 @@ async fn handle(state: &WorkerState, id: Uuid) -> Result<(), StoreError> {
         Ok(Ok(Recorded::Status(_) | Recorded::Fenced)) => Ok(()),
         Ok(Err(e)) => Err(e),
         Err(e) => Err(StoreError::Other(sqlx::Error::Protocol(format!("the run's task failed: {e}")))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes_the_envelope() {
-        let id = Uuid::now_v7();
-        let data = STANDARD.encode(format!(r#"{{"job_id":"{id}","attempt":2}}"#));
-        let body = format!(
-            r#"{{"message":{{"data":"{data}","attributes":{{"function":"noop"}},"messageId":"7","message_id":"7"}},"subscription":"projects/p/subscriptions/s","deliveryAttempt":3}}"#
-        );
-        let (env, msg) = decode(body.as_bytes()).unwrap();
-        assert_eq!(msg, JobMessage { job_id: id, attempt: 2 });
-        assert_eq!(env.delivery_attempt, Some(3));
-        assert_eq!(env.message.attributes["function"], "noop");
-        for bad in ["not json", r#"{"message":{}}"#, r#"{"message":{"data":"!!!"}}"#, r#"{"message":{"data":"e30="}}"#]
-        {
-            assert!(matches!(decode(bad.as_bytes()), Err(PushError::Malformed(_))), "{bad}");
-        }
     }
 }

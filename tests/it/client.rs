@@ -369,7 +369,12 @@ async fn wait_rides_out_an_api_that_is_down_and_comes_back(pool: PgPool) {
         internal: None,
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    tokio::spawn(api::serve(listener, api::router(state, &[]), std::future::pending(), Duration::from_secs(1)));
+    tokio::spawn(runq::server::serve(
+        listener,
+        api::router(state, &[]),
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
     client.expect(&["queued"]).await;
     set(&pool, &id.to_string(), "status = 'succeeded', attempt = 1, progress = 1, finished_at = now()").await;
     let (code, stdout, lines) = client.finish().await;

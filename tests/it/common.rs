@@ -55,7 +55,7 @@ pub async fn start_api_with(pool: PgPool, cors_origins: &[String]) -> TestApi {
     let router = api::router(state, cors_origins);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(api::serve(listener, router, std::future::pending(), Duration::from_secs(1)));
+    tokio::spawn(runq::server::serve(listener, router, std::future::pending(), Duration::from_secs(1)));
     TestApi { base: format!("http://{addr}"), http: reqwest::Client::new() }
 }
 

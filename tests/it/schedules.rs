@@ -76,7 +76,12 @@ async fn start(pool: &PgPool, schedules: Schedules, emulator: Option<EmulatorHan
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(api::serve(listener, api::router(state, &[]), std::future::pending(), Duration::from_secs(1)));
+    tokio::spawn(runq::server::serve(
+        listener,
+        api::router(state, &[]),
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
     Api { url, http: reqwest::Client::new(), emulator }
 }
 
