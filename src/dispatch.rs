@@ -26,18 +26,8 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// minutes is runq's push ack deadline: the longest Pub/Sub itself waits on a delivery before
 /// it redelivers, so a republish sooner would only duplicate messages still in flight.
 pub const DEFAULT_REDISPATCH_AFTER: Duration = Duration::from_secs(10 * 60);
-/// Refusals (Pub/Sub rejected the message itself, published alone) after which a job fails
-/// with kind `unpublishable`. Between them the job backs off alone: 1 s, 2 s, 4 s, ... 5 min.
-pub const MAX_PUBLISH_REFUSALS: i32 = 8;
-/// The first backoff after a refusal; it doubles per refusal up to [`MAX_PUBLISH_BACKOFF`].
-pub const PUBLISH_BACKOFF: Duration = Duration::from_secs(1);
-/// The longest backoff between two publishes of a refused job.
-pub const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(300);
 /// Pub/Sub's limit on an attribute value; a longer one makes it refuse the whole message.
 pub const MAX_ATTRIBUTE_BYTES: usize = 1024;
-/// Jobs one relay batch locks and publishes.
-pub const RELAY_BATCH: i64 = 500;
-
 /// Where jobs are published.
 #[derive(Debug, Clone)]
 pub struct PubSubSettings {
@@ -331,57 +321,5 @@ impl Outbox {
                 Err(e) => tracing::warn!(job_id = %job.id, error = %e, "publish failed; the relay will retry"),
             }
         });
-    }
-}
-
-/// What one relay pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RelayReport {
-    /// `retrying` jobs whose backoff passed, moved to `queued`.
-    pub promoted: u64,
-    /// Due queued jobs found undispatched (or stale).
-    pub found: usize,
-    /// Of those, how many were published.
-    pub published: usize,
-    /// Of those, how many Pub/Sub refused (each backs off alone, or failed as `unpublishable`).
-    pub refused: usize,
-}
-
-/// One relay pass: promote due retries, then publish undispatched due jobs batch by batch.
-///
-/// Each batch is marked dispatched and committed before anything is published, so no row lock
-/// is held across a publish (claims and cancels of those jobs never wait on Pub/Sub). A job
-/// whose publish failed is unmarked again; one Pub/Sub refused backs off alone, so it can't
-/// keep the jobs behind it from going out. The pass ends when a batch comes back short, or
-/// when Pub/Sub is unreachable (nothing went out and nothing was refused: try next pass).
-pub async fn relay_once(
-    pool: &PgPool,
-    dispatcher: &Dispatcher,
-    redispatch_after: Duration,
-) -> Result<RelayReport, store::StoreError> {
-    let mut report =
-        RelayReport { promoted: store::promote_due_retries(pool, 10 * RELAY_BATCH).await?, ..Default::default() };
-    loop {
-        let batch = store::take_for_publish(pool, RELAY_BATCH, redispatch_after).await?;
-        let found = batch.len();
-        if found == 0 {
-            return Ok(report);
-        }
-        let published = dispatcher.publish_all(batch).await;
-        store::publish_failed(
-            pool,
-            &published.failed,
-            &published.refused,
-            MAX_PUBLISH_REFUSALS,
-            PUBLISH_BACKOFF,
-            MAX_PUBLISH_BACKOFF,
-        )
-        .await?;
-        report.found += found;
-        report.published += published.sent.len();
-        report.refused += published.refused.len();
-        if found < RELAY_BATCH as usize || (published.sent.is_empty() && published.refused.is_empty()) {
-            return Ok(report);
-        }
     }
 }

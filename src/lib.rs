@@ -35,6 +35,7 @@ pub mod emulator;
 pub mod function;
 pub mod infra;
 pub mod job;
+pub mod maintenance;
 pub mod message;
 pub mod schedule;
 pub mod server;

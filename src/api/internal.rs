@@ -14,9 +14,9 @@ use chrono::{DateTime, Timelike, Utc};
 
 use super::ApiState;
 use crate::auth::GoogleOidcVerifier;
+use crate::maintenance::{DeadLetterOutcome, dead_letters};
 use crate::message::decode;
-use crate::schedule::{Fired, Maintenance, Schedules};
-use crate::store::{self, DeadLetterOutcome};
+use crate::schedule::{Fired, Runner, Schedules};
 
 /// How dead-lettered jobs are retried before they fail as `undeliverable`.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +41,7 @@ pub struct Internal {
     /// Cloud Scheduler's service account and the API's audience.
     pub scheduler: Option<GoogleOidcVerifier>,
     pub schedules: Arc<Schedules>,
-    pub maintenance: Maintenance,
+    pub runner: Runner,
 }
 
 pub(super) fn router() -> Router<ApiState> {
@@ -89,7 +89,7 @@ async fn fire_schedule(State(state): State<ApiState>, Path(name): Path<String>, 
         },
     };
     let at = at.with_nanosecond(0).unwrap_or(at);
-    match internal.maintenance.fire(schedule, at).await {
+    match internal.runner.fire(schedule, at).await {
         Ok(fired) => {
             let status = match &fired {
                 Fired::Job { created: true, .. } => StatusCode::CREATED,
@@ -127,7 +127,9 @@ async fn dead_letter(State(state): State<ApiState>, headers: HeaderMap, body: By
             return StatusCode::BAD_REQUEST;
         }
     };
-    match store::dead_letter(&state.pool, message.job_id, message.attempt, policy.max_rounds, policy.backoff).await {
+    match dead_letters::dead_letter(&state.pool, message.job_id, message.attempt, policy.max_rounds, policy.backoff)
+        .await
+    {
         Ok(outcome) => {
             match outcome {
                 DeadLetterOutcome::Requeued => {

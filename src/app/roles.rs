@@ -7,7 +7,8 @@ use crate::auth::{GoogleOidcVerifier, JwksCache, UserVerifier};
 use crate::config::{AuthSettings, Config, var};
 use crate::dispatch::{Dispatcher, Outbox, PubSubSettings};
 use crate::function::Registry;
-use crate::schedule::{DEFAULT_SWEEP_EVERY, DEFAULT_SWEEP_WINDOW, Maintenance, Retention, Schedules};
+use crate::maintenance::Retention;
+use crate::schedule::{DEFAULT_SWEEP_EVERY, DEFAULT_SWEEP_WINDOW, Runner, Schedules};
 use crate::storage::{BlobStore, StorageSettings};
 use crate::store;
 use crate::worker::{self, WorkerSettings, WorkerState};
@@ -95,7 +96,7 @@ pub async fn api(registry: Registry, schedules: Schedules) -> Result<(), BoxErro
     let secs = |name: &'static str, default| {
         crate::config::parse::<u64>(name, "seconds").map(|v| v.map_or(default, std::time::Duration::from_secs))
     };
-    let maintenance = Maintenance {
+    let runner = Runner {
         pool: pool.clone(),
         registry: registry.clone(),
         outbox: pubsub.as_ref().map(|p| p.2.clone()),
@@ -107,7 +108,7 @@ pub async fn api(registry: Registry, schedules: Schedules) -> Result<(), BoxErro
         sweep_window: secs("RUNQ_SWEEP_WINDOW_SECS", DEFAULT_SWEEP_WINDOW)?,
         sweep_every: secs("RUNQ_SWEEP_EVERY_SECS", DEFAULT_SWEEP_EVERY)?,
     };
-    let internal = Internal { dead_letter, scheduler, schedules: Arc::new(schedules), maintenance };
+    let internal = Internal { dead_letter, scheduler, schedules: Arc::new(schedules), runner };
     let state = ApiState {
         pool: pool.clone(),
         registry,

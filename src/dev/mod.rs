@@ -19,7 +19,8 @@ use crate::dispatch::{self, Dispatcher, Outbox, PubSubSettings, anonymous};
 use crate::emulator::{EmulatorHandle, EmulatorOptions};
 use crate::function::Registry;
 use crate::job::Priority;
-use crate::schedule::{Maintenance, Retention, Schedules, Ticker};
+use crate::maintenance::{self, Retention};
+use crate::schedule::{Runner, Schedules, Ticker};
 use crate::store;
 use crate::worker::{self, WorkerState};
 
@@ -137,7 +138,7 @@ impl DevStack {
         store::migrate(&pool).await?;
         // The embedded emulator starts empty: whatever messages an earlier run published died
         // with it, so every queued job must be published again now, not a redispatch window later.
-        let forgotten = store::forget_dispatches(&pool).await?;
+        let forgotten = maintenance::relay::forget_dispatches(&pool).await?;
         if forgotten > 0 {
             tracing::info!(jobs = forgotten, "fresh Pub/Sub emulator: queued jobs will be published again");
         }
@@ -202,7 +203,7 @@ impl DevStack {
         let api_url = format!("http://{}", api_listener.local_addr()?);
         let dead_letter_url = format!("{api_url}/internal/dead-letter");
         let user_cfg = UserAuthConfig { hs256_secret: Some(options.secret.clone()), ..UserAuthConfig::default() };
-        let maintenance = Maintenance {
+        let runner = Runner {
             pool: pool.clone(),
             registry: registry.clone(),
             outbox: Some(outbox.clone()),
@@ -238,7 +239,7 @@ impl DevStack {
                 // The local ticker fires schedules directly, as Cloud Scheduler would over HTTP.
                 scheduler: None,
                 schedules: schedules.clone(),
-                maintenance: maintenance.clone(),
+                runner: runner.clone(),
             })),
         };
         let router = api::router(state, &[]);
@@ -264,9 +265,7 @@ impl DevStack {
                     _ = tick.tick() => {}
                     _ = sweep_stop.wait_for(|s| *s) => return,
                 }
-                if let Err(e) =
-                    crate::schedule::sweep_once(&sweep_pool, Some(&sweep_dispatcher), redispatch_after).await
-                {
+                if let Err(e) = maintenance::sweep_once(&sweep_pool, Some(&sweep_dispatcher), redispatch_after).await {
                     tracing::warn!(error = %e, "sweep failed");
                 }
             }
@@ -283,10 +282,10 @@ impl DevStack {
                     _ = ticker_stop.wait_for(|s| *s) => return,
                 }
                 for (name, slot) in ticker.due(&schedules, chrono::Utc::now()) {
-                    let (maintenance, schedules) = (maintenance.clone(), schedules.clone());
+                    let (runner, schedules) = (runner.clone(), schedules.clone());
                     tokio::spawn(async move {
                         let Some(schedule) = schedules.get(&name) else { return };
-                        if let Err(e) = maintenance.fire(schedule, slot).await {
+                        if let Err(e) = runner.fire(schedule, slot).await {
                             tracing::warn!(schedule = %name, error = %e, "schedule firing failed");
                         }
                     });
@@ -340,7 +339,7 @@ impl DevStack {
         create_pubsub_layout(&emulator, &self.settings, &self.worker_urls, &self.dead_letter_url, self.push_backoff)
             .await?;
         self.emulator = Some(emulator);
-        store::forget_dispatches(&self.pool).await?;
+        maintenance::relay::forget_dispatches(&self.pool).await?;
         Ok(())
     }
 

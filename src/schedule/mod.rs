@@ -2,7 +2,7 @@
 //! Scheduler through `POST /internal/schedules/{name}` in production and by a local ticker in
 //! `runq dev`, each scheduled time running once however often it is fired.
 
-mod maintenance;
+mod fire;
 mod ticker;
 
 use std::str::FromStr;
@@ -13,10 +13,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use serde::Serialize;
 
-pub use maintenance::{
-    CleanupReport, DEFAULT_SWEEP_EVERY, DEFAULT_SWEEP_WINDOW, Fired, Maintenance, Retention, SweepReport, cleanup_once,
-    sweep_once,
-};
+pub use fire::{DEFAULT_SWEEP_EVERY, DEFAULT_SWEEP_WINDOW, Fired, Runner};
 pub use ticker::{Ticker, due_slot};
 
 use crate::job::Priority;

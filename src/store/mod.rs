@@ -8,12 +8,10 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-mod cleanup;
 mod history;
 mod jobs;
 mod runs;
 
-pub use cleanup::*;
 pub use history::*;
 pub use jobs::*;
 pub use runs::*;

@@ -1,5 +1,5 @@
-//! Runs and dispatch: claims, heartbeats, progress, outcomes, lease release, the relay's
-//! publish batches, the reaper and dead letters.
+//! Runs: claims, heartbeats, progress, outcomes and lease releases, and the dispatched mark
+//! the outbox writes. (The reaper, the relay and the other upkeep live in `crate::maintenance`.)
 //!
 //! Every write of a run is fenced by its `claim_id` and `status = 'running'`: a run whose
 //! claim was taken away (reaped, re-claimed) writes nothing.
@@ -26,7 +26,7 @@ pub struct Claimed {
     pub claim_id: Uuid,
 }
 
-fn secs(d: Duration) -> f64 {
+pub(crate) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
@@ -339,127 +339,6 @@ impl Dispatch {
     }
 }
 
-/// Moves `retrying` jobs whose backoff has passed back to `queued` (undispatched).
-pub async fn promote_due_retries(pool: &PgPool, limit: i64) -> Result<u64, StoreError> {
-    let done = sqlx::query!(
-        r#"UPDATE jobs SET status = 'queued', dispatched_at = NULL, updated_at = now()
-           WHERE id IN (SELECT id FROM jobs WHERE status = 'retrying' AND run_after <= now()
-                        ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED)
-             AND status = 'retrying'"#,
-        limit,
-    )
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
-}
-
-/// Takes one relay batch: up to `limit` due queued jobs never published, and up to `limit`
-/// published longer than `redispatch_after` ago without a claim, each on its own partial index.
-/// They are marked dispatched in the same statement (`SKIP LOCKED`, so concurrent relays never
-/// take the same job) and committed before anything is published: no lock outlives this call.
-/// A publish that then fails is undone by [`publish_failed`]; a crash in between costs one
-/// redispatch window, never the job.
-pub async fn take_for_publish(
-    pool: &PgPool,
-    limit: i64,
-    redispatch_after: Duration,
-) -> Result<Vec<Dispatch>, StoreError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-    let rows = sqlx::query!(
-        r#"WITH fresh AS (
-              SELECT id FROM jobs
-              WHERE status = 'queued' AND dispatched_at IS NULL AND run_after <= now() AND NOT cancel_requested
-              ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED),
-           stale AS (
-              SELECT id FROM jobs
-              WHERE status = 'queued' AND dispatched_at < now() - make_interval(secs => $2)
-                AND run_after <= now() AND NOT cancel_requested
-              ORDER BY dispatched_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-           UPDATE jobs j SET dispatched_at = now()
-           WHERE j.id IN (SELECT id FROM fresh UNION SELECT id FROM stale) AND j.status = 'queued'
-           RETURNING j.id, j.attempt, j.function, j.priority, j.queue, j.trace_context"#,
-        limit,
-        secs(redispatch_after),
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Dispatch {
-            id: r.id,
-            attempt: r.attempt,
-            function: r.function,
-            priority: r.priority.parse().unwrap_or_default(),
-            queue: r.queue,
-            trace_context: r.trace_context,
-        })
-        .collect())
-}
-
-/// Undoes the dispatched mark of jobs whose publish failed. `failed` (Pub/Sub unreachable) are
-/// simply due again; each of `refused` (Pub/Sub refused its message alone) backs off by itself,
-/// `backoff` doubled per refusal up to `max_backoff`, and fails with kind `unpublishable` at its
-/// `max_refusals`th. Guarded by `status = 'queued'`.
-pub async fn publish_failed(
-    pool: &PgPool,
-    failed: &[Uuid],
-    refused: &[(Uuid, String)],
-    max_refusals: i32,
-    backoff: Duration,
-    max_backoff: Duration,
-) -> Result<(), StoreError> {
-    if failed.is_empty() && refused.is_empty() {
-        return Ok(());
-    }
-    let mut ids: Vec<Uuid> = failed.to_vec();
-    let mut counts = vec![false; failed.len()];
-    let mut reasons = vec![String::new(); failed.len()];
-    for (id, reason) in refused {
-        ids.push(*id);
-        counts.push(true);
-        // Postgres text can't hold NUL; an error message is only for people.
-        reasons.push(reason.replace('\0', ""));
-    }
-    sqlx::query!(
-        r#"UPDATE jobs j SET
-              dispatched_at = NULL,
-              publish_failures = j.publish_failures + f.counts::int,
-              status = CASE WHEN f.counts AND j.publish_failures + 1 >= $4 THEN 'failed' ELSE 'queued' END,
-              run_after = CASE WHEN f.counts
-                               THEN now() + make_interval(secs => least($5 * power(2, j.publish_failures), $6))
-                               ELSE j.run_after END,
-              finished_at = CASE WHEN f.counts AND j.publish_failures + 1 >= $4 THEN now() ELSE j.finished_at END,
-              error = CASE WHEN f.counts AND j.publish_failures + 1 >= $4
-                           THEN jsonb_build_object('kind', 'unpublishable', 'retryable', false,
-                                'message', 'Pub/Sub refused the job''s message ' || $4 || ' times: ' || f.reason)
-                           ELSE j.error END,
-              updated_at = now()
-           FROM unnest($1::uuid[], $2::bool[], $3::text[]) AS f(id, counts, reason)
-           WHERE j.id = f.id AND j.status = 'queued'"#,
-        &ids,
-        &counts,
-        &reasons,
-        max_refusals,
-        secs(backoff),
-        secs(max_backoff),
-    )
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Clears the dispatched mark of every queued job, so the relay publishes them all again: for a
-/// broker known to have started empty (`runq dev`'s embedded emulator). On the stale-dispatch index.
-pub async fn forget_dispatches(pool: &PgPool) -> Result<u64, StoreError> {
-    let done =
-        sqlx::query!("UPDATE jobs SET dispatched_at = NULL WHERE status = 'queued' AND dispatched_at IS NOT NULL")
-            .execute(pool)
-            .await?;
-    Ok(done.rows_affected())
-}
-
 /// Marks freshly published jobs as dispatched (relaxed: losing it costs one republish).
 pub async fn mark_dispatched(relaxed: &PgPool, ids: &[Uuid]) -> Result<(), StoreError> {
     sqlx::query!(
@@ -469,79 +348,4 @@ pub async fn mark_dispatched(relaxed: &PgPool, ids: &[Uuid]) -> Result<(), Store
     .execute(relaxed)
     .await?;
     Ok(())
-}
-
-/// Ends or requeues runs whose lease expired (their worker died): back to `queued` while
-/// attempts are left, else `failed` with kind `lost` (`cancelled` if a cancel was requested).
-/// Returns the jobs touched with their new status.
-pub async fn reap_expired(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Status)>, StoreError> {
-    let rows = sqlx::query!(
-        r#"WITH expired AS (
-              SELECT id, claim_id FROM jobs WHERE status = 'running' AND lease_until < now()
-              ORDER BY lease_until LIMIT $1 FOR UPDATE SKIP LOCKED),
-           reaped AS (
-              UPDATE jobs j SET
-                 status = CASE WHEN j.cancel_requested THEN 'cancelled'
-                               WHEN j.attempt < j.max_attempts THEN 'queued' ELSE 'failed' END,
-                 error = CASE WHEN j.cancel_requested OR j.attempt < j.max_attempts THEN j.error
-                              ELSE '{"kind": "lost", "message": "the worker stopped renewing its lease (crashed or killed) and no attempts are left", "retryable": false}'::jsonb END,
-                 finished_at = CASE WHEN NOT j.cancel_requested AND j.attempt < j.max_attempts THEN NULL ELSE now() END,
-                 claim_id = NULL, worker_id = NULL, lease_until = NULL, dispatched_at = NULL, updated_at = now()
-              FROM expired WHERE j.id = expired.id AND j.status = 'running'
-              RETURNING j.id, j.status, expired.claim_id),
-           runs AS (UPDATE job_runs r SET finished_at = now(), outcome = 'reaped'
-                    FROM reaped WHERE r.claim_id = reaped.claim_id)
-           SELECT id AS "id!", status AS "status!" FROM reaped"#,
-        limit,
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r.status.parse().unwrap_or(Status::Failed))).collect())
-}
-
-/// What a dead-lettered message did to its job.
-#[derive(Debug, PartialEq, Eq)]
-pub enum DeadLetterOutcome {
-    /// Still queued and never claimed since that message: re-dispatched after a backoff.
-    Requeued,
-    /// Dead-lettered too many times: failed with kind `undeliverable`.
-    Failed,
-    /// Running, finished, or claimed since: left alone.
-    Ignored,
-}
-
-/// Handles a dead-lettered message for run `attempt` of job `id`, guarded like every
-/// transition: only a job still `queued` at that attempt is touched. The re-dispatch waits
-/// `backoff`, doubled each round.
-pub async fn dead_letter(
-    pool: &PgPool,
-    id: Uuid,
-    attempt: i32,
-    max_rounds: i32,
-    backoff: Duration,
-) -> Result<DeadLetterOutcome, StoreError> {
-    let status = sqlx::query_scalar!(
-        r#"UPDATE jobs SET dead_letters = dead_letters + 1,
-              status = CASE WHEN dead_letters + 1 >= $3 THEN 'failed' ELSE 'queued' END,
-              run_after = CASE WHEN dead_letters + 1 >= $3 THEN run_after
-                               ELSE now() + make_interval(secs => $4 * power(2, dead_letters)) END,
-              finished_at = CASE WHEN dead_letters + 1 >= $3 THEN now() ELSE NULL END,
-              error = CASE WHEN dead_letters + 1 >= $3
-                           THEN '{"kind": "undeliverable", "message": "Pub/Sub could not deliver the job to a worker", "retryable": false}'::jsonb
-                           ELSE error END,
-              dispatched_at = NULL, updated_at = now()
-           WHERE id = $1 AND attempt = $2 AND status = 'queued'
-           RETURNING status"#,
-        id,
-        attempt,
-        max_rounds,
-        secs(backoff),
-    )
-    .fetch_optional(pool)
-    .await?;
-    Ok(match status.as_deref() {
-        Some("failed") => DeadLetterOutcome::Failed,
-        Some(_) => DeadLetterOutcome::Requeued,
-        None => DeadLetterOutcome::Ignored,
-    })
 }

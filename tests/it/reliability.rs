@@ -73,20 +73,24 @@ async fn a_refused_job_backs_off_alone_then_fails_as_unpublishable(pool: PgPool)
     };
     let (backoff, cap) = (Duration::from_secs(1), Duration::from_secs(4));
     // Pub/Sub unreachable: not the job's fault, nothing counted, due again at once.
-    store::publish_failed(&pool, &[job], &[], 3, backoff, cap).await.unwrap();
+    runq::maintenance::relay::publish_failed(&pool, &[job], &[], 3, backoff, cap).await.unwrap();
     let (status, failures, wait) = due().await;
     assert_eq!((status.as_str(), failures), ("queued", 0));
     assert!(wait < 0.0);
     // Refused: 1 s, then 2 s.
     let mut waits = Vec::new();
     for _ in 0..2 {
-        store::publish_failed(&pool, &[], &[(job, "NOT_FOUND".into())], 3, backoff, cap).await.unwrap();
+        runq::maintenance::relay::publish_failed(&pool, &[], &[(job, "NOT_FOUND".into())], 3, backoff, cap)
+            .await
+            .unwrap();
         let (status, _, wait) = due().await;
         assert_eq!(status, "queued");
         waits.push(wait);
     }
     assert!((0.5..=1.0).contains(&waits[0]) && (1.5..=2.0).contains(&waits[1]), "{waits:?}");
-    store::publish_failed(&pool, &[], &[(job, "NOT_FOUND: no\0topic".into())], 3, backoff, cap).await.unwrap();
+    runq::maintenance::relay::publish_failed(&pool, &[], &[(job, "NOT_FOUND: no\0topic".into())], 3, backoff, cap)
+        .await
+        .unwrap();
     let (status, error): (String, Value) =
         sqlx::query_as("SELECT status, error FROM jobs").fetch_one(&pool).await.unwrap();
     assert_eq!(status, "failed");
@@ -141,7 +145,7 @@ async fn the_relay_holds_no_row_lock_while_it_publishes(pool: PgPool) {
     let dispatcher = Dispatcher::connect(&settings).await.unwrap();
     let relay = tokio::spawn({
         let pool = pool.clone();
-        async move { dispatch::relay_once(&pool, &dispatcher, dispatch::DEFAULT_REDISPATCH_AFTER).await }
+        async move { runq::maintenance::relay::run_once(&pool, &dispatcher, dispatch::DEFAULT_REDISPATCH_AFTER).await }
     });
     accepted.recv().await.expect("the relay is publishing");
     // While the publish hangs, a claim of that job (or a cancel) must not wait on it.
@@ -391,7 +395,7 @@ async fn maintenance_queries_stay_index_scans_on_a_million_rows(pool: PgPool) {
     sqlx::query("ANALYZE jobs").execute(&pool).await.unwrap();
     sqlx::query("ANALYZE idempotency_keys").execute(&pool).await.unwrap();
 
-    // The statements below are the maintenance queries of src/store, shape for shape.
+    // The statements below are the maintenance queries of src/maintenance, shape for shape.
     let cases = [
         (
             "relay: never published",

@@ -11,7 +11,8 @@ use runq::auth::{GoogleOidcVerifier, JwksCache};
 use runq::emulator::{EmulatorHandle, EmulatorOptions};
 use runq::function::Registry;
 use runq::job::Priority;
-use runq::schedule::{Action, Maintenance, Retention, Schedule, Schedules};
+use runq::maintenance::Retention;
+use runq::schedule::{Action, Runner, Schedule, Schedules};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -35,8 +36,8 @@ fn schedules(args: Value) -> Schedules {
     s
 }
 
-fn maintenance(pool: &PgPool, storage: Option<Arc<runq::storage::BlobStore>>) -> Maintenance {
-    Maintenance {
+fn maintenance(pool: &PgPool, storage: Option<Arc<runq::storage::BlobStore>>) -> Runner {
+    Runner {
         pool: pool.clone(),
         registry: Arc::new(Registry::builtin()),
         outbox: None,
@@ -63,7 +64,7 @@ async fn start(pool: &PgPool, schedules: Schedules, emulator: Option<EmulatorHan
         dead_letter: None,
         scheduler: Some(GoogleOidcVerifier::new(jwks, AUDIENCE.into(), vec![SCHEDULER.into()])),
         schedules: Arc::new(schedules),
-        maintenance: maintenance(pool, None),
+        runner: maintenance(pool, None),
     };
     let state = ApiState {
         pool: pool.clone(),
@@ -244,9 +245,10 @@ async fn cleanup_removes_only_what_is_past_retention(pool: PgPool) {
     .await
     .unwrap();
 
-    let report = runq::schedule::cleanup_once(&pool, Some(&store), Retention::default(), Duration::from_secs(3600))
-        .await
-        .unwrap();
+    let report =
+        runq::maintenance::cleanup::run_once(&pool, Some(&store), Retention::default(), Duration::from_secs(3600))
+            .await
+            .unwrap();
     assert_eq!(report.jobs_deleted, 3, "{report:?}");
     assert_eq!(report.results_deleted, 1);
     let left: Vec<(String, i32)> = sqlx::query_as(
