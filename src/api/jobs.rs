@@ -193,7 +193,7 @@ async fn submit(
         Some(key) => Some((key, request_hash(&req, checked.priority, args)?)),
         None => None,
     };
-    let trace_context = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let trace_context = crate::telemetry::traceparent(&headers);
     let new = NewJob {
         id: Uuid::now_v7(),
         owner: &caller.0.sub,

@@ -654,3 +654,63 @@ async fn batch_submit_is_all_or_nothing(pool: PgPool) {
     problem(keyed, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert_eq!(counts(&pool).await, (3, 0), "refused batches wrote nothing");
 }
+
+#[sqlx::test]
+async fn traceparent_is_stored_when_valid_and_dropped_when_not(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let stored = |id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>("SELECT trace_context FROM jobs WHERE id = $1::uuid")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let oversized = format!("00-{}-{}-01", "a".repeat(1000), "b".repeat(993));
+    assert_eq!(oversized.len(), 2000);
+    let cases = [
+        (valid.to_owned(), Some(valid)),
+        (oversized, None),
+        ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01".to_owned(), None),
+        ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(), None),
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_owned(), None),
+        ("garbage".to_owned(), None),
+    ];
+    for (header, expected) in &cases {
+        let resp = api
+            .http
+            .post(api.url("/jobs"))
+            .bearer_auth(token("alice"))
+            .header("traceparent", header)
+            .json(&json!({"function": "noop"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "{header:.60}");
+        let job: Value = resp.json().await.unwrap();
+        assert_eq!(stored(job["id"].as_str().unwrap().to_owned()).await.as_deref(), *expected, "{header:.60}");
+
+        let resp = api
+            .http
+            .post(api.url("/jobs:batch"))
+            .bearer_auth(token("alice"))
+            .header("traceparent", header)
+            .json(&json!({"jobs": [{"function": "noop"}, {"function": "noop"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "batch {header:.60}");
+        let body: Value = resp.json().await.unwrap();
+        for job in body["jobs"].as_array().unwrap() {
+            assert_eq!(
+                stored(job["id"].as_str().unwrap().to_owned()).await.as_deref(),
+                *expected,
+                "batch {header:.60}"
+            );
+        }
+    }
+    assert_eq!(counts(&pool).await, (3 * cases.len() as i64, 0));
+}
