@@ -141,6 +141,7 @@ pub(super) fn check(state: &ApiState, req: &SubmitRequest, args: &RawValue, at: 
             state.limits.max_args_bytes
         )));
     }
+    super::storable::json("args", at, args)?;
     function
         .validate(args)
         .map_err(|e| ApiError::invalid("args", format!("{at}invalid args for `{}`: {e}", req.function)))?;
@@ -378,6 +379,9 @@ async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    if let Some(function) = &query.function {
+        super::storable::text("function", function)?;
+    }
     let status = match &query.status {
         None => None,
         Some(s) => Some(s.parse::<Status>().map_err(|e| ApiError::invalid("status", e.to_string()))?),

@@ -7,6 +7,7 @@ mod error;
 mod internal;
 mod jobs;
 mod openapi;
+mod storable;
 mod watch;
 
 use std::future::Future;
@@ -30,7 +31,7 @@ pub use jobs::{JobList, SubmitRequest};
 pub use openapi::openapi;
 pub use watch::Watcher;
 
-use crate::auth::{Principal, UserVerifier, bearer_token};
+use crate::auth::{AuthError, Principal, UserVerifier, bearer_token};
 use crate::function::Registry;
 
 /// Limits the API enforces on requests.
@@ -169,6 +170,10 @@ impl FromRequestParts<ApiState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers)?;
         let principal = state.verifier.verify(token).await?;
+        // The owner column is text, which can't hold a NUL.
+        if principal.sub.contains('\0') {
+            return Err(AuthError::Malformed("its `sub` contains a NUL character").into());
+        }
         Ok(Caller(principal))
     }
 }
