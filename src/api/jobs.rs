@@ -422,6 +422,38 @@ mod tests {
     }
 
     #[test]
+    fn cursors_are_exactly_what_the_openapi_pattern_describes() {
+        // The pattern's classes, spelled out: `A`, then a char whose top bits are 01, 20 of any,
+        // then one whose low 2 bits are 0 (17 bytes are 136 of the 138 bits of 23 chars).
+        assert_eq!(super::super::CURSOR_PATTERN, "^A[Q-Za-f][A-Za-z0-9_-]{20}[AEIMQUYcgkosw048]$");
+        let any = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let second: Vec<char> = ('Q'..='Z').chain('a'..='f').collect();
+        let last: Vec<char> = "AEIMQUYcgkosw048".chars().collect();
+        let matches = |c: &str| {
+            let c: Vec<char> = c.chars().collect();
+            c.len() == 23
+                && c[0] == 'A'
+                && second.contains(&c[1])
+                && c[2..22].iter().all(|ch| any.contains(*ch))
+                && last.contains(&c[22])
+        };
+        let ids = [Uuid::nil(), Uuid::max(), Uuid::now_v7(), Uuid::new_v4(), Uuid::new_v4()];
+        for id in ids {
+            assert!(matches(&encode_cursor(id)), "{} matches", encode_cursor(id));
+        }
+        // And every string the pattern matches decodes.
+        for (i, (s, l)) in second.iter().zip(last.iter().cycle()).enumerate() {
+            let middle: String = any.chars().cycle().skip(i * 7).take(20).collect();
+            let cursor = format!("A{s}{middle}{l}");
+            assert!(matches(&cursor));
+            assert!(decode_cursor(&cursor).is_ok(), "{cursor} decodes");
+        }
+        for l in &last {
+            assert!(decode_cursor(&format!("AQ{}{l}", "_".repeat(20))).is_ok());
+        }
+    }
+
+    #[test]
     fn if_none_match_accepts_weak_lists_and_star() {
         let tag = etag_of(b"x");
         let mut h = HeaderMap::new();

@@ -28,7 +28,7 @@ pub use batch::{BatchRequest, BatchResponse, MAX_BATCH};
 pub use error::{ApiError, RETRY_AFTER_SECS};
 pub use internal::{DeadLetterPolicy, Internal};
 pub use jobs::{JobList, SubmitRequest};
-pub use openapi::openapi;
+pub use openapi::{CURSOR_PATTERN, openapi};
 pub use watch::Watcher;
 
 use crate::auth::{AuthError, Principal, UserVerifier, bearer_token};
@@ -150,8 +150,8 @@ async fn metrics(State(state): State<ApiState>, caller: Caller) -> Result<impl I
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], body))
 }
 
-async fn openapi_json() -> impl IntoResponse {
-    axum::Json(openapi())
+async fn openapi_json(State(state): State<ApiState>) -> impl IntoResponse {
+    axum::Json(openapi(&state.registry))
 }
 
 /// The authenticated caller of a `/jobs` route.

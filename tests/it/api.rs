@@ -482,6 +482,25 @@ async fn health_and_openapi_describe_every_route(pool: PgPool) {
     for code in ["202", "200", "400", "401", "409", "413", "415", "422", "503"] {
         assert!(paths["/jobs"]["post"]["responses"][code].is_object(), "POST /jobs documents {code}");
     }
+    // Tight enough that data which looks valid is valid: the functions this API registers, ranges.
+    let submit = &spec["components"]["schemas"]["SubmitRequest"]["properties"];
+    let registered: Vec<&str> = runq::function::Registry::builtin().names().collect();
+    assert_eq!(submit["function"]["enum"], json!(registered));
+    assert_eq!(
+        (submit["max_attempts"]["minimum"].as_u64(), submit["max_attempts"]["maximum"].as_u64()),
+        (Some(1), Some(100))
+    );
+    assert_eq!(submit["delay_seconds"]["maximum"].as_f64(), Some(2_592_000.0));
+    let param = |path: &str, method: &str, name: &str| {
+        paths[path][method]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["schema"]
+            .clone()
+    };
+    assert_eq!(param("/jobs", "get", "cursor")["pattern"], runq::api::CURSOR_PATTERN);
+    assert_eq!(param("/jobs", "get", "parent")["format"], "uuid");
+    assert_eq!(param("/jobs", "get", "limit")["maximum"], 200);
+    assert_eq!(param("/jobs/{id}/status", "get", "wait")["maximum"], 30);
+    assert_eq!(param("/jobs", "post", "Idempotency-Key")["maxLength"], 255);
+    assert!(param("/jobs:batch", "post", "traceparent").is_object());
 }
 
 #[sqlx::test]
