@@ -59,7 +59,7 @@ pub(super) async fn submit_batch(
     for (i, (job, args)) in req.jobs.iter().zip(&args).enumerate() {
         checked.push(check(&state, job, args, &format!("jobs[{i}]: "))?);
     }
-    let trace_context = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let trace_context = crate::telemetry::traceparent(&headers);
     let new: Vec<NewJob<'_>> = checked
         .iter()
         .zip(&args)

@@ -111,12 +111,25 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyExpiredJob => Self::Conflict(
                 "this Idempotency-Key was used for a job that has since been cleaned up; use a new key".into(),
             ),
+            StoreError::Other(sqlx::Error::Database(db)) if db.code().is_some_and(|c| refused_value(&c)) => {
+                // Checked at the API first (NUL, lone surrogates); this catches what Postgres
+                // alone knows it can't store (a number beyond `numeric`, jsonb nested too deep).
+                tracing::warn!(error = %db, "the database refused a value of the request; nothing was written");
+                Self::invalid("body", format!("the request holds a value the database can't store: {}", db.message()))
+            }
             other => {
                 tracing::error!(error = %other, "database error");
                 Self::Internal
             }
         }
     }
+}
+
+/// SQLSTATEs that mean "this value can't be stored" rather than "the database is broken": bad
+/// text or jsonb input (22P02), NUL (22021, 22P05), numeric overflow (22003), and limits hit by
+/// one value (54000, 54001: jsonb nested too deep). A statement that fails writes nothing.
+fn refused_value(code: &str) -> bool {
+    matches!(code, "22P02" | "22P05" | "22021" | "22003" | "54000" | "54001")
 }
 
 /// The `application/problem+json` body.

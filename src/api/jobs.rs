@@ -140,6 +140,7 @@ pub(super) fn check(state: &ApiState, req: &SubmitRequest, args: &RawValue, at: 
             state.limits.max_args_bytes
         )));
     }
+    super::storable::json("args", at, args)?;
     function
         .validate(args)
         .map_err(|e| ApiError::invalid("args", format!("{at}invalid args for `{}`: {e}", req.function)))?;
@@ -190,7 +191,7 @@ async fn submit(
         Some(key) => Some((key, request_hash(&req, checked.priority, args)?)),
         None => None,
     };
-    let trace_context = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let trace_context = crate::telemetry::traceparent(&headers);
     let new = NewJob {
         id: Uuid::now_v7(),
         owner: &caller.0.sub,
@@ -375,6 +376,9 @@ async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    if let Some(function) = &query.function {
+        super::storable::text("function", function)?;
+    }
     let status = match &query.status {
         None => None,
         Some(s) => Some(s.parse::<Status>().map_err(|e| ApiError::invalid("status", e.to_string()))?),
@@ -412,6 +416,38 @@ mod tests {
         assert!(decode_cursor("not-a-cursor!").is_err());
         assert!(decode_cursor(&URL_SAFE_NO_PAD.encode([2u8; 17])).is_err());
         assert!(decode_cursor(&URL_SAFE_NO_PAD.encode([1u8; 5])).is_err());
+    }
+
+    #[test]
+    fn cursors_are_exactly_what_the_openapi_pattern_describes() {
+        // The pattern's classes, spelled out: `A`, then a char whose top bits are 01, 20 of any,
+        // then one whose low 2 bits are 0 (17 bytes are 136 of the 138 bits of 23 chars).
+        assert_eq!(super::super::CURSOR_PATTERN, "^A[Q-Za-f][A-Za-z0-9_-]{20}[AEIMQUYcgkosw048]$");
+        let any = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let second: Vec<char> = ('Q'..='Z').chain('a'..='f').collect();
+        let last: Vec<char> = "AEIMQUYcgkosw048".chars().collect();
+        let matches = |c: &str| {
+            let c: Vec<char> = c.chars().collect();
+            c.len() == 23
+                && c[0] == 'A'
+                && second.contains(&c[1])
+                && c[2..22].iter().all(|ch| any.contains(*ch))
+                && last.contains(&c[22])
+        };
+        let ids = [Uuid::nil(), Uuid::max(), Uuid::now_v7(), Uuid::new_v4(), Uuid::new_v4()];
+        for id in ids {
+            assert!(matches(&encode_cursor(id)), "{} matches", encode_cursor(id));
+        }
+        // And every string the pattern matches decodes.
+        for (i, (s, l)) in second.iter().zip(last.iter().cycle()).enumerate() {
+            let middle: String = any.chars().cycle().skip(i * 7).take(20).collect();
+            let cursor = format!("A{s}{middle}{l}");
+            assert!(matches(&cursor));
+            assert!(decode_cursor(&cursor).is_ok(), "{cursor} decodes");
+        }
+        for l in &last {
+            assert!(decode_cursor(&format!("AQ{}{l}", "_".repeat(20))).is_ok());
+        }
     }
 
     #[test]

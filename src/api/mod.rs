@@ -7,6 +7,7 @@ mod error;
 mod internal;
 mod jobs;
 mod openapi;
+mod storable;
 mod watch;
 
 use std::sync::Arc;
@@ -25,10 +26,10 @@ pub use batch::{BatchRequest, BatchResponse, MAX_BATCH};
 pub use error::{ApiError, RETRY_AFTER_SECS};
 pub use internal::{DeadLetterPolicy, Internal};
 pub use jobs::{JobList, SubmitRequest};
-pub use openapi::openapi;
+pub use openapi::{CURSOR_PATTERN, openapi};
 pub use watch::Watcher;
 
-use crate::auth::{Principal, UserVerifier, bearer_token};
+use crate::auth::{AuthError, Principal, UserVerifier, bearer_token};
 use crate::function::Registry;
 
 /// Limits the API enforces on requests.
@@ -119,8 +120,8 @@ async fn metrics(State(state): State<ApiState>, caller: Caller) -> Result<impl I
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], body))
 }
 
-async fn openapi_json() -> impl IntoResponse {
-    axum::Json(openapi())
+async fn openapi_json(State(state): State<ApiState>) -> impl IntoResponse {
+    axum::Json(openapi(&state.registry))
 }
 
 /// The authenticated caller of a `/jobs` route.
@@ -139,6 +140,10 @@ impl FromRequestParts<ApiState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers)?;
         let principal = state.verifier.verify(token).await?;
+        // The owner column is text, which can't hold a NUL.
+        if principal.sub.contains('\0') {
+            return Err(AuthError::Malformed("its `sub` contains a NUL character").into());
+        }
         Ok(Caller(principal))
     }
 }

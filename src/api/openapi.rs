@@ -3,6 +3,17 @@
 
 use serde_json::{Value, json};
 
+use super::jobs::{DEFAULT_PAGE, MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY, MAX_PAGE, MAX_WAIT_SECONDS};
+use crate::function::{MAX_ATTEMPTS_LIMIT, Registry};
+
+/// The shape of a `next_cursor`: base64url (no padding) of a version byte 1 and a job id's 16
+/// bytes, so any string it matches is a cursor the API accepts.
+pub const CURSOR_PATTERN: &str = "^A[Q-Za-f][A-Za-z0-9_-]{20}[AEIMQUYcgkosw048]$";
+
+/// What a function name may look like ([`Registry::register`]'s rule), for filters that may
+/// name a function no longer registered.
+const FUNCTION_NAME_PATTERN: &str = "^[a-z0-9_.-]{1,100}$";
+
 fn problem(description: &str) -> Value {
     json!({ "description": description, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } })
 }
@@ -15,8 +26,14 @@ fn id_param() -> Value {
     json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } })
 }
 
-/// The OpenAPI document.
-pub fn openapi() -> Value {
+fn traceparent_param() -> Value {
+    json!({ "name": "traceparent", "in": "header", "required": false, "schema": { "type": "string" },
+            "description": "W3C trace context, stored with the job(s) and passed on to the run. A value that is not a valid level-1 traceparent (55 characters, lowercase hex) is dropped, never an error." })
+}
+
+/// The OpenAPI document. The functions `registry` holds are the `function` enum of a submit.
+pub fn openapi(registry: &Registry) -> Value {
+    let functions: Vec<&str> = registry.names().collect();
     let auth_errors = |mut responses: serde_json::Map<String, Value>| {
         responses.insert("401".into(), problem("Missing, malformed, expired or wrongly signed bearer token."));
         responses.insert(
@@ -41,8 +58,10 @@ pub fn openapi() -> Value {
             "/jobs": {
                 "post": {
                     "summary": "Submit a job",
-                    "parameters": [{ "name": "Idempotency-Key", "in": "header", "required": false, "schema": { "type": "string", "maxLength": 255 },
-                                     "description": "Repeating a submit with the same key and body returns the first job (200); another body is a 409." }],
+                    "parameters": [{ "name": "Idempotency-Key", "in": "header", "required": false,
+                                     "schema": { "type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY, "pattern": "^[!-~]+$" },
+                                     "description": "1 to 255 visible ASCII characters. Repeating a submit with the same key and body returns the first job (200); another body is a 409." },
+                                   traceparent_param()],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SubmitRequest" } } } },
                     "responses": auth_errors(map(json!({
                         "202": job_response("Created; `Location` is the job's URL."),
@@ -51,27 +70,28 @@ pub fn openapi() -> Value {
                         "409": problem("Idempotency-Key reused with a different request."),
                         "413": problem("Body or args over the limit (default 1 MiB)."),
                         "415": problem("Content-Type is not application/json."),
-                        "422": problem("Unknown function, invalid args, unknown priority, bad max_attempts or delay_seconds, bad Idempotency-Key.")
+                        "422": problem("Unknown function, invalid args (a NUL character or a lone surrogate among them), unknown priority, bad max_attempts or delay_seconds, bad Idempotency-Key.")
                     })))
                 },
                 "get": {
                     "summary": "List jobs, newest first",
                     "parameters": [
                         { "name": "status", "in": "query", "schema": { "$ref": "#/components/schemas/Status" } },
-                        { "name": "function", "in": "query", "schema": { "type": "string" } },
+                        { "name": "function", "in": "query", "schema": { "type": "string", "pattern": FUNCTION_NAME_PATTERN } },
                         { "name": "parent", "in": "query", "schema": { "type": "string", "format": "uuid" }, "description": "Only the children of this job (a fan-out)." },
-                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 200, "default": 50 } },
-                        { "name": "cursor", "in": "query", "schema": { "type": "string" }, "description": "`next_cursor` of the previous page." }
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE } },
+                        { "name": "cursor", "in": "query", "schema": { "type": "string", "pattern": CURSOR_PATTERN }, "description": "`next_cursor` of the previous page." }
                     ],
                     "responses": auth_errors(map(json!({
                         "200": { "description": "A page of jobs.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobList" } } } },
-                        "422": problem("Unknown status, bad limit, bad cursor or unknown parameter.")
+                        "422": problem("Unknown status, bad limit, bad cursor, bad parent, a NUL in function, or unknown parameter.")
                     })))
                 }
             },
             "/jobs:batch": {
                 "post": {
                     "summary": "Submit up to 1000 jobs in one commit, all or nothing",
+                    "parameters": [traceparent_param()],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": {
                         "type": "object", "required": ["jobs"], "additionalProperties": false,
                         "properties": { "jobs": { "type": "array", "minItems": 1, "maxItems": 1000,
@@ -101,7 +121,7 @@ pub fn openapi() -> Value {
                 "get": {
                     "summary": "Poll a job's status (one primary-key read)",
                     "parameters": [id_param(), { "name": "If-None-Match", "in": "header", "schema": { "type": "string" } },
-                                   { "name": "wait", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 30 },
+                                   { "name": "wait", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS },
                                      "description": "Long-poll: answer as soon as the job differs from If-None-Match (or from its state when the request arrived), or after this many seconds." }],
                     "responses": auth_errors(map(json!({
                         "200": { "description": "The status, with an `ETag`.", "headers": { "ETag": { "schema": { "type": "string" } } },
@@ -166,11 +186,11 @@ pub fn openapi() -> Value {
                 "SubmitRequest": {
                     "type": "object", "required": ["function"], "additionalProperties": false,
                     "properties": {
-                        "function": { "type": "string" },
-                        "args": { "description": "The function's arguments (default {})." },
+                        "function": { "type": "string", "enum": functions, "description": "A function this deployment registers." },
+                        "args": { "description": "The function's arguments (default {}). Strings and keys can't contain NUL (\\u0000)." },
                         "priority": { "$ref": "#/components/schemas/Priority" },
-                        "max_attempts": { "type": "integer", "minimum": 1, "maximum": 100 },
-                        "delay_seconds": { "type": "number", "minimum": 0, "maximum": 2592000 }
+                        "max_attempts": { "type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT },
+                        "delay_seconds": { "type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS }
                     }
                 },
                 "JobStatus": {

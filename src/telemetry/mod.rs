@@ -119,17 +119,37 @@ where
     }
 }
 
+/// A W3C `traceparent` (trace-context level 1): `VV-TRACE-PARENT-FF`, exactly 55 characters of
+/// lowercase hex and dashes, the version not `ff`, the trace and parent ids not all zeros.
+/// Returns the trace id and the parent (span) id; `None` for anything else, which callers drop.
+/// The one parser of the header: request logs and the `trace_context` stored with a job.
+pub fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
+    let lower_hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    if value.len() != 55 || !value.is_ascii() {
+        return None;
+    }
+    let (version, trace, parent, flags) = (&value[0..2], &value[3..35], &value[36..52], &value[53..55]);
+    let dashes = [2, 35, 52].iter().all(|&i| value.as_bytes()[i] == b'-');
+    let valid = dashes
+        && [version, trace, parent, flags].iter().all(|part| lower_hex(part))
+        && version != "ff"
+        && nonzero(trace)
+        && nonzero(parent);
+    valid.then_some((trace, parent))
+}
+
+/// The request's `traceparent` header when it is valid ([`parse_traceparent`]); a malformed one
+/// is dropped, never an error.
+pub fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|tp| parse_traceparent(tp).is_some())
+}
+
 /// The trace and span ids a request belongs to, from `traceparent` (W3C) or Google's
 /// `X-Cloud-Trace-Context: TRACE/SPAN;o=1`.
 pub fn trace_ids(headers: &HeaderMap) -> Option<(String, Option<String>)> {
-    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        let parts: Vec<&str> = tp.trim().split('-').collect();
-        if let [_version, trace, span, _flags] = parts[..]
-            && trace.len() == 32
-            && trace.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            return Some((trace.to_ascii_lowercase(), Some(span.to_owned())));
-        }
+    if let Some((trace, span)) = traceparent(headers).and_then(parse_traceparent) {
+        return Some((trace.to_owned(), Some(span.to_owned())));
     }
     let cloud = headers.get("x-cloud-trace-context").and_then(|v| v.to_str().ok())?;
     let (trace, rest) = cloud.split_once('/').unwrap_or((cloud, ""));
@@ -179,12 +199,39 @@ mod tests {
     #[test]
     fn trace_ids_from_either_header() {
         let mut h = HeaderMap::new();
-        h.insert("traceparent", HeaderValue::from_static("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"));
+        h.insert("traceparent", HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
         assert_eq!(trace_ids(&h), Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), Some("00f067aa0ba902b7".into()))));
         let mut h = HeaderMap::new();
         h.insert("x-cloud-trace-context", HeaderValue::from_static("105445aa7843bc8bf206b12000100000/1;o=1"));
         assert_eq!(trace_ids(&h), Some(("105445aa7843bc8bf206b12000100000".into(), Some("1".into()))));
         h.insert("x-cloud-trace-context", HeaderValue::from_static("not hex/1"));
         assert_eq!(trace_ids(&h), None);
+    }
+
+    #[test]
+    fn traceparent_follows_w3c_or_is_dropped() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(parse_traceparent(valid), Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")));
+        assert!(parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").is_some());
+        let long = format!("{valid}{}", "-0".repeat(1000));
+        for bad in [
+            "",
+            // Uppercase hex, the reserved version, all-zero ids.
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            // Wrong lengths and separators, non-hex, surrounding space, too long.
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bg-01",
+            " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0é",
+            long.as_str(),
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad:?}");
+        }
     }
 }

@@ -482,6 +482,25 @@ async fn health_and_openapi_describe_every_route(pool: PgPool) {
     for code in ["202", "200", "400", "401", "409", "413", "415", "422", "503"] {
         assert!(paths["/jobs"]["post"]["responses"][code].is_object(), "POST /jobs documents {code}");
     }
+    // Tight enough that data which looks valid is valid: the functions this API registers, ranges.
+    let submit = &spec["components"]["schemas"]["SubmitRequest"]["properties"];
+    let registered: Vec<&str> = runq::function::Registry::builtin().names().collect();
+    assert_eq!(submit["function"]["enum"], json!(registered));
+    assert_eq!(
+        (submit["max_attempts"]["minimum"].as_u64(), submit["max_attempts"]["maximum"].as_u64()),
+        (Some(1), Some(100))
+    );
+    assert_eq!(submit["delay_seconds"]["maximum"].as_f64(), Some(2_592_000.0));
+    let param = |path: &str, method: &str, name: &str| {
+        paths[path][method]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["schema"]
+            .clone()
+    };
+    assert_eq!(param("/jobs", "get", "cursor")["pattern"], runq::api::CURSOR_PATTERN);
+    assert_eq!(param("/jobs", "get", "parent")["format"], "uuid");
+    assert_eq!(param("/jobs", "get", "limit")["maximum"], 200);
+    assert_eq!(param("/jobs/{id}/status", "get", "wait")["maximum"], 30);
+    assert_eq!(param("/jobs", "post", "Idempotency-Key")["maxLength"], 255);
+    assert!(param("/jobs:batch", "post", "traceparent").is_object());
 }
 
 #[sqlx::test]
@@ -653,4 +672,214 @@ async fn batch_submit_is_all_or_nothing(pool: PgPool) {
         .unwrap();
     problem(keyed, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert_eq!(counts(&pool).await, (3, 0), "refused batches wrote nothing");
+}
+
+/// Refused with a 422 problem, and nothing written.
+async fn refused(pool: &PgPool, what: &str, request: reqwest::RequestBuilder) {
+    let before = counts(pool).await;
+    let resp = request.send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{what}");
+    problem(resp, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(counts(pool).await, before, "{what} wrote nothing");
+}
+
+#[sqlx::test]
+async fn nul_characters_are_422_and_write_nothing(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    let alice = token("alice");
+    let raw = |path: &str, body: &str| {
+        api.http
+            .post(api.url(path))
+            .bearer_auth(&alice)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    };
+    // Postgres' jsonb refuses \u0000 anywhere: in a string, in a key, deep down.
+    let bodies = [
+        ("a NUL in a string", r#"{"function":"echo","args":{"value":"a\u0000b"}}"#),
+        ("a NUL after an escaped backslash", r#"{"function":"echo","args":{"value":"\\\u0000"}}"#),
+        ("a NUL in a key", r#"{"function":"echo","args":{"value":{"k\u0000":1}}}"#),
+        ("a NUL deep in arrays", r#"{"function":"echo","args":{"value":[1,[{"x":["ok","\u0000"]}]]}}"#),
+        ("a NUL in the function", r#"{"function":"echo\u0000","args":{"value":1}}"#),
+        ("a NUL in the priority", r#"{"function":"noop","priority":"high\u0000"}"#),
+    ];
+    for (what, body) in bodies {
+        refused(&pool, what, raw("/jobs", body)).await;
+        refused(&pool, &format!("{what} (keyed)"), raw("/jobs", body).header("idempotency-key", "k")).await;
+        let batch = format!(r#"{{"jobs":[{{"function":"noop"}},{body}]}}"#);
+        refused(&pool, &format!("{what} (batch)"), raw("/jobs:batch", &batch)).await;
+    }
+    let batch_detail: Value = raw("/jobs:batch", &format!(r#"{{"jobs":[{{"function":"noop"}},{}]}}"#, bodies[0].1))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(batch_detail["detail"].as_str().unwrap().starts_with("jobs[1]: "), "{batch_detail}");
+    for query in ["function=%00", "function=echo%00", "status=%00", "cursor=%00", "parent=%00"] {
+        refused(&pool, query, api.http.get(api.url(&format!("/jobs?{query}"))).bearer_auth(&alice)).await;
+    }
+
+    // Look-alikes are not NULs: an escaped backslash then `u0000`, an emoji's surrogate pair.
+    for value in [r#""\\u0000""#, r#""\ud83d\ude00""#] {
+        let resp = raw("/jobs", &format!(r#"{{"function":"echo","args":{{"value":{value}}}}}"#)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "{value}");
+        let job: Value = resp.json().await.unwrap();
+        assert_eq!(job["args"]["value"], serde_json::from_str::<Value>(value).unwrap());
+    }
+    assert_eq!(counts(&pool).await, (2, 0));
+
+    // The owner comes from the token's `sub`, text too.
+    let before = counts(&pool).await;
+    let resp = api
+        .http
+        .post(api.url("/jobs"))
+        .bearer_auth(token("al\0ice"))
+        .json(&json!({"function": "noop"}))
+        .send()
+        .await
+        .unwrap();
+    problem(resp, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(counts(&pool).await, before);
+}
+
+/// Takes anything and looks at none of it: its args reach the store unparsed.
+struct Anything;
+
+impl runq::function::Function for Anything {
+    type Args = serde::de::IgnoredAny;
+    type Output = Value;
+
+    fn name(&self) -> &'static str {
+        "anything"
+    }
+
+    async fn run(
+        &self,
+        _ctx: runq::function::Context,
+        _args: Self::Args,
+    ) -> Result<Value, runq::function::FunctionError> {
+        Ok(Value::Null)
+    }
+}
+
+#[sqlx::test]
+async fn args_that_no_function_parses_are_still_checked_for_nul_and_lone_surrogates(pool: PgPool) {
+    let mut registry = runq::function::Registry::builtin();
+    registry.register(Anything).unwrap();
+    let state = runq::api::ApiState {
+        pool: pool.clone(),
+        registry: std::sync::Arc::new(registry),
+        verifier: crate::common::verifier(),
+        limits: runq::api::Limits { max_args_bytes: 1 << 20, ..crate::common::limits() },
+        outbox: None,
+        watcher: None,
+        internal: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(runq::api::serve(
+        listener,
+        runq::api::router(state, &[]),
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    let http = reqwest::Client::new();
+    let send = |body: &'static str| {
+        http.post(format!("{base}/jobs"))
+            .bearer_auth(token("alice"))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    for body in [
+        r#"{"function":"anything","args":{"x":"\u0000"}}"#,
+        r#"{"function":"anything","args":{"\u0000":1}}"#,
+        r#"{"function":"anything","args":{"x":"\ud800"}}"#,
+        r#"{"function":"anything","args":{"x":"\uDFFF and more"}}"#,
+        r#"{"function":"anything","args":["\ud83d"]}"#,
+        // Postgres alone knows these can't be stored: beyond `numeric`'s range.
+        r#"{"function":"anything","args":{"x":1e200000}}"#,
+        r#"{"function":"anything","args":{"x":-2.5E-20000}}"#,
+    ] {
+        refused(&pool, body, send(body)).await;
+    }
+    // Nested deeper than Postgres' jsonb parser goes (its stack depth limit).
+    let deep = format!(r#"{{"function":"anything","args":{}{}}}"#, "[".repeat(200_000), "]".repeat(200_000));
+    let before = counts(&pool).await;
+    let resp = http
+        .post(format!("{base}/jobs"))
+        .bearer_auth(token("alice"))
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    let body = problem(resp, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(body["detail"].as_str().unwrap().contains("can't store"), "{body}");
+    assert_eq!(counts(&pool).await, before);
+
+    let resp = send(r#"{"function":"anything","args":{"x":"\ud83d\ude00 \\u0000","n":1e300}}"#).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(counts(&pool).await, (1, 0));
+}
+
+#[sqlx::test]
+async fn traceparent_is_stored_when_valid_and_dropped_when_not(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let stored = |id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>("SELECT trace_context FROM jobs WHERE id = $1::uuid")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let oversized = format!("00-{}-{}-01", "a".repeat(1000), "b".repeat(993));
+    assert_eq!(oversized.len(), 2000);
+    let cases = [
+        (valid.to_owned(), Some(valid)),
+        (oversized, None),
+        ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01".to_owned(), None),
+        ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(), None),
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_owned(), None),
+        ("garbage".to_owned(), None),
+    ];
+    for (header, expected) in &cases {
+        let resp = api
+            .http
+            .post(api.url("/jobs"))
+            .bearer_auth(token("alice"))
+            .header("traceparent", header)
+            .json(&json!({"function": "noop"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "{header:.60}");
+        let job: Value = resp.json().await.unwrap();
+        assert_eq!(stored(job["id"].as_str().unwrap().to_owned()).await.as_deref(), *expected, "{header:.60}");
+
+        let resp = api
+            .http
+            .post(api.url("/jobs:batch"))
+            .bearer_auth(token("alice"))
+            .header("traceparent", header)
+            .json(&json!({"jobs": [{"function": "noop"}, {"function": "noop"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "batch {header:.60}");
+        let body: Value = resp.json().await.unwrap();
+        for job in body["jobs"].as_array().unwrap() {
+            assert_eq!(
+                stored(job["id"].as_str().unwrap().to_owned()).await.as_deref(),
+                *expected,
+                "batch {header:.60}"
+            );
+        }
+    }
+    assert_eq!(counts(&pool).await, (3 * cases.len() as i64, 0));
 }
