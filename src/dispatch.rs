@@ -211,9 +211,11 @@ impl Dispatcher {
         let data = crate::message::JobMessage { job_id: job.id, attempt: job.attempt }.encode();
         let mut attributes = vec![("function", job.function.clone()), ("priority", job.priority.as_str().to_owned())];
         // Pub/Sub refuses a whole message over one bad attribute; a trace context is worth
-        // less than the job, so one that doesn't fit is left out.
+        // less than the job, so one that isn't a valid W3C traceparent is left out (the API
+        // stores only valid ones; rows written before it checked may hold anything).
         if let Some(tp) = &job.trace_context
             && tp.len() <= MAX_ATTRIBUTE_BYTES
+            && crate::telemetry::parse_traceparent(tp).is_some()
         {
             attributes.push(("traceparent", tp.clone()));
         }

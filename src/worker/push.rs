@@ -48,7 +48,7 @@ pub async fn push(State(state): State<WorkerState>, headers: HeaderMap, body: By
     let span = tracing::info_span!("push", job_id = %id, message_id = envelope.message.message_id.as_deref().unwrap_or(""),
         delivery_attempt = envelope.delivery_attempt, trace_id = tracing::field::Empty);
     if let Some(tp) = envelope.message.attributes.get("traceparent")
-        && let Some(trace) = tp.split('-').nth(1)
+        && let Some((trace, _)) = crate::telemetry::parse_traceparent(tp)
     {
         span.record("trace_id", trace);
     }

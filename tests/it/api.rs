@@ -779,7 +779,7 @@ async fn args_that_no_function_parses_are_still_checked_for_nul_and_lone_surroga
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(runq::api::serve(
+    tokio::spawn(runq::server::serve(
         listener,
         runq::api::router(state, &[]),
         std::future::pending(),
