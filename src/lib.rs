@@ -28,7 +28,6 @@ pub mod app;
 pub mod auth;
 pub mod client;
 pub mod config;
-pub mod dashboard;
 pub mod dev;
 pub mod dispatch;
 pub mod emulator;

@@ -216,7 +216,8 @@ async fn submit(
     Ok((code, [(header::LOCATION, location)], Json(job)).into_response())
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+/// A job id from a path segment; a clear 422 for anything else.
+pub(super) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::invalid("id", format!("{raw:?} is not a job id (a UUID)")))
 }
 

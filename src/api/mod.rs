@@ -3,6 +3,7 @@
 //! [`router`] builds it from an [`ApiState`]; [`serve`] runs it until a shutdown signal.
 
 mod batch;
+pub mod dashboard;
 mod error;
 mod internal;
 mod jobs;
@@ -69,7 +70,7 @@ pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
     let router = Router::new()
         .merge(jobs::router(body_limit))
         .merge(internal::router())
-        .merge(crate::dashboard::router())
+        .merge(dashboard::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))

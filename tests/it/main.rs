@@ -2,6 +2,7 @@
 //! over real sockets against real Postgres (`#[sqlx::test]` gives each test a fresh database).
 
 mod api;
+mod architecture;
 mod auth;
 mod binary;
 mod client;

@@ -9,9 +9,9 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-use crate::api::{ApiError, ApiState, Caller};
+use super::jobs::parse_id;
+use super::{ApiError, ApiState, Caller};
 use crate::store::{self, Run};
 
 pub use stats::{LastHour, MinuteCount, Stats, Throughput};
@@ -30,11 +30,6 @@ pub struct RunList {
     /// Oldest first: the gaps between a `retrying` run's end, its `retry_at` and the next run's
     /// start are the backoff and the dispatch delay.
     pub runs: Vec<Run>,
-}
-
-/// Same contract as the `/jobs/{id}` routes: a bad id is a 422, another owner's job a 404.
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::invalid("id", format!("{raw:?} is not a job id (a UUID)")))
 }
 
 /// `GET /jobs/{id}/runs`: the job's runs from `job_runs`, oldest first.
