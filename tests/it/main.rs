@@ -12,5 +12,6 @@ mod dev;
 mod e2e;
 mod e2e_faults;
 mod emulator;
+mod faults;
 mod gcs;
 mod schedules;
