@@ -31,7 +31,7 @@ pub struct Client {
 }
 
 fn ledger_job(rng: &mut StdRng) -> Value {
-    let ms: u64 = if rng.random_bool(0.7) { rng.random_range(0..200) } else { rng.random_range(200..1000) };
+    let ms: u64 = if rng.random_bool(0.6) { rng.random_range(0..200) } else { rng.random_range(200..1500) };
     let mut args = json!({"ms": ms, "steps": rng.random_range(1..=5)});
     if rng.random_bool(0.12) {
         args["fail_times"] = json!(rng.random_range(1..=2));
@@ -75,7 +75,7 @@ impl Client {
         while sent < total {
             let due = start + over.mul_f64(sent as f64 / total as f64);
             tokio::time::sleep_until(due.into()).await;
-            let n = if rng.random_bool(0.5) { 1 } else { rng.random_range(2..=40).min(total - sent) };
+            let n = if rng.random_bool(0.6) { 1 } else { rng.random_range(2..=12).min(total - sent) };
             if n == 1 {
                 self.submit(&book, "submit", "/jobs", &ledger_job(&mut rng), None).await;
             } else {

@@ -117,6 +117,7 @@ async fn run(profile: Profile) {
     let submitter = tokio::spawn(client.clone().submit_load(book.clone(), seed ^ 1, profile.jobs, profile.duration));
 
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut tail = verdict::Tail::new(sys.ledger.clone());
     let mut injected: BTreeMap<&'static str, u64> = BTreeMap::new();
     let t0 = Instant::now();
     for n in 0..profile.events {
@@ -126,10 +127,12 @@ async fn run(profile: Profile) {
         let worker = rng.random_range(0..sys.workers.len());
         match pick(&mut rng, &kinds) {
             Kind::KillWorker => {
+                let worker = busy_worker(&sys, &mut tail, &mut rng).await.unwrap_or(worker);
                 sys.kill_worker(worker).await;
                 *injected.entry("kill9").or_default() += 1;
             }
             Kind::FreezeWorker => {
+                let worker = busy_worker(&sys, &mut tail, &mut rng).await.unwrap_or(worker);
                 let pause = Duration::from_millis(rng.random_range(1_000..4_000) + system::LEASE_SECS * 1000);
                 sys.freeze_worker(worker, pause).await;
                 *injected.entry("sigstop").or_default() += 1;
@@ -201,6 +204,11 @@ async fn run(profile: Profile) {
          {fired} sweep firings",
         v.executions, v.resumed_then_stopped
     );
+    println!(
+        "faults: overlaps: {} started beside a running execution, {} frozen runs that worked after SIGCONT \
+         although a newer run had started",
+        v.started_beside, v.resumed_and_worked
+    );
     for c in &crashed {
         println!("faults: CRASH {c}");
     }
@@ -213,6 +221,24 @@ async fn run(profile: Profile) {
     }
     drop(sys);
     assert!(!v.failed(), "{summary} (seed {seed}; ledger and logs in {})", dir.display());
+}
+
+/// A worker running an execution now (mid-run is where a kill or freeze hurts): waits up to
+/// 3 s for one, following the ledger.
+async fn busy_worker(sys: &System, tail: &mut verdict::Tail, rng: &mut StdRng) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let busy = tail.busy();
+        let candidates: Vec<usize> =
+            (0..sys.workers.len()).filter(|i| busy.contains(&sys.workers[*i].proc.pid)).collect();
+        if !candidates.is_empty() {
+            return Some(candidates[rng.random_range(0..candidates.len())]);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The offending jobs: what the API says and their ledger lines (a few per kind).

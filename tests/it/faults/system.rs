@@ -229,14 +229,22 @@ impl System {
         w.proc = Proc::start(w.proc.spec.clone(), &self.http).await;
     }
 
-    /// SIGSTOP of worker `i` for `pause` (longer than its lease), then SIGCONT.
+    /// SIGSTOP of worker `i` for `pause` (longer than its lease), then SIGCONT. `stopped` is
+    /// written once the process is stopped, `continued` before it may run again, so the
+    /// ledger never shows the process writing between them.
     pub async fn freeze_worker(&mut self, i: usize, pause: Duration) {
         let pid = self.workers[i].proc.pid;
         self.workers[i].proc.signal("-STOP");
+        let stat = format!("/proc/{pid}/stat");
+        let stopped = |s: &str| s.rsplit(") ").next().is_some_and(|rest| rest.starts_with('T'));
+        let give_up = std::time::Instant::now() + Duration::from_secs(2);
+        while !std::fs::read_to_string(&stat).is_ok_and(|s| stopped(&s)) && std::time::Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         ledger_line(&self.ledger, &format!("stopped {pid}"));
         tokio::time::sleep(pause).await;
-        self.workers[i].proc.signal("-CONT");
         ledger_line(&self.ledger, &format!("continued {pid}"));
+        self.workers[i].proc.signal("-CONT");
     }
 
     pub async fn restart_postgres(&self) {

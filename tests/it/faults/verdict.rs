@@ -32,6 +32,9 @@ pub struct Verdict {
     pub executions: usize,
     /// Frozen executions superseded by a newer one that stopped at their first chance on SIGCONT.
     pub resumed_then_stopped: usize,
+    /// Overlaps of each kind: started beside a running execution; resumed and worked.
+    pub started_beside: usize,
+    pub resumed_and_worked: usize,
 }
 
 impl Verdict {
@@ -88,6 +91,7 @@ pub fn judge(ledger: &str, jobs: &HashMap<String, Final>) -> Verdict {
                     }
                 }
                 if clash {
+                    v.started_beside += 1;
                     *v.overlapping.entry(job.to_string()).or_default() += 1;
                 }
                 let suspended = stopped.contains(*pid);
@@ -100,6 +104,7 @@ pub fn judge(ledger: &str, jobs: &HashMap<String, Final>) -> Verdict {
                 if let Some(e) = open.get_mut(*exec) {
                     if works && e.superseded && !e.counted {
                         e.counted = true;
+                        v.resumed_and_worked += 1;
                         *v.overlapping.entry(job.to_string()).or_default() += 1;
                     }
                     if !works && e.superseded && !e.counted {
@@ -159,6 +164,57 @@ pub fn judge(ledger: &str, jobs: &HashMap<String, Final>) -> Verdict {
     v.stranded.sort();
     v.wrong.sort();
     v
+}
+
+/// Follows the ledger as it grows, to know which processes are running an execution now (so a
+/// kill or a freeze hits a worker mid-run).
+pub struct Tail {
+    path: std::path::PathBuf,
+    offset: u64,
+    partial: String,
+    /// Open executions: exec id -> pid.
+    open: HashMap<String, u32>,
+}
+
+impl Tail {
+    pub fn new(path: std::path::PathBuf) -> Self {
+        Tail { path, offset: 0, partial: String::new(), open: HashMap::new() }
+    }
+
+    /// Reads what was appended since the last call; returns the pids with an open execution.
+    pub fn busy(&mut self) -> BTreeSet<u32> {
+        use std::io::{Read, Seek};
+        if let Ok(mut f) = std::fs::File::open(&self.path)
+            && f.seek(std::io::SeekFrom::Start(self.offset)).is_ok()
+        {
+            let mut buf = String::new();
+            if let Ok(n) = f.read_to_string(&mut buf) {
+                self.offset += n as u64;
+                self.partial.push_str(&buf);
+            }
+        }
+        let complete = match self.partial.rfind('\n') {
+            Some(i) => self.partial.drain(..=i).collect::<String>(),
+            None => String::new(),
+        };
+        for line in complete.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            match f.as_slice() {
+                ["start", _, _, pid, exec] => {
+                    self.open.insert(exec.to_string(), pid.parse().unwrap_or(0));
+                }
+                ["end" | "abort" | "fail" | "dropped", _, _, _, exec, ..] => {
+                    self.open.remove(*exec);
+                }
+                ["killed", pid] => {
+                    let pid: u32 = pid.parse().unwrap_or(0);
+                    self.open.retain(|_, p| *p != pid);
+                }
+                _ => {}
+            }
+        }
+        self.open.values().copied().collect()
+    }
 }
 
 /// The ledger lines of `job`, and the harness's lines about the pids that ran it.
