@@ -39,7 +39,7 @@ struct Profile {
 const SHORT: Profile = Profile {
     name: "short",
     jobs: 1_000,
-    events: 36,
+    events: 40,
     duration: Duration::from_secs(90),
     bound: Duration::from_secs(45),
 };
@@ -47,7 +47,7 @@ const SHORT: Profile = Profile {
 const LONG: Profile = Profile {
     name: "long",
     jobs: 20_000,
-    events: 420,
+    events: 480,
     duration: Duration::from_secs(20 * 60),
     bound: Duration::from_secs(120),
 };
