@@ -43,8 +43,28 @@ impl Cluster {
         );
     }
 
+    /// Stops and removes the clusters of runs whose test process is gone (killed before its
+    /// `Drop` could stop them: a nextest timeout, a Ctrl-C).
+    fn reap_orphans() {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(owner) = name.strip_prefix("runq-faults-pg-").and_then(|r| r.split('-').next()) else {
+                continue;
+            };
+            if std::path::Path::new(&format!("/proc/{owner}")).exists() {
+                continue;
+            }
+            let orphan = Self { port: 0, bin: bin_dir(), dir: e.path() };
+            drop(orphan);
+        }
+    }
+
     /// initdb + start on `port`.
     pub fn start(port: u16) -> Self {
+        Self::reap_orphans();
         let dir = std::env::temp_dir().join(format!("runq-faults-pg-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
