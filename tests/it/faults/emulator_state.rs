@@ -44,7 +44,24 @@ async fn state_survives_a_restart() {
     let pulled =
         call(&http, reqwest::Method::POST, format!("{base}/subscriptions/sub-a:pull"), json!({"maxMessages": 1})).await;
     assert_eq!(pulled["receivedMessages"].as_array().unwrap().len(), 1, "{pulled}");
+    // What a kill -9 leaves: the snapshot saved while serving (every 100 ms when changed).
+    let saved = dir.join("saved-while-serving.json");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let both_messages = |raw: String| {
+        serde_json::from_str::<Value>(&raw)
+            .is_ok_and(|v| v["subscriptions"][0]["messages"].as_array().map(Vec::len) == Some(2))
+    };
+    while !std::fs::read_to_string(&state).is_ok_and(both_messages) {
+        assert!(tokio::time::Instant::now() < deadline, "no snapshot saved while serving");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::copy(&state, &saved).unwrap();
     emu.shutdown().await;
+    let killed = start(super::procs::free_port(), &saved).await;
+    let kbase = format!("http://{}/v1/projects/p", killed.host());
+    let subs = call(&http, reqwest::Method::GET, format!("{kbase}/subscriptions"), Value::Null).await;
+    assert_eq!(subs["subscriptions"][0]["name"], "projects/p/subscriptions/sub-a", "{subs}");
+    killed.shutdown().await;
 
     let emu = start(port, &state).await;
     assert_eq!(http.get(emu.jwks_url()).send().await.unwrap().text().await.unwrap(), jwks, "the same key");

@@ -86,6 +86,16 @@ impl Client {
         }
     }
 
+    /// Cancels job `id` (whatever it is doing now).
+    pub async fn cancel(&self, book: &SharedBook, id: &str) {
+        let url = format!("{}/jobs/{id}/cancel", self.api);
+        let status = match self.http.post(url).bearer_auth(&self.token).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        };
+        *book.lock().unwrap().answers.entry(format!("cancel: {status}")).or_default() += 1;
+    }
+
     /// One poison input of a random kind; returns its name.
     pub async fn poison(&self, book: &SharedBook, rng: &mut StdRng) -> &'static str {
         let job = || json!({"function": "ledger", "args": {"ms": 10}});

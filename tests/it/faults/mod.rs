@@ -61,9 +61,10 @@ enum Kind {
     RestartEmulatorWithState,
     Proxy,
     Poison,
+    Cancel,
 }
 
-const KINDS: [(Kind, &str, u32); 7] = [
+const KINDS: [(Kind, &str, u32); 8] = [
     (Kind::KillWorker, "kill9", 4),
     (Kind::FreezeWorker, "sigstop", 2),
     (Kind::RestartPostgres, "postgres", 1),
@@ -71,6 +72,7 @@ const KINDS: [(Kind, &str, u32); 7] = [
     (Kind::RestartEmulatorWithState, "emulator_state", 1),
     (Kind::Proxy, "proxy", 5),
     (Kind::Poison, "poison", 2),
+    (Kind::Cancel, "cancel", 1),
 ];
 
 /// The kinds `RUNQ_FAULTS` names (comma-separated, as in `KINDS`), all by default.
@@ -154,6 +156,13 @@ async fn run(profile: Profile) {
             Kind::Proxy => {
                 let fault = Fault::ALL[rng.random_range(0..Fault::ALL.len())];
                 sys.workers[worker].proxy.arm(fault, rng.random_range(1..=3));
+            }
+            Kind::Cancel => {
+                let recent: Vec<String> = book.lock().unwrap().accepted.iter().rev().take(40).cloned().collect();
+                if !recent.is_empty() {
+                    client.cancel(&book, &recent[rng.random_range(0..recent.len())]).await;
+                    *injected.entry("cancel").or_default() += 1;
+                }
             }
             Kind::Poison => {
                 let what = client.poison(&book, &mut rng).await;
