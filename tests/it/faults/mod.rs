@@ -158,7 +158,7 @@ async fn run(profile: Profile) {
                 sys.workers[worker].proxy.arm(fault, rng.random_range(1..=3));
             }
             Kind::Cancel => {
-                let recent: Vec<String> = book.lock().unwrap().accepted.iter().rev().take(40).cloned().collect();
+                let recent: Vec<String> = book.lock().unwrap().accepted.iter().rev().take(5).cloned().collect();
                 if !recent.is_empty() {
                     client.cancel(&book, &recent[rng.random_range(0..recent.len())]).await;
                     *injected.entry("cancel").or_default() += 1;
