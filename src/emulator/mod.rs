@@ -55,6 +55,11 @@ pub struct EmulatorArgs {
     /// Most push requests in flight per push subscription.
     #[arg(long, default_value_t = EmulatorOptions::DEFAULT_MAX_OUTSTANDING_PUSHES)]
     pub max_outstanding_pushes: usize,
+    /// Not a Pub/Sub option: keep topics, subscriptions, unacknowledged messages and the
+    /// push-token key in this file (saved every 100 ms when changed and at shutdown; loaded at
+    /// start), so a restarted emulator carries on where it stopped.
+    #[arg(long, env = "RUNQ_EMULATOR_STATE_FILE")]
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// How an in-process emulator behaves. `Default` is Pub/Sub's behaviour on a real clock.
@@ -71,6 +76,9 @@ pub struct EmulatorOptions {
     pub max_outstanding_pushes: usize,
     /// Project named in logs and `runq emulator`'s banner. Any project is accepted.
     pub project: Option<String>,
+    /// Not a Pub/Sub option: where the state is kept across restarts (see
+    /// [`EmulatorArgs::state_file`]); none by default.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl EmulatorOptions {
@@ -86,7 +94,12 @@ impl EmulatorOptions {
 
 impl Default for EmulatorOptions {
     fn default() -> Self {
-        Self { time_scale: 1.0, max_outstanding_pushes: Self::DEFAULT_MAX_OUTSTANDING_PUSHES, project: None }
+        Self {
+            time_scale: 1.0,
+            max_outstanding_pushes: Self::DEFAULT_MAX_OUTSTANDING_PUSHES,
+            project: None,
+            state_file: None,
+        }
     }
 }
 
@@ -145,9 +158,20 @@ pub async fn start(listener: tokio::net::TcpListener, opts: EmulatorOptions) -> 
         ));
     }
     let addr = listener.local_addr()?;
-    let signer = oidc::Signer::shared().await?;
+    let state = match &opts.state_file {
+        Some(path) => Some(broker::Snapshot::load(path)?),
+        None => None,
+    };
+    let signer = match state.as_ref().and_then(|s| s.key.as_deref()) {
+        Some(key) => {
+            use base64::Engine as _;
+            let der = base64::engine::general_purpose::STANDARD.decode(key).map_err(std::io::Error::other)?;
+            Arc::new(oidc::Signer::from_der(&der)?)
+        }
+        None => oidc::Signer::shared().await?,
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(server::serve(listener, opts, signer, stopped));
+    let task = tokio::spawn(server::serve(listener, opts, signer, state, stopped));
     Ok(EmulatorHandle { addr, stop: Some(stop), task: Some(task) })
 }
 
@@ -159,6 +183,7 @@ pub async fn run(args: EmulatorArgs, shutdown: impl Future<Output = ()>) -> std:
         time_scale: args.time_scale,
         max_outstanding_pushes: args.max_outstanding_pushes.max(1),
         project: args.project.clone(),
+        state_file: args.state_file.clone(),
     };
     let handle = start(listener, opts).await?;
     println!("export PUBSUB_EMULATOR_HOST={}", handle.host());

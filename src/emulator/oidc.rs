@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
 use rsa::traits::PublicKeyParts;
 use serde::Serialize;
 use sha2::Digest;
@@ -57,6 +57,8 @@ impl rsa::rand_core::CryptoRng for Rng06 {}
 pub(crate) struct Signer {
     kid: String,
     key: EncodingKey,
+    /// The private key, PKCS#1 DER (kept by `--state-file`).
+    der: Vec<u8>,
     /// The JWKS document, built once.
     jwks: serde_json::Value,
     /// (subscription, audience, email) → (token, exp).
@@ -88,6 +90,12 @@ impl Signer {
     fn generate() -> std::io::Result<Signer> {
         let private = rsa::RsaPrivateKey::new(&mut Rng06, 2048).map_err(std::io::Error::other)?;
         let der = private.to_pkcs1_der().map_err(std::io::Error::other)?;
+        Signer::from_der(der.as_bytes())
+    }
+
+    /// A signer with a saved key (PKCS#1 DER), as `--state-file` restores it.
+    pub(crate) fn from_der(der: &[u8]) -> std::io::Result<Signer> {
+        let private = rsa::RsaPrivateKey::from_pkcs1_der(der).map_err(std::io::Error::other)?;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let n = b64.encode(private.n().to_bytes_be());
         let e = b64.encode(private.e().to_bytes_be());
@@ -95,7 +103,18 @@ impl Signer {
         let jwks = serde_json::json!({
             "keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid, "n": n, "e": e}]
         });
-        Ok(Signer { kid, key: EncodingKey::from_rsa_der(der.as_bytes()), jwks, cache: Mutex::new(HashMap::new()) })
+        Ok(Signer {
+            kid,
+            key: EncodingKey::from_rsa_der(der),
+            der: der.to_vec(),
+            jwks,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The private key, PKCS#1 DER.
+    pub(crate) fn der(&self) -> &[u8] {
+        &self.der
     }
 
     pub(crate) fn jwks(&self) -> &serde_json::Value {

@@ -31,15 +31,23 @@ pub(crate) async fn serve(
     listener: TcpListener,
     opts: EmulatorOptions,
     signer: Arc<Signer>,
+    state: Option<super::broker::Snapshot>,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let (push_tx, push_rx) = mpsc::unbounded_channel();
+    let state_file = opts.state_file.clone();
     let broker = Arc::new(Broker::new(opts, push_tx));
     let mut background = JoinSet::new();
+    if let (Some(path), Some(snap)) = (&state_file, &state) {
+        if let Err(e) = broker.restore(snap) {
+            tracing::error!(error = %e, path = %path.display(), "could not restore the emulator's state");
+        }
+        background.spawn(broker.clone().keep_saving(path.clone(), signer.der().to_vec()));
+    }
     background.spawn(broker.clone().run_reaper());
     background.spawn(push::run_manager(broker.clone(), signer.clone(), push_rx));
 
-    let rest = rest::router(broker.clone(), signer);
+    let rest = rest::router(broker.clone(), signer.clone());
     let svc = Grpc { broker: broker.clone() };
     let grpc = tonic::service::Routes::new(
         PublisherServer::new(svc.clone())
@@ -75,6 +83,11 @@ pub(crate) async fn serve(
     background.abort_all();
     while conns.join_next().await.is_some() {}
     while background.join_next().await.is_some() {}
+    if let Some(path) = &state_file
+        && let Err(e) = broker.snapshot(signer.der()).save(path)
+    {
+        tracing::warn!(error = %e, path = %path.display(), "could not save the emulator's state");
+    }
 }
 
 /// Serves one connection, routing each request by HTTP version and content type.

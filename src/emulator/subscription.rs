@@ -130,6 +130,21 @@ impl SubState {
         self.backlog.insert(seq, Pending { msg, attempts: 0, not_before: now });
     }
 
+    /// Enqueues a message restored from a state file, with the deliveries it had.
+    pub(crate) fn enqueue_redelivery(&mut self, seq: u64, msg: Arc<Msg>, attempts: i32, now: Instant) {
+        self.backlog.insert(seq, Pending { msg, attempts, not_before: now });
+    }
+
+    /// Every unacknowledged message (waiting or out for delivery) in publish order, with its
+    /// deliveries so far: what a state file keeps.
+    pub(crate) fn unacked(&self) -> Vec<(Arc<Msg>, i32)> {
+        let mut all: Vec<(u64, Arc<Msg>, i32)> =
+            self.backlog.iter().map(|(seq, p)| (*seq, p.msg.clone(), p.attempts)).collect();
+        all.extend(self.leases.values().map(|l| (l.seq, l.msg.clone(), l.attempts)));
+        all.sort_by_key(|(seq, _, _)| *seq);
+        all.into_iter().map(|(_, m, n)| (m, n)).collect()
+    }
+
     /// Drops a consumer's flow-control accounting when its stream ends. Its leases stay
     /// until acked or expired, as in Pub/Sub.
     pub(crate) fn forget_consumer(&mut self, consumer: u64) {

@@ -13,6 +13,7 @@ mod dev;
 mod e2e;
 mod e2e_faults;
 mod emulator;
+mod faults;
 mod gcs;
 mod reliability;
 mod schedules;

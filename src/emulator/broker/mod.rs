@@ -9,7 +9,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, mpsc};
 
 mod delivery;
+mod state;
 mod validate;
+
+pub(crate) use state::Snapshot;
 
 pub(crate) use validate::ACK_DEADLINE_RANGE;
 use validate::*;
