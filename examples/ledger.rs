@@ -119,8 +119,18 @@ async fn body(ctx: Context, args: LedgerArgs) -> Result<Token, FunctionError> {
             return Err(FunctionError::Cancelled);
         }
         tokio::time::sleep(step).await;
+        // Before each side effect: past its lease deadline (a frozen process that woke up late)
+        // the run must not act, another run may own the job now.
+        if ctx.is_cancelled() {
+            exec.finish("abort", "");
+            return Err(FunctionError::Cancelled);
+        }
         append(&format!("step {} {}", exec.head, i + 1));
         ctx.progress((i + 1) as f32 / steps as f32, format!("step {} of {steps}", i + 1));
+    }
+    if ctx.is_cancelled() {
+        exec.finish("abort", "");
+        return Err(FunctionError::Cancelled);
     }
     let token = format!("{:032x}", rand::random::<u128>());
     exec.finish("end", &token);

@@ -11,8 +11,10 @@ use crate::dispatch::Dispatcher;
 use crate::store::{Dispatch, StoreError, secs};
 
 /// Refusals (Pub/Sub rejected the message itself, published alone) after which a job fails
-/// with kind `unpublishable`. Between them the job backs off alone: 1 s, 2 s, 4 s, ... 5 min.
-pub const MAX_PUBLISH_REFUSALS: i32 = 8;
+/// with kind `unpublishable`. Between them the job backs off alone: 1 s, 2 s, 4 s, 8 s, 16 s,
+/// so a job that can never be published (a queue whose topic is missing) fails within about
+/// half a minute instead of waiting in `queued`.
+pub const MAX_PUBLISH_REFUSALS: i32 = 6;
 /// The first backoff after a refusal; it doubles per refusal up to [`MAX_PUBLISH_BACKOFF`].
 pub const PUBLISH_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest backoff between two publishes of a refused job.
