@@ -12,16 +12,18 @@ ENV SQLX_OFFLINE=true \
     CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 
-# 1. Dependencies. This layer is rebuilt only when the manifests, the build script or the
-#    protos change: the crate's own sources are stand-ins here, as are the test and bench
-#    targets Cargo.toml names (.dockerignore keeps the real ones out of the context).
-COPY Cargo.toml Cargo.lock build.rs ./
-COPY proto ./proto
-RUN mkdir -p src tests/it bench \
+# 1. Dependencies, and the workspace's Pub/Sub emulator crate (it changes rarely). This layer
+#    is rebuilt only when the manifests or the emulator change: runq's own sources are
+#    stand-ins here, as are the test and bench targets the manifests name (.dockerignore keeps
+#    the real ones out of the context).
+COPY Cargo.toml Cargo.lock ./
+COPY crates/pubsub-emulator ./crates/pubsub-emulator
+RUN mkdir -p src tests/it bench crates/pubsub-emulator/tests/conformance \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs tests/it/main.rs \
+    && touch src/lib.rs tests/it/main.rs crates/pubsub-emulator/tests/conformance/main.rs \
     && echo 'fn main() {}' > bench/api.rs \
-    && echo 'fn main() {}' > bench/emulator.rs \
+    && mkdir -p crates/pubsub-emulator/benches \
+    && echo 'fn main() {}' > crates/pubsub-emulator/benches/emulator.rs \
     && echo 'fn main() {}' > bench/e2e.rs \
     && cargo build --release --locked --bin runq \
     && rm -rf src target/release/runq target/release/deps/runq-* target/release/deps/librunq-* \

@@ -30,7 +30,9 @@ pub mod client;
 pub mod config;
 pub mod dev;
 pub mod dispatch;
-pub mod emulator;
+/// The Pub/Sub emulator (the `pubsub-emulator` crate of this workspace), behind `runq emulator`
+/// and `runq dev`.
+pub use pubsub_emulator as emulator;
 pub mod function;
 pub mod infra;
 pub mod job;

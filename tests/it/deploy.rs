@@ -980,14 +980,14 @@ fn ci_tests_the_binary_the_dockerfile_builds() {
     let runtime = dockerfile.lines().rev().find(|l| l.starts_with("FROM ")).unwrap();
     assert!(runtime.contains("distroless") && runtime.contains("nonroot"), "{runtime}");
     assert!(dockerfile.contains("ENTRYPOINT [\"/runq\"]"));
-    for dir in ["Cargo.lock", "build.rs", "proto", ".sqlx", "migrations", "src"] {
+    for dir in ["Cargo.lock", "crates/pubsub-emulator", ".sqlx", "migrations", "src"] {
         assert!(
             dockerfile.contains(&format!("COPY {dir}")) || dockerfile.contains(&format!(" {dir} ")),
             "{dir} is not copied"
         );
     }
     let ignore = read(".dockerignore");
-    for path in ["src/", ".sqlx/", "migrations/", "proto/"] {
+    for path in ["src/", ".sqlx/", "migrations/", "crates/pubsub-emulator/src/", "crates/pubsub-emulator/proto/"] {
         assert!(ignore.contains(&format!("!{path}")), ".dockerignore drops {path}");
     }
 }

@@ -12,7 +12,6 @@ mod deploy;
 mod dev;
 mod e2e;
 mod e2e_faults;
-mod emulator;
 mod faults;
 mod gcs;
 mod reliability;

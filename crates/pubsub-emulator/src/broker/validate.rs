@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use crate::emulator::error::{ApiError, ApiResult};
-use crate::emulator::filter::Filter;
-use crate::emulator::json::{from_std, to_std};
-use crate::emulator::names;
-use crate::emulator::proto as pb;
-use crate::emulator::subscription::{DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF};
+use crate::error::{ApiError, ApiResult};
+use crate::filter::Filter;
+use crate::json::{from_std, to_std};
+use crate::names;
+use crate::proto as pb;
+use crate::subscription::{DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF};
 
 /// Largest message, and largest publish request, Pub/Sub accepts (10 MB).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;

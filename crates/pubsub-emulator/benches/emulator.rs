@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::{Message, PushConfig};
-use runq::emulator::{EmulatorHandle, EmulatorOptions};
+use pubsub_emulator::{EmulatorHandle, EmulatorOptions};
 
 fn creds() -> google_cloud_auth::credentials::Credentials {
     google_cloud_auth::credentials::anonymous::Builder::new().build()
@@ -108,7 +108,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let h = runq::emulator::start(listener, EmulatorOptions::default()).await.unwrap();
+        let h = pubsub_emulator::start(listener, EmulatorOptions::default()).await.unwrap();
         bench_pull(&h, n).await;
         bench_push(&h, n).await;
         h.shutdown().await;

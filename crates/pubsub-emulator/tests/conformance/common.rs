@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
-use runq::emulator::{EmulatorHandle, EmulatorOptions};
+use pubsub_emulator::{EmulatorHandle, EmulatorOptions};
 
 /// The Pub/Sub a test talks to: our emulator, started for the test, or another one (Google's)
 /// at `RUNQ_TEST_PUBSUB_HOST`, shared and left running.
@@ -38,7 +38,8 @@ impl PubSub {
 /// Starts our emulator on 127.0.0.1:0 with the test clock at `time_scale`.
 async fn own(time_scale: f64) -> PubSub {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let handle = runq::emulator::start(listener, EmulatorOptions::default().with_time_scale(time_scale)).await.unwrap();
+    let handle =
+        pubsub_emulator::start(listener, EmulatorOptions::default().with_time_scale(time_scale)).await.unwrap();
     PubSub { host: handle.host(), own: Some(handle), project: "p".into() }
 }
 

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::validate::{is_push, normalize};
 use super::{Broker, TopicState};
-use crate::emulator::proto as pb;
-use crate::emulator::subscription::{Msg, SubState};
+use crate::proto as pb;
+use crate::subscription::{Msg, SubState};
 
 /// How often a changed state is saved while serving.
 pub(crate) const SAVE_EVERY: Duration = Duration::from_millis(100);

@@ -1,9 +1,9 @@
 //! What the official crate doesn't send: REST data-plane verbs, Google's REST error body,
 //! and the gRPC admin and unary Pull methods (through the emulator's own generated client).
 
-use runq::emulator::proto as pb;
-use runq::emulator::proto::publisher_client::PublisherClient;
-use runq::emulator::proto::subscriber_client::SubscriberClient;
+use pubsub_emulator::proto as pb;
+use pubsub_emulator::proto::publisher_client::PublisherClient;
+use pubsub_emulator::proto::subscriber_client::SubscriberClient;
 use serde_json::{Value, json};
 
 use super::common::*;

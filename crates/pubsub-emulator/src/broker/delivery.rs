@@ -8,10 +8,10 @@ use tokio::sync::Notify;
 
 use super::validate::{fallback, is_push};
 use super::{Broker, Inner, PushTarget};
-use crate::emulator::error::{ApiError, ApiResult};
-use crate::emulator::names;
-use crate::emulator::proto as pb;
-use crate::emulator::subscription::{Delivery, FlowLimits};
+use crate::error::{ApiError, ApiResult};
+use crate::names;
+use crate::proto as pb;
+use crate::subscription::{Delivery, FlowLimits};
 
 impl Broker {
     /// A new consumer id for a StreamingPull stream (flow control and key affinity).
