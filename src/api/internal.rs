@@ -16,7 +16,7 @@ use super::ApiState;
 use crate::auth::GoogleOidcVerifier;
 use crate::maintenance::{DeadLetterOutcome, dead_letters};
 use crate::message::decode;
-use crate::schedule::{Fired, Runner, Schedules};
+use crate::schedule::{FireError, Fired, Runner, Schedules};
 
 /// How dead-lettered jobs are retried before they fail as `undeliverable`.
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +98,11 @@ async fn fire_schedule(State(state): State<ApiState>, Path(name): Path<String>, 
             (status, Json(serde_json::json!({ "schedule": name, "scheduled_time": at, "fired": fired })))
                 .into_response()
         }
-        Err(e) => {
+        Err(e @ FireError::UnknownFunction(_)) => {
+            tracing::error!(error = %e, schedule = %name, "firing failed");
+            problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        Err(e @ FireError::Store(_)) => {
             tracing::error!(error = %e, schedule = %name, "firing failed");
             let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, "could not fire the schedule; retry");
             response

@@ -19,6 +19,17 @@ use crate::maintenance::{self, CleanupReport, Retention, SweepReport};
 use crate::storage::BlobStore;
 use crate::store::{self, NewJob, StoreError};
 
+/// Why a firing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FireError {
+    /// Postgres (or publishing) failed: the caller should retry the firing.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The schedule names a function this build doesn't register (a deploy mistake).
+    #[error("the schedule's function `{0}` is not registered in this build")]
+    UnknownFunction(String),
+}
+
 /// What a firing did.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -65,7 +76,7 @@ pub const DEFAULT_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl Runner {
     /// Fires `schedule` for scheduled time `at`.
-    pub async fn fire(&self, schedule: &Schedule, at: DateTime<Utc>) -> Result<Fired, StoreError> {
+    pub async fn fire(&self, schedule: &Schedule, at: DateTime<Utc>) -> Result<Fired, FireError> {
         match &schedule.action {
             Action::Sweep => {
                 let deadline = Instant::now() + self.sweep_window;
@@ -100,9 +111,7 @@ impl Runner {
                 Ok(Fired::Cleanup { report })
             }
             Action::Submit { function, args, priority } => {
-                let f = self.registry.get(function).ok_or_else(|| {
-                    StoreError::Other(sqlx::Error::Protocol(format!("schedule's function `{function}` is gone")))
-                })?;
+                let f = self.registry.get(function).ok_or_else(|| FireError::UnknownFunction(function.clone()))?;
                 let raw = serde_json::value::to_raw_value(args).expect("a Value serializes");
                 let key = schedule.idempotency_key(at);
                 // The hash is of the key alone: an existing job for this instant is the answer,

@@ -13,7 +13,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use serde::Serialize;
 
-pub use fire::{DEFAULT_SWEEP_EVERY, DEFAULT_SWEEP_WINDOW, Fired, Runner};
+pub use fire::{DEFAULT_SWEEP_EVERY, DEFAULT_SWEEP_WINDOW, FireError, Fired, Runner};
 pub use ticker::{Ticker, due_slot};
 
 use crate::job::Priority;

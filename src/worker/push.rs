@@ -56,7 +56,7 @@ pub async fn push(State(state): State<WorkerState>, headers: HeaderMap, body: By
     match handle(&state, id).await {
         Ok(()) => StatusCode::NO_CONTENT,
         Err(e) => {
-            tracing::error!(error = %e, "could not record the delivery; asking Pub/Sub to redeliver");
+            tracing::error!(error = %e, "asking Pub/Sub to redeliver");
             StatusCode::SERVICE_UNAVAILABLE
         }
     }
@@ -69,7 +69,21 @@ pub const MAX_UNKNOWN_FUNCTION_ROUNDS: i32 = 3;
 /// The first wait after an unknown-function release; it doubles per round.
 pub const UNKNOWN_FUNCTION_BACKOFF: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn handle(state: &WorkerState, id: Uuid) -> Result<(), StoreError> {
+/// Why a delivery is answered 5xx, so Pub/Sub redelivers it.
+#[derive(Debug, thiserror::Error)]
+enum Redeliver {
+    /// The outcome (or the claim) couldn't be recorded.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The run was released at shutdown: another instance should take it now.
+    #[error("the run was interrupted by shutdown and released")]
+    Released,
+    /// The run's task itself failed (a bug in runq, not in the function).
+    #[error("the run's task failed: {0}")]
+    Task(tokio::task::JoinError),
+}
+
+async fn handle(state: &WorkerState, id: Uuid) -> Result<(), Redeliver> {
     let claimed_at = tokio::time::Instant::now();
     let Some(claimed) = store::claim(&state.pool, id, &state.worker_id, state.lease).await? else {
         metrics::counter!(crate::telemetry::metrics::CLAIM_CONFLICTS, "queue" => state.queue.clone()).increment(1);
@@ -118,9 +132,9 @@ async fn handle(state: &WorkerState, id: Uuid) -> Result<(), StoreError> {
         return Ok(());
     }
     match run.await {
-        Ok(Ok(Recorded::Released)) => Err(StoreError::Other(sqlx::Error::Protocol("interrupted by shutdown".into()))),
+        Ok(Ok(Recorded::Released)) => Err(Redeliver::Released),
         Ok(Ok(Recorded::Status(_) | Recorded::Fenced)) => Ok(()),
-        Ok(Err(e)) => Err(e),
-        Err(e) => Err(StoreError::Other(sqlx::Error::Protocol(format!("the run's task failed: {e}")))),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(Redeliver::Task(e)),
     }
 }
