@@ -33,7 +33,7 @@ pub(super) fn json(field: &'static str, at: &str, raw: &RawValue) -> Result<(), 
     // which is then refused too: it can't be checked).
     let value: Value = serde_json::from_str(raw.get())
         .map_err(|e| refuse(&format!("hold a \\u escape of a lone surrogate or can't be checked for one ({e})")))?;
-    if holds_nul(&value) {
+    if crate::store::holds_nul(&value) {
         return Err(refuse("contain a NUL character (\\u0000) in a string or key"));
     }
     Ok(())
@@ -49,15 +49,6 @@ fn may_hold_unstorable(raw: &[u8]) -> bool {
                 && (w[2..].eq_ignore_ascii_case(b"0000")
                     || (w[2].eq_ignore_ascii_case(&b'd') && (b'8'..=b'f').contains(&w[3].to_ascii_lowercase())))
         })
-}
-
-fn holds_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
-    }
 }
 
 #[cfg(test)]

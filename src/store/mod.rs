@@ -112,6 +112,17 @@ pub async fn depth(pool: &PgPool) -> Result<Vec<(String, String, i64)>, StoreErr
     Ok(rows.into_iter().map(|r| (r.priority, r.status, r.count)).collect())
 }
 
+/// True when a string or key anywhere in `value` holds a NUL, which `jsonb` can't store.
+pub fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 /// Checks that Postgres answers (for `/readyz`).
 pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::query("SELECT 1").execute(pool).await?;
