@@ -227,12 +227,6 @@ pub async fn execute(
         }
     };
     let supervised = supervise(task, &mut control, signals, state.shutdown.clone(), limits, write_progress).await;
-    match supervised.ending {
-        Ending::Lost | Ending::LeaseLapsed | Ending::HardTimeout(_) | Ending::Interrupted => {
-            tracing::info!(job_id = %id, ending = ?supervised.ending, "run stopped");
-        }
-        _ => {}
-    }
     let final_message = control.progress.borrow().message.as_deref().map(without_nul);
     let function_name = claimed.function.clone();
     let recorded = record(state, &claimed, &policy, supervised, final_message.as_deref()).await;
@@ -315,14 +309,9 @@ async fn record_success(
     let json = serde_json::to_string(&value).expect("a Value serializes");
     // Postgres can't store NUL in jsonb: such a result is the run's failure, recorded, never
     // an outcome that can't be written and loops through redeliveries.
-    if json.contains("\\u0000") && has_nul(&value) {
-        let failure = JobError {
-            kind: "invalid_result".into(),
-            message: "the result contains a NUL character (\\u0000), which Postgres can't store".into(),
-            retryable: false,
-        };
-        let status = store::fail(&state.pool, id, claim, &failure, Duration::ZERO).await?;
-        return Ok(status.map_or(Recorded::Fenced, Recorded::Status));
+    if json.contains("\\u0000") && store::holds_nul(&value) {
+        let message = "the result contains a NUL character (\\u0000), which Postgres can't store";
+        return fail_run(state, claimed, &invalid_result(message), Duration::ZERO).await;
     }
     let recorded = if json.len() <= INLINE_RESULT_LIMIT {
         let raw = RawValue::from_string(json).expect("serde_json wrote valid JSON");
@@ -330,13 +319,8 @@ async fn record_success(
             Err(StoreError::Other(e)) => {
                 // The database refused this result (not an outage): fail the run, recorded.
                 tracing::warn!(job_id = %id, error = %e, "result refused by the database");
-                let failure = JobError {
-                    kind: "invalid_result".into(),
-                    message: "the result could not be stored".into(),
-                    retryable: false,
-                };
-                let status = store::fail(&state.pool, id, claim, &failure, Duration::ZERO).await?;
-                return Ok(status.map_or(Recorded::Fenced, Recorded::Status));
+                return fail_run(state, claimed, &invalid_result("the result could not be stored"), Duration::ZERO)
+                    .await;
             }
             other => other?,
         }
@@ -351,11 +335,8 @@ async fn record_success(
                 recorded
             }
             Err(failure) => {
-                let retryable = failure.retryable;
-                let delay = Duration::from_secs(1);
-                let status = store::fail(&state.pool, id, claim, &failure, delay).await?;
-                tracing::warn!(job_id = %id, retryable, "result could not be stored");
-                return Ok(status.map_or(Recorded::Fenced, Recorded::Status));
+                tracing::warn!(job_id = %id, retryable = failure.retryable, "result could not be stored");
+                return fail_run(state, claimed, &failure, Duration::from_secs(1)).await;
             }
         }
     };
@@ -367,15 +348,20 @@ async fn record_success(
     }
 }
 
-/// True when a string or key anywhere in `value` holds a NUL.
-fn has_nul(value: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
+/// A result the database can't hold: the run's failure, never retried.
+fn invalid_result(message: &str) -> JobError {
+    JobError { kind: "invalid_result".into(), message: message.into(), retryable: false }
+}
+
+/// Records a failed run under its claim (`Fenced` when the claim was lost).
+async fn fail_run(
+    state: &WorkerState,
+    claimed: &Claimed,
+    failure: &JobError,
+    retry_delay: Duration,
+) -> Result<Recorded, StoreError> {
+    let status = store::fail(&state.pool, claimed.id, claimed.claim_id, failure, retry_delay).await?;
+    Ok(status.map_or(Recorded::Fenced, Recorded::Status))
 }
 
 #[cfg(test)]
