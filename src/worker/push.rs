@@ -117,18 +117,15 @@ async fn handle(state: &WorkerState, id: Uuid) -> Result<(), Redeliver> {
     let detached = function.policy().detached;
     let run = tokio::spawn(async move {
         let _guard = guard;
-        execute(&task_state, claimed, function, claimed_at).await
+        let recorded = execute(&task_state, claimed, function, claimed_at).await;
+        if detached && let Err(e) = &recorded {
+            // The lease expires and the reaper requeues the job: retried, never lost.
+            tracing::error!(job_id = %id, error = %e, "detached run's outcome could not be recorded");
+        }
+        recorded
     });
     if detached {
-        // Claimed durably above; answer Pub/Sub now and run in the background with heartbeats.
-        tokio::spawn(async move {
-            match run.await {
-                Ok(Ok(_)) => {}
-                // The lease expires and the reaper requeues the job: retried, never lost.
-                Ok(Err(e)) => tracing::error!(job_id = %id, error = %e, "detached run's outcome could not be recorded"),
-                Err(e) => tracing::error!(job_id = %id, error = %e, "detached run's task failed"),
-            }
-        });
+        // Claimed durably above; answer Pub/Sub now, the run goes on in the background.
         return Ok(());
     }
     match run.await {
