@@ -137,7 +137,7 @@ pub struct Published {
 
 /// Whether a publish batches with its neighbours (the common case) or goes out alone (to find
 /// out whether a refused batch was refused for this message).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Batching {
     Batched,
     Alone,
@@ -146,9 +146,10 @@ enum Batching {
 /// Publishes `{"job_id", "attempt"}` to each queue's topic. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Dispatcher {
-    /// One publisher per queue and batching: the priorities' batched ones made up front, the
-    /// rest on first use.
-    publishers: Arc<tokio::sync::RwLock<HashMap<(String, Batching), Publisher>>>,
+    /// One publisher per queue, batched: the priorities' made up front, a function's own on first use.
+    batched: Arc<tokio::sync::RwLock<HashMap<String, Publisher>>>,
+    /// One publisher per queue that sends each message alone, made on first use.
+    alone: Arc<tokio::sync::RwLock<HashMap<String, Publisher>>>,
     settings: Arc<PubSubSettings>,
     timeout: Duration,
 }
@@ -166,10 +167,11 @@ impl Dispatcher {
         let mut publishers = HashMap::new();
         for priority in Priority::ALL {
             let publisher = Self::publisher(settings, priority.as_str(), Batching::Batched).await?;
-            publishers.insert((priority.as_str().to_owned(), Batching::Batched), publisher);
+            publishers.insert(priority.as_str().to_owned(), publisher);
         }
         Ok(Self {
-            publishers: Arc::new(tokio::sync::RwLock::new(publishers)),
+            batched: Arc::new(tokio::sync::RwLock::new(publishers)),
+            alone: Arc::default(),
             settings: Arc::new(settings.clone()),
             timeout: PUBLISH_TIMEOUT,
         })
@@ -189,16 +191,19 @@ impl Dispatcher {
 
     /// The publisher of `queue`, made on first use.
     async fn publisher_for(&self, queue: &str, batching: Batching) -> Result<Publisher, DispatchError> {
-        let key = (queue.to_owned(), batching);
-        if let Some(p) = self.publishers.read().await.get(&key) {
+        let map = match batching {
+            Batching::Batched => &self.batched,
+            Batching::Alone => &self.alone,
+        };
+        if let Some(p) = map.read().await.get(queue) {
             return Ok(p.clone());
         }
-        let mut publishers = self.publishers.write().await;
-        if let Some(p) = publishers.get(&key) {
+        let mut publishers = map.write().await;
+        if let Some(p) = publishers.get(queue) {
             return Ok(p.clone());
         }
         let publisher = Self::publisher(&self.settings, queue, batching).await?;
-        publishers.insert(key, publisher.clone());
+        publishers.insert(queue.to_owned(), publisher.clone());
         Ok(publisher)
     }
 
