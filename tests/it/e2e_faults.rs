@@ -24,7 +24,7 @@ fn free_port() -> u16 {
 }
 
 /// A local server that records the `Authorization` header of each push it gets.
-async fn capture_server() -> (String, mpsc::UnboundedReceiver<String>) {
+pub async fn capture_server() -> (String, mpsc::UnboundedReceiver<String>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let app = axum::Router::new().route(
         "/capture",

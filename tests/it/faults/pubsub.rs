@@ -86,21 +86,7 @@ pub struct SchedulerToken {
 
 impl SchedulerToken {
     pub async fn new(audience: String) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let app = axum::Router::new().route(
-            "/capture",
-            axum::routing::post(move |headers: axum::http::HeaderMap| {
-                let tx = tx.clone();
-                async move {
-                    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
-                    let _ = tx.send(auth.trim_start_matches("Bearer ").to_owned());
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let capture_url = format!("http://{}/capture", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (capture_url, rx) = crate::e2e_faults::capture_server().await;
         Self { audience, capture_url, rx: Mutex::new(rx) }
     }
 
@@ -133,7 +119,7 @@ impl SchedulerToken {
         while rx.try_recv().is_ok() {}
         publisher.publish(Message::new().set_data("tick")).await.map_err(|e| format!("{e:?}"))?;
         match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-            Ok(Some(token)) => Ok(token),
+            Ok(Some(auth)) => Ok(auth.trim_start_matches("Bearer ").to_owned()),
             _ => Err("no push on the capture subscription within 10 s".into()),
         }
     }
