@@ -13,7 +13,6 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::config::{ConfigError, var};
 use crate::job::Priority;
 use crate::store::{self, Dispatch};
 use crate::telemetry::metrics as metrics_names;
@@ -42,25 +41,6 @@ pub struct PubSubSettings {
 }
 
 impl PubSubSettings {
-    /// Reads the Pub/Sub variables.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let project = match var("RUNQ_PUBSUB_PROJECT")? {
-            Some(p) => p,
-            None => var("GOOGLE_CLOUD_PROJECT")?.ok_or(ConfigError {
-                var: "RUNQ_PUBSUB_PROJECT",
-                reason: "is not set (nor GOOGLE_CLOUD_PROJECT): the project whose Pub/Sub topics runq publishes to"
-                    .into(),
-            })?,
-        };
-        Ok(Self {
-            emulator_host: var("PUBSUB_EMULATOR_HOST")?,
-            project,
-            topic_prefix: var("RUNQ_TOPIC_PREFIX")?.unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.into()),
-            redispatch_after: crate::config::parse("RUNQ_REDISPATCH_AFTER_SECS", "seconds")?
-                .map_or(DEFAULT_REDISPATCH_AFTER, Duration::from_secs),
-        })
-    }
-
     /// The endpoint clients must use, when it isn't Google's.
     pub fn endpoint(&self) -> Option<String> {
         self.emulator_host.as_ref().map(|h| if h.contains("://") { h.clone() } else { format!("http://{h}") })

@@ -6,7 +6,9 @@
 //!
 //! # Layout
 //! - [`app`]: the [`App`] builder users extend with their functions, and the `runq` CLI.
-//! - [`config`]: configuration from the environment, validated at start.
+//! - [`config`]: the configuration tree: every environment variable, declared once (clap).
+//! - [`services`]: the parts the servers are built from (pools, publisher, storage, keys),
+//!   connected in one place for `runq api`, `runq worker` and `runq dev`.
 //! - [`job`]: the job model and its status machine.
 //! - [`store`]: Postgres, the source of truth; every transition is one guarded UPDATE.
 //! - [`function`]: the [`Function`] trait, the registry and the built-in functions.
@@ -40,6 +42,7 @@ pub mod maintenance;
 pub mod message;
 pub mod schedule;
 pub mod server;
+pub mod services;
 pub mod storage;
 pub mod store;
 pub mod telemetry;

@@ -20,8 +20,6 @@ use google_cloud_storage::client::Storage;
 use google_cloud_storage::retry_policy::RetryableErrors;
 use uuid::Uuid;
 
-use crate::config::{ConfigError, parse, var};
-
 /// Google's endpoint for the JSON API.
 pub const GOOGLE_ENDPOINT: &str = "https://storage.googleapis.com";
 /// Default [`StorageSettings::max_read_bytes`]: 32 MiB, so an argument naming a huge object can't
@@ -64,25 +62,11 @@ impl StorageSettings {
     pub fn emulator(host: impl Into<String>) -> Self {
         Self { emulator_host: Some(host.into()), ..Self::default() }
     }
-
-    /// Reads `STORAGE_EMULATOR_HOST` and `RUNQ_STORAGE_MAX_READ_BYTES`.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let emulator_host = var("STORAGE_EMULATOR_HOST")?;
-        if let Some(host) = &emulator_host {
-            emulator_endpoint(host).map_err(|reason| ConfigError { var: "STORAGE_EMULATOR_HOST", reason })?;
-        }
-        let max_read_bytes =
-            parse::<usize>("RUNQ_STORAGE_MAX_READ_BYTES", "a size in bytes")?.unwrap_or(DEFAULT_MAX_READ_BYTES);
-        if max_read_bytes == 0 {
-            return Err(ConfigError { var: "RUNQ_STORAGE_MAX_READ_BYTES", reason: "must be at least 1".into() });
-        }
-        Ok(Self { emulator_host, max_read_bytes })
-    }
 }
 
 /// The emulator's base URL from `STORAGE_EMULATOR_HOST`, which Google's libraries accept with or
 /// without a scheme.
-fn emulator_endpoint(host: &str) -> Result<String, String> {
+pub fn emulator_endpoint(host: &str) -> Result<String, String> {
     let host = host.trim();
     let url = if host.starts_with("http://") || host.starts_with("https://") {
         host.to_owned()

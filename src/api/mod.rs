@@ -1,6 +1,7 @@
 //! The public JSON API: `/jobs` (submit, status, detail, cancel, list), health and OpenAPI.
 //!
-//! [`router`] builds it from an [`ApiState`]; [`serve`] runs it until a shutdown signal.
+//! [`run`] is the API server's one entry point: it builds the [`ApiState`] from the connected
+//! [`Services`] and the [`ApiSettings`], and serves [`router`] until its shutdown future resolves.
 
 mod batch;
 pub mod dashboard;
@@ -30,8 +31,11 @@ pub use jobs::{JobList, SubmitRequest};
 pub use openapi::{CURSOR_PATTERN, openapi};
 pub use watch::Watcher;
 
-use crate::auth::{AuthError, Principal, UserVerifier, bearer_token};
+use crate::auth::{AuthError, GoogleCallers, Principal, UserAuthConfig, UserVerifier, bearer_token};
 use crate::function::Registry;
+use crate::maintenance::Retention;
+use crate::schedule::Runner;
+use crate::services::{Services, StartError};
 
 /// Limits the API enforces on requests.
 #[derive(Debug, Clone)]
@@ -58,6 +62,115 @@ pub struct ApiState {
     pub watcher: Option<Watcher>,
     /// Verifiers of the `/internal/*` callers; `None` disables those routes.
     pub internal: Option<Arc<internal::Internal>>,
+}
+
+/// How the API server behaves: everything `runq api` reads from its configuration, and what
+/// `runq dev` fills in for its own stack.
+#[derive(Clone)]
+pub struct ApiSettings {
+    /// How callers' bearer tokens are verified.
+    pub auth: UserAuthConfig,
+    pub limits: Limits,
+    /// Browser origins allowed to call (empty: no CORS).
+    pub cors_origins: Vec<String>,
+    /// How long in-flight requests may finish after the shutdown signal.
+    pub grace: Duration,
+    /// Apply migrations at start; otherwise refuse to start on an older schema.
+    pub auto_migrate: bool,
+    /// Enables `/internal/dead-letter` for these callers, with this re-dispatch policy.
+    pub dead_letter: Option<(GoogleCallers, DeadLetterPolicy)>,
+    /// Enables `/internal/schedules/{name}` for these callers (Cloud Scheduler).
+    pub scheduler: Option<GoogleCallers>,
+    /// How long finished jobs are kept (`runq.cleanup`).
+    pub retention: Retention,
+    /// How long one `runq.sweep` firing keeps sweeping, and the pause between its passes.
+    pub sweep_window: Duration,
+    pub sweep_every: Duration,
+    /// Fire the schedules in this process on a timer, sweeping every this long, instead of
+    /// waiting for Cloud Scheduler (`runq dev`).
+    pub local_schedules: Option<Duration>,
+}
+
+impl ApiSettings {
+    /// Settings with the defaults of a deployed API and these token settings.
+    pub fn new(auth: UserAuthConfig) -> Self {
+        Self {
+            auth,
+            limits: Limits {
+                max_args_bytes: crate::config::DEFAULT_MAX_ARGS_BYTES,
+                idempotency_retention: crate::config::DEFAULT_IDEMPOTENCY_RETENTION,
+            },
+            cors_origins: Vec::new(),
+            grace: crate::config::DEFAULT_SHUTDOWN_GRACE,
+            auto_migrate: true,
+            dead_letter: None,
+            scheduler: None,
+            retention: Retention::default(),
+            sweep_window: crate::schedule::DEFAULT_SWEEP_WINDOW,
+            sweep_every: crate::schedule::DEFAULT_SWEEP_EVERY,
+            local_schedules: None,
+        }
+    }
+}
+
+/// Runs the API server on `listener` until `shutdown` resolves, then drains for the grace.
+///
+/// Checks the token settings first, then migrates (or checks) the schema, then serves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    settings: ApiSettings,
+    services: Services,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let verifier = UserVerifier::new(settings.auth.clone(), services.http.clone())?;
+    if settings.auto_migrate {
+        crate::store::migrate(&services.pool).await?;
+    } else {
+        crate::store::check_schema(&services.pool).await?;
+    }
+    let publishing = services.publishing.as_ref();
+    let runner = Runner {
+        pool: services.pool.clone(),
+        registry: services.registry.clone(),
+        outbox: services.outbox(),
+        dispatcher: publishing.map(|p| p.dispatcher.clone()),
+        storage: services.storage.clone(),
+        retention: settings.retention,
+        key_retention: settings.limits.idempotency_retention,
+        redispatch_after: publishing.map_or(crate::dispatch::DEFAULT_REDISPATCH_AFTER, |p| p.settings.redispatch_after),
+        // Run locally, a firing of `runq.sweep` is one pass: the local loop sweeps continuously.
+        sweep_window: if settings.local_schedules.is_some() { Duration::ZERO } else { settings.sweep_window },
+        sweep_every: settings.local_schedules.unwrap_or(settings.sweep_every),
+    };
+    let jwks = &services.google_jwks;
+    let internal = Internal {
+        dead_letter: settings.dead_letter.as_ref().map(|(callers, policy)| (callers.verifier(jwks.clone()), *policy)),
+        scheduler: settings.scheduler.as_ref().map(|callers| callers.verifier(jwks.clone())),
+        schedules: services.schedules.clone(),
+        runner: runner.clone(),
+    };
+    let state = ApiState {
+        pool: services.pool.clone(),
+        registry: services.registry.clone(),
+        verifier,
+        limits: settings.limits.clone(),
+        outbox: services.outbox(),
+        watcher: Some(Watcher::start(services.pool.clone())),
+        internal: Some(Arc::new(internal)),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let local = settings
+        .local_schedules
+        .map(|every| tokio::spawn(crate::schedule::run_locally(runner, services.schedules.clone(), every, stop_rx)));
+    let stop = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let served = crate::server::serve(listener, router(state, &settings.cors_origins), stop, settings.grace).await;
+    if let Some(local) = local {
+        let _ = local.await;
+    }
+    Ok(served?)
 }
 
 /// Bodies larger than the args limit by more than this are refused before parsing.

@@ -4,14 +4,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod roles;
 
-pub use roles::user_verifier;
-
 use crate::auth::mint_hs256;
-use crate::config::AuthSettings;
+use crate::config::{ApiConfig, AuthArgs, DevConfig, MigrateConfig, WorkerConfig};
 use crate::function::{Function, Registry};
 use crate::job::Priority;
 use crate::schedule::{Action, Schedule, Schedules};
@@ -133,7 +131,18 @@ impl App {
 
     /// Parses the command line and runs the chosen role until it finishes or is signalled.
     pub fn run(self) -> ExitCode {
-        let cli = Cli::parse();
+        let command = crate::config::ignore_empty_variables(Cli::command());
+        let cli = match command.clone().try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
+            Ok(cli) => cli,
+            Err(e) if e.use_stderr() => {
+                eprint!("{}", crate::config::name_the_variable(e, &command));
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+        };
         if let Err(e) = self.check() {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
@@ -157,35 +166,32 @@ impl App {
 
     async fn run_command(self, command: Command) -> Result<(), Box<dyn std::error::Error>> {
         match command {
-            Command::Api => {
-                crate::telemetry::init();
-                roles::api(self.registry, self.schedules).await
+            Command::Api(config) => {
+                config.log.install();
+                roles::api(*config, self.registry, self.schedules).await.map_err(|e| e as _)
             }
-            Command::Migrate => {
-                crate::telemetry::init();
-                let url = crate::config::var("DATABASE_URL")?
-                    .ok_or_else(|| crate::config::ConfigError { var: "DATABASE_URL", reason: "is not set".into() })?;
-                let pool = store::connect_lazy(&url, 1, Duration::from_secs(10))?;
+            Command::Migrate(config) => {
+                config.log.install();
+                let url = config.database.url()?;
+                let pool = store::connect_lazy(url, 1, Duration::from_secs(10))?;
                 store::migrate(&pool).await?;
                 tracing::info!("migrations applied");
                 Ok(())
             }
-            Command::Worker(args) => {
-                crate::telemetry::init();
-                roles::worker(self.registry, args.queue).await
+            Command::Worker(config) => {
+                config.log.install();
+                roles::worker(*config, self.registry, self.schedules).await.map_err(|e| e as _)
             }
-            Command::Dev(args) => {
-                crate::telemetry::init();
-                crate::dev::run(self.registry, self.schedules, args.api_addr, args.emulator_addr)
-                    .await
-                    .map_err(|e| -> Box<dyn std::error::Error> { e })
+            Command::Dev(config) => {
+                config.log.install();
+                crate::dev::run(*config, self.registry, self.schedules).await.map_err(|e| e as _)
             }
-            Command::Emulator(args) => {
-                crate::telemetry::init();
-                Ok(crate::emulator::run(args, crate::server::shutdown_signal()).await?)
+            Command::Emulator(command) => {
+                command.log.install();
+                Ok(crate::emulator::run(command.emulator, crate::server::shutdown_signal()).await?)
             }
             Command::Token(args) => {
-                let auth = AuthSettings::from_env()?;
+                let auth = args.auth.settings()?;
                 let secret = auth.hs256_secret.as_deref().ok_or_else(|| crate::config::ConfigError {
                     var: "RUNQ_AUTH_HS256_SECRET",
                     reason: "is not set; `runq token` signs with it".into(),
@@ -246,18 +252,18 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the public JSON API (Cloud Run service `runq-api`). Config from the environment.
-    Api,
+    /// Serve the public JSON API (Cloud Run service `runq-api`).
+    Api(Box<ApiConfig>),
     /// Apply database migrations to DATABASE_URL and exit.
-    Migrate,
+    Migrate(MigrateConfig),
     /// Print a local HS256 token signed with RUNQ_AUTH_HS256_SECRET.
     Token(TokenArgs),
     /// Serve a queue's push endpoint (Cloud Run service `runq-worker-{queue}`).
-    Worker(WorkerArgs),
+    Worker(Box<WorkerConfig>),
     /// Run everything in one process: API, a worker per priority, the Pub/Sub emulator, the sweep.
-    Dev(DevArgs),
+    Dev(Box<DevConfig>),
     /// Run the Pub/Sub emulator alone.
-    Emulator(crate::emulator::EmulatorArgs),
+    Emulator(EmulatorCommand),
     /// List the declared schedules with their next fire times.
     Schedules(SchedulesArgs),
     /// Infrastructure as code generated from the declarations.
@@ -268,20 +274,11 @@ enum Command {
 }
 
 #[derive(clap::Args, Debug)]
-struct WorkerArgs {
-    /// The queue this worker serves: high, medium, low, or a queue of a function's own.
-    #[arg(long, value_parser = parse_queue)]
-    queue: String,
-}
-
-#[derive(clap::Args, Debug)]
-struct DevArgs {
-    /// Where the API listens.
-    #[arg(long, env = "RUNQ_DEV_API_ADDR", default_value = "127.0.0.1:8080")]
-    api_addr: String,
-    /// Where the embedded Pub/Sub emulator listens.
-    #[arg(long, env = "RUNQ_DEV_EMULATOR_ADDR", default_value = "127.0.0.1:8085")]
-    emulator_addr: String,
+struct EmulatorCommand {
+    #[command(flatten)]
+    emulator: crate::emulator::EmulatorArgs,
+    #[command(flatten)]
+    log: crate::config::LogArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -307,14 +304,6 @@ struct ExportArgs {
     output: Option<std::path::PathBuf>,
 }
 
-fn parse_queue(raw: &str) -> Result<String, String> {
-    if crate::job::valid_queue_name(raw) {
-        Ok(raw.to_owned())
-    } else {
-        Err(format!("{raw:?} is not a queue name (1-30 characters of a-z, 0-9, '-', starting with a letter)"))
-    }
-}
-
 #[derive(clap::Args, Debug)]
 struct TokenArgs {
     /// The token's subject: the owner of the jobs it submits.
@@ -326,6 +315,8 @@ struct TokenArgs {
     /// Lifetime, like 30s, 15m, 1h or 7d.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     ttl: Duration,
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 /// Parses `90`, `90s`, `15m`, `1h`, `7d`.
@@ -359,6 +350,64 @@ mod tests {
         assert!(parse_duration("1y").is_err());
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("0s").is_err());
+    }
+
+    /// The README's configuration table: each variable with the commands that read it.
+    fn readme_table() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let section = readme.split("\n## Configuration\n").nth(1).expect("README has a Configuration section");
+        let section = section.split("\n## ").next().unwrap();
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                let var = cells[1].trim_matches('`').to_owned();
+                let readers = cells[2].split(',').map(|r| r.trim().to_owned()).collect();
+                (var, readers)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readme_lists_every_variable() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let mut tree: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+        for sub in cli.get_subcommands() {
+            let name = sub.get_name();
+            let reader = if ["submit", "status", "cancel", "wait", "jobs"].contains(&name) { "CLI" } else { name };
+            for var in crate::config::variables(sub) {
+                tree.entry(var).or_default().insert(reader.to_owned());
+            }
+        }
+        let readme = readme_table();
+        let missing: Vec<_> = tree.keys().filter(|v| !readme.contains_key(*v)).collect();
+        let stale: Vec<_> = readme.keys().filter(|v| !tree.contains_key(*v)).collect();
+        assert!(missing.is_empty(), "variables the code reads but the README's table doesn't list: {missing:?}");
+        assert!(stale.is_empty(), "variables the README lists but no command reads: {stale:?}");
+        for (var, readers) in &tree {
+            assert_eq!(&readme[var], readers, "the README's `read by` of {var}");
+        }
+    }
+
+    #[test]
+    fn every_variable_is_shown_in_help_with_its_default() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        for role in ["api", "worker", "dev", "migrate"] {
+            let sub = cli.find_subcommand_mut(role).unwrap();
+            let help = sub.render_long_help().to_string();
+            for arg in sub.get_arguments().filter(|a| a.get_env().is_some()) {
+                let var = arg.get_env().unwrap().to_string_lossy();
+                assert!(help.contains(&format!("[env: {var}")), "`runq {role} --help` shows {var}");
+                let doc = arg.get_long_help().or(arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    !arg.get_default_values().is_empty() || doc.contains("Default") || doc.contains("Required"),
+                    "{var} states its default (a clap default, or `Default:` in its doc): {doc:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,21 @@ pub const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.
 /// Clock skew tolerated on `exp`/`nbf` of Google tokens.
 pub const GOOGLE_LEEWAY_SECS: u64 = 30;
 
+/// Who may call one endpoint with a Google OIDC token: the audience its subscription or
+/// scheduler job signs for, and the service accounts allowed (empty: any verified email).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoogleCallers {
+    pub audience: String,
+    pub service_accounts: Vec<String>,
+}
+
+impl GoogleCallers {
+    /// The verifier of these callers' tokens, against `jwks`.
+    pub fn verifier(&self, jwks: Arc<JwksCache>) -> GoogleOidcVerifier {
+        GoogleOidcVerifier::new(jwks, self.audience.clone(), self.service_accounts.clone())
+    }
+}
+
 /// The service account a verified Google OIDC token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceIdentity {

@@ -20,7 +20,9 @@ mod token;
 mod user;
 
 pub use error::{AuthConfigError, AuthError};
-pub use google::{GOOGLE_ISSUERS, GOOGLE_JWKS_URL, GOOGLE_LEEWAY_SECS, GoogleOidcVerifier, ServiceIdentity};
+pub use google::{
+    GOOGLE_ISSUERS, GOOGLE_JWKS_URL, GOOGLE_LEEWAY_SECS, GoogleCallers, GoogleOidcVerifier, ServiceIdentity,
+};
 pub use jwks::{DEFAULT_JWKS_MAX_AGE, DEFAULT_JWKS_MIN_REFRESH, JWKS_FETCH_TIMEOUT, JwksCache, MAX_JWKS_MAX_AGE};
 pub use token::{MAX_TOKEN_LEN, bearer_token, mint_hs256};
 pub use user::{

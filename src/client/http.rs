@@ -9,8 +9,8 @@ use reqwest::header::{ETAG, HeaderValue, IF_NONE_MATCH, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde_json::Value;
 
+use crate::auth::UserAuthConfig as AuthSettings;
 use crate::auth::mint_hs256;
-use crate::config::AuthSettings;
 use crate::job::JobStatus;
 
 /// How long a token minted by the CLI lives; it is minted again well before it expires, so
@@ -141,8 +141,8 @@ pub struct ApiClient {
 
 impl ApiClient {
     /// A client of the API at `base_url` with the first of: `token`; a token minted for `sub`
-    /// with `RUNQ_AUTH_HS256_SECRET` (and the other `RUNQ_AUTH_*` settings); else a usage error.
-    pub fn new(base_url: &str, token: Option<String>, sub: &str) -> Result<Self, ClientError> {
+    /// with `auth`'s HS256 secret (and its issuer, audience and admin claim); else a usage error.
+    pub fn new(base_url: &str, token: Option<String>, auth: &AuthSettings, sub: &str) -> Result<Self, ClientError> {
         let base = Url::parse(base_url.trim())
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
@@ -152,7 +152,7 @@ impl ApiClient {
         let credentials = match token.filter(|t| !t.trim().is_empty()) {
             Some(token) => Credentials::Fixed(token.trim().to_owned()),
             None => {
-                let settings = AuthSettings::from_env().map_err(|e| ClientError::Usage(e.to_string()))?;
+                let settings = auth.clone();
                 if settings.hs256_secret.is_none() {
                     return Err(ClientError::Usage(
                         "no token: set RUNQ_TOKEN (or --token), or RUNQ_AUTH_HS256_SECRET to mint a local one".into(),
@@ -344,12 +344,13 @@ mod tests {
 
     #[test]
     fn ids_stay_in_their_path_segment() {
-        let client = ApiClient::new("http://127.0.0.1:9/prefix/", Some("t".into()), "me").unwrap();
+        let client =
+            ApiClient::new("http://127.0.0.1:9/prefix/", Some("t".into()), &AuthSettings::default(), "me").unwrap();
         assert_eq!(
             client.url(&["jobs", "../x?y", "status"]).as_str(),
             "http://127.0.0.1:9/prefix/jobs/..%2Fx%3Fy/status"
         );
-        assert!(ApiClient::new("ftp://x", Some("t".into()), "me").is_err());
-        assert!(ApiClient::new("not a url", Some("t".into()), "me").is_err());
+        assert!(ApiClient::new("ftp://x", Some("t".into()), &AuthSettings::default(), "me").is_err());
+        assert!(ApiClient::new("not a url", Some("t".into()), &AuthSettings::default(), "me").is_err());
     }
 }

@@ -50,21 +50,20 @@ pub struct Connection {
     /// RUNQ_AUTH_HS256_SECRET (local development).
     #[arg(long, env = "RUNQ_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Subject of a locally minted token [default: $USER, else `local`].
-    #[arg(long)]
+    /// Subject of a locally minted token. Default: `local`.
+    #[arg(long, env = "USER")]
     pub sub: Option<String>,
+    /// The settings a local token is minted with.
+    #[command(flatten)]
+    pub auth: crate::config::AuthArgs,
 }
 
 impl Connection {
     fn client(&self) -> Result<ApiClient, ClientError> {
-        let sub = self
-            .sub
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| "local".into());
+        let sub = self.sub.clone().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "local".into());
         let url = if self.api_url.trim().is_empty() { DEFAULT_API_URL } else { &self.api_url };
-        ApiClient::new(url, self.token.clone(), &sub)
+        let auth = self.auth.settings().map_err(|e| ClientError::Usage(e.to_string()))?;
+        ApiClient::new(url, self.token.clone(), &auth, &sub)
     }
 }
 
@@ -301,7 +300,7 @@ mod tests {
             delay: Some(1.5),
             idempotency_key: None,
             wait: false,
-            connection: Connection { api_url: String::new(), token: None, sub: None },
+            connection: Connection { api_url: String::new(), token: None, sub: None, auth: Default::default() },
         }
     }
 

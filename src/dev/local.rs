@@ -6,11 +6,11 @@ use std::time::Duration;
 use super::BoxError;
 use crate::store;
 
-/// Finds a database for `runq dev`: `DATABASE_URL` when set, else `runq` on the local server
-/// (created if missing). Errors with what to do when there is none.
-pub async fn find_database() -> Result<String, BoxError> {
-    if let Some(url) = crate::config::var("DATABASE_URL")? {
-        return Ok(url);
+/// Finds a database for `runq dev`: `configured` (`DATABASE_URL`) when set, else `runq` on the
+/// local server (created if missing). Errors with what to do when there is none.
+pub async fn find_database(configured: Option<&str>) -> Result<String, BoxError> {
+    if let Some(url) = configured {
+        return Ok(url.to_owned());
     }
     let server = "postgres://postgres@127.0.0.1:5432";
     let admin = store::connect_lazy(&format!("{server}/postgres"), 1, Duration::from_secs(3))?;
@@ -142,11 +142,11 @@ impl LocalCluster {
     }
 }
 
-/// The dev token secret: `RUNQ_AUTH_HS256_SECRET`, else one kept in `.runq/dev-secret` so
-/// tokens survive restarts.
-pub fn dev_secret() -> Result<String, BoxError> {
-    if let Some(secret) = crate::config::var("RUNQ_AUTH_HS256_SECRET")? {
-        return Ok(secret);
+/// The dev token secret: `configured` (`RUNQ_AUTH_HS256_SECRET`), else one kept in
+/// `.runq/dev-secret` so tokens survive restarts.
+pub fn dev_secret(configured: Option<&str>) -> Result<String, BoxError> {
+    if let Some(secret) = configured {
+        return Ok(secret.to_owned());
     }
     let path = std::path::Path::new(".runq/dev-secret");
     if let Ok(secret) = std::fs::read_to_string(path)

@@ -2,7 +2,6 @@
 //! priority, the embedded Pub/Sub emulator pushing to them with OIDC, and the sweep loop
 //! (relay + reaper), against one Postgres database.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
@@ -13,16 +12,18 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiState, DeadLetterPolicy, Internal, Limits};
-use crate::auth::{GoogleOidcVerifier, JwksCache, UserAuthConfig, UserVerifier};
-use crate::dispatch::{self, Dispatcher, Outbox, PubSubSettings, anonymous};
+use crate::api::{self, ApiSettings, DeadLetterPolicy};
+use crate::auth::{GoogleCallers, UserAuthConfig};
+use crate::config::DevConfig;
+use crate::dispatch::{self, Dispatcher, PubSubSettings, anonymous};
 use crate::emulator::{EmulatorHandle, EmulatorOptions};
 use crate::function::Registry;
 use crate::job::Priority;
-use crate::maintenance::{self, Retention};
-use crate::schedule::{Runner, Schedules, Ticker};
+use crate::maintenance;
+use crate::schedule::Schedules;
+use crate::services::{Connect, Services};
 use crate::store;
-use crate::worker::{self, WorkerState};
+use crate::worker::{self, WorkerSettings};
 
 mod local;
 
@@ -42,8 +43,8 @@ pub struct DevOptions {
     pub api_addr: String,
     /// Where the emulator listens.
     pub emulator_addr: String,
-    /// The HS256 secret of the API's tokens.
-    pub secret: String,
+    /// How the API verifies tokens (an HS256 secret locally).
+    pub auth: UserAuthConfig,
     /// Pub/Sub project and topic prefix.
     pub project: String,
     pub topic_prefix: String,
@@ -74,7 +75,7 @@ impl DevOptions {
             database_url,
             api_addr: "127.0.0.1:8080".into(),
             emulator_addr: "127.0.0.1:8085".into(),
-            secret,
+            auth: UserAuthConfig { hs256_secret: Some(secret), ..UserAuthConfig::default() },
             project: "runq-dev".into(),
             topic_prefix: crate::dispatch::DEFAULT_TOPIC_PREFIX.into(),
             sweep_every: Duration::from_secs(1),
@@ -132,17 +133,6 @@ impl DevStack {
         registry: Registry,
         schedules: Schedules,
     ) -> Result<Self, BoxError> {
-        let registry = Arc::new(registry);
-        let pool = store::connect_lazy(&options.database_url, 16, Duration::from_secs(5))?;
-        let relaxed = store::connect_relaxed(&options.database_url, 4, Duration::from_secs(5))?;
-        store::migrate(&pool).await?;
-        // The embedded emulator starts empty: whatever messages an earlier run published died
-        // with it, so every queued job must be published again now, not a redispatch window later.
-        let forgotten = maintenance::relay::forget_dispatches(&pool).await?;
-        if forgotten > 0 {
-            tracing::info!(jobs = forgotten, "fresh Pub/Sub emulator: queued jobs will be published again");
-        }
-
         let emulator_listener = bind(&options.emulator_addr).await?;
         let emulator = crate::emulator::start(
             emulator_listener,
@@ -156,15 +146,25 @@ impl DevStack {
             topic_prefix: options.topic_prefix.clone(),
             redispatch_after: dispatch::DEFAULT_REDISPATCH_AFTER,
         };
-        let http = reqwest::Client::new();
-        let jwks = Arc::new(JwksCache::new(emulator.jwks_url(), http.clone())?);
-        let dispatcher = Dispatcher::connect(&settings).await?;
-        let outbox = Outbox::new(dispatcher.clone(), relaxed.clone());
-
-        let storage = match &options.storage {
-            Some(settings) => Some(Arc::new(crate::storage::BlobStore::new(settings).await?)),
-            None => None,
+        let connect = Connect {
+            database_url: options.database_url.clone(),
+            max_connections: 16,
+            relaxed_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            pubsub: Some(settings.clone()),
+            storage: options.storage.clone(),
+            oidc_jwks_url: emulator.jwks_url(),
         };
+        let services = Services::connect(&connect, registry, schedules).await?;
+        let publishing = services.publishing.clone().ok_or("the dev stack publishes to its emulator")?;
+        store::migrate(&services.pool).await?;
+        // The embedded emulator starts empty: whatever messages an earlier run published died
+        // with it, so every queued job must be published again now, not a redispatch window later.
+        let forgotten = maintenance::relay::forget_dispatches(&services.pool).await?;
+        if forgotten > 0 {
+            tracing::info!(jobs = forgotten, "fresh Pub/Sub emulator: queued jobs will be published again");
+        }
+
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut worker_urls = Vec::new();
@@ -172,7 +172,7 @@ impl DevStack {
         let queues: Vec<String> = Priority::ALL
             .iter()
             .map(|p| p.as_str().to_owned())
-            .chain(registry.custom_queues().into_iter().map(str::to_owned))
+            .chain(services.registry.custom_queues().into_iter().map(str::to_owned))
             .collect();
         for queue in queues {
             if let Some((_, url)) = options.external_workers.iter().find(|(q, _)| *q == queue) {
@@ -181,18 +181,16 @@ impl DevStack {
             }
             let listener = bind("127.0.0.1:0").await?;
             let url = format!("http://{}/push", listener.local_addr()?);
-            let verifier = GoogleOidcVerifier::new(jwks.clone(), url.clone(), vec![DEV_PUSH_ACCOUNT.into()]);
-            let (mut state, shutdown) =
-                WorkerState::new(pool.clone(), relaxed.clone(), registry.clone(), verifier, &queue, options.lease);
-            if let Some(storage) = &storage {
-                state = state.with_storage(storage.clone(), options.results_bucket.clone());
-            }
-            state = state.with_outbox(outbox.clone());
-            let signal = stopped(stop_rx.clone());
-            let grace = options.grace;
-            let name = queue.clone();
+            let push = GoogleCallers { audience: url.clone(), service_accounts: vec![DEV_PUSH_ACCOUNT.into()] };
+            let settings = WorkerSettings {
+                lease: options.lease,
+                grace: options.grace,
+                results_bucket: options.results_bucket.clone(),
+                ..WorkerSettings::new(&queue, push)
+            };
+            let (services, signal, name) = (services.clone(), stopped(stop_rx.clone()), queue.clone());
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = worker::serve(listener, state, shutdown, signal, grace).await {
+                if let Err(e) = worker::run(listener, settings, services, signal).await {
                     tracing::error!(error = %e, queue = %name, "worker stopped");
                 }
             }));
@@ -202,96 +200,25 @@ impl DevStack {
         let api_listener = bind(&options.api_addr).await?;
         let api_url = format!("http://{}", api_listener.local_addr()?);
         let dead_letter_url = format!("{api_url}/internal/dead-letter");
-        let user_cfg = UserAuthConfig { hs256_secret: Some(options.secret.clone()), ..UserAuthConfig::default() };
-        let runner = Runner {
-            pool: pool.clone(),
-            registry: registry.clone(),
-            outbox: Some(outbox.clone()),
-            dispatcher: Some(dispatcher.clone()),
-            storage: storage.clone(),
-            retention: Retention::default(),
-            key_retention: crate::config::DEFAULT_IDEMPOTENCY_RETENTION,
-            redispatch_after: settings.redispatch_after,
-            // The dev loop below sweeps every second; a firing of runq.sweep is one pass.
-            sweep_window: Duration::ZERO,
-            sweep_every: options.sweep_every,
+        let dead_letter_callers =
+            GoogleCallers { audience: dead_letter_url.clone(), service_accounts: vec![DEV_DEAD_LETTER_ACCOUNT.into()] };
+        let api_settings = ApiSettings {
+            grace: options.grace,
+            // Migrated above, before the workers started.
+            auto_migrate: false,
+            dead_letter: Some((dead_letter_callers, options.dead_letter)),
+            // Schedules fire here, through the same handler Cloud Scheduler calls over HTTP.
+            local_schedules: Some(options.sweep_every),
+            ..ApiSettings::new(options.auth.clone())
         };
-        let schedules = Arc::new(schedules);
-        let state = ApiState {
-            pool: pool.clone(),
-            registry: registry.clone(),
-            verifier: UserVerifier::new(user_cfg, http.clone())?,
-            limits: Limits {
-                max_args_bytes: crate::config::DEFAULT_MAX_ARGS_BYTES,
-                idempotency_retention: crate::config::DEFAULT_IDEMPOTENCY_RETENTION,
-            },
-            outbox: Some(outbox),
-            watcher: Some(api::Watcher::start(pool.clone())),
-            internal: Some(Arc::new(Internal {
-                dead_letter: Some((
-                    GoogleOidcVerifier::new(
-                        jwks.clone(),
-                        dead_letter_url.clone(),
-                        vec![DEV_DEAD_LETTER_ACCOUNT.into()],
-                    ),
-                    options.dead_letter,
-                )),
-                // The local ticker fires schedules directly, as Cloud Scheduler would over HTTP.
-                scheduler: None,
-                schedules: schedules.clone(),
-                runner: runner.clone(),
-            })),
-        };
-        let router = api::router(state, &[]);
-        let grace = options.grace;
-        let api_stop = stopped(stop_rx.clone());
+        let (api_services, api_stop) = (services.clone(), stopped(stop_rx.clone()));
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::server::serve(api_listener, router, api_stop, grace).await {
+            if let Err(e) = api::run(api_listener, api_settings, api_services, api_stop).await {
                 tracing::error!(error = %e, "api stopped");
             }
         }));
 
         create_pubsub_layout(&emulator, &settings, &worker_urls, &dead_letter_url, options.push_backoff).await?;
-
-        // The sweep: relay (due retries, undispatched and delayed jobs) and reaper (expired leases).
-        let (sweep_pool, sweep_dispatcher, every) = (pool.clone(), dispatcher.clone(), options.sweep_every);
-        let redispatch_after = settings.redispatch_after;
-        let mut sweep_stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = sweep_stop.wait_for(|s| *s) => return,
-                }
-                if let Err(e) = maintenance::sweep_once(&sweep_pool, Some(&sweep_dispatcher), redispatch_after).await {
-                    tracing::warn!(error = %e, "sweep failed");
-                }
-            }
-        }));
-
-        // The schedules, fired by a local ticker through the same handler Cloud Scheduler calls.
-        let mut ticker_stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut ticker = Ticker::new(&schedules, chrono::Utc::now());
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = ticker_stop.wait_for(|s| *s) => return,
-                }
-                for (name, slot) in ticker.due(&schedules, chrono::Utc::now()) {
-                    let (runner, schedules) = (runner.clone(), schedules.clone());
-                    tokio::spawn(async move {
-                        let Some(schedule) = schedules.get(&name) else { return };
-                        if let Err(e) = runner.fire(schedule, slot).await {
-                            tracing::warn!(schedule = %name, error = %e, "schedule firing failed");
-                        }
-                    });
-                }
-            }
-        }));
 
         Ok(Self {
             api_url,
@@ -301,9 +228,9 @@ impl DevStack {
             emulator_time_scale: options.emulator_time_scale,
             dead_letter_url,
             push_backoff: options.push_backoff,
-            pool,
+            pool: services.pool.clone(),
             settings,
-            dispatcher,
+            dispatcher: publishing.dispatcher,
             stop,
             tasks,
         })
@@ -404,31 +331,27 @@ async fn create_pubsub_layout(
 }
 
 /// `runq dev`: starts the stack, prints how to use it, runs until Ctrl-C or SIGTERM.
-pub async fn run(
-    registry: Registry,
-    schedules: Schedules,
-    api_addr: String,
-    emulator_addr: String,
-) -> Result<(), BoxError> {
-    let database_url = find_database().await?;
-    let secret = dev_secret()?;
+pub async fn run(config: DevConfig, registry: Registry, schedules: Schedules) -> Result<(), BoxError> {
+    let database_url = find_database(config.database.database_url.as_deref()).await?;
+    let mut auth = config.auth.settings()?;
+    let secret = dev_secret(auth.hs256_secret.as_deref())?;
+    auth.hs256_secret = Some(secret.clone());
     let mut options = DevOptions::new(database_url, secret.clone());
-    options.api_addr = api_addr;
-    options.emulator_addr = emulator_addr;
-    if let Some(host) = crate::config::var("STORAGE_EMULATOR_HOST")? {
-        options.storage = Some(crate::storage::StorageSettings { emulator_host: Some(host), ..Default::default() });
-    }
-    options.results_bucket = crate::config::var("RUNQ_RESULTS_BUCKET")?;
+    options.auth = auth.clone();
+    options.api_addr = config.dev.api_addr;
+    options.emulator_addr = config.dev.emulator_addr;
+    options.storage = config.storage.settings();
+    options.results_bucket = config.storage.results_bucket.clone();
     let stack = DevStack::start_with_schedules(options, registry, schedules).await?;
     let token = crate::auth::mint_hs256(
         &secret,
         "dev",
         true,
         Duration::from_secs(30 * 86_400),
-        "scope",
-        "runq:admin",
-        None,
-        None,
+        &auth.admin_claim,
+        &auth.admin_value,
+        auth.issuer.as_deref(),
+        auth.audience.as_deref(),
     )?;
     println!("runq dev is up");
     println!("  API       {}", stack.api_url);

@@ -7,7 +7,6 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::config::{ConfigError, parse};
 use crate::storage::BlobStore;
 use crate::store::StoreError;
 
@@ -30,20 +29,6 @@ impl Default for Retention {
             failed: Duration::from_secs(30 * day),
             cancelled: Duration::from_secs(7 * day),
         }
-    }
-}
-
-impl Retention {
-    /// Reads the `RUNQ_RETENTION_*_SECS` variables.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let d = Self::default();
-        let secs =
-            |name, default: Duration| parse::<u64>(name, "seconds").map(|v| v.map_or(default, Duration::from_secs));
-        Ok(Self {
-            succeeded: secs("RUNQ_RETENTION_SUCCEEDED_SECS", d.succeeded)?,
-            failed: secs("RUNQ_RETENTION_FAILED_SECS", d.failed)?,
-            cancelled: secs("RUNQ_RETENTION_CANCELLED_SECS", d.cancelled)?,
-        })
     }
 }
 

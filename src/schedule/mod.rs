@@ -14,7 +14,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use serde::Serialize;
 
 pub use fire::{DEFAULT_SWEEP_EVERY, DEFAULT_SWEEP_WINDOW, FireError, Fired, Runner};
-pub use ticker::{Ticker, due_slot};
+pub use ticker::{Ticker, due_slot, run_locally};
 
 use crate::job::Priority;
 

@@ -39,6 +39,58 @@ impl Ticker {
     }
 }
 
+/// Runs the schedules in this process, as Cloud Scheduler would over HTTP: every second, fires
+/// each schedule's due slot through `runner` (the same handler `/internal/schedules/{name}`
+/// calls), and sweeps every `sweep_every` (so delays and retries start within about that).
+/// Returns when `stop` turns true.
+pub async fn run_locally(
+    runner: super::Runner,
+    schedules: std::sync::Arc<Schedules>,
+    sweep_every: std::time::Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::time::{MissedTickBehavior, interval};
+    let sweeps = {
+        let (runner, mut stop) = (runner.clone(), stop.clone());
+        async move {
+            let mut tick = interval(sweep_every);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tick.tick() => {}
+                }
+                let dispatcher = runner.dispatcher.as_ref();
+                if let Err(e) = crate::maintenance::sweep_once(&runner.pool, dispatcher, runner.redispatch_after).await
+                {
+                    tracing::warn!(error = %e, "sweep failed");
+                }
+            }
+        }
+    };
+    let firings = async move {
+        let mut stop = stop;
+        let mut ticker = Ticker::new(&schedules, Utc::now());
+        let mut tick = interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tick.tick() => {}
+            }
+            for (name, slot) in ticker.due(&schedules, Utc::now()) {
+                let (runner, schedules) = (runner.clone(), schedules.clone());
+                tokio::spawn(async move {
+                    let Some(schedule) = schedules.get(&name) else { return };
+                    if let Err(e) = runner.fire(schedule, slot).await {
+                        tracing::warn!(schedule = %name, error = %e, "schedule firing failed");
+                    }
+                });
+            }
+        }
+    };
+    tokio::join!(sweeps, firings);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,18 +21,29 @@ use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Installs the global logger. `RUNQ_LOG` sets the filter (default `info`); `RUNQ_LOG_FORMAT`
-/// forces `json` or `text`. The Google Cloud project (`GOOGLE_CLOUD_PROJECT`) qualifies trace ids.
-pub fn init() {
-    let filter = EnvFilter::try_from_env("RUNQ_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match std::env::var("RUNQ_LOG_FORMAT").as_deref() {
-        Ok("json") => true,
-        Ok("text") => false,
-        _ => !std::io::stdout().is_terminal(),
+/// How log lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON unless stdout is a terminal.
+    Auto,
+    /// Cloud Logging structured JSON.
+    Json,
+    /// Readable text.
+    Text,
+}
+
+/// Installs the global logger: `filter` (an `EnvFilter`; `info` when it doesn't parse), JSON or
+/// text by `format`, trace ids qualified by the Google Cloud `project`.
+pub fn init(filter: &str, format: LogFormat, project: Option<String>) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = if json {
-        let format = CloudLogging { project: std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.is_empty()) };
+        let format = CloudLogging { project };
         builder.fmt_fields(JsonFields::new()).event_format(format).try_init()
     } else {
         builder.with_target(false).try_init()

@@ -21,51 +21,74 @@ pub use push::{MAX_UNKNOWN_FUNCTION_ROUNDS, PushError, UNKNOWN_FUNCTION_BACKOFF}
 pub use run::{INLINE_RESULT_LIMIT, PROGRESS_INTERVAL, Recorded, execute};
 pub use spawn::{MAX_CHILDREN, RunSpawner};
 
-use crate::auth::GoogleOidcVerifier;
-use crate::config::{ConfigError, var};
+use crate::auth::{GoogleCallers, GoogleOidcVerifier};
 use crate::function::Registry;
 use crate::job::JobError;
+use crate::services::{Services, StartError};
 use crate::storage::BlobStore;
 
 /// A claim's lease unless `RUNQ_LEASE_SECS` says otherwise; heartbeats run every third of it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
-/// Who may push to a worker, and how leases are kept.
+/// How a worker serves its queue: everything `runq worker` reads from its configuration, and
+/// what `runq dev` fills in for each of its workers.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
-    /// `RUNQ_PUSH_AUDIENCE`: the `aud` Pub/Sub's push tokens carry (the worker's URL).
-    pub push_audience: String,
-    /// `RUNQ_PUSH_SERVICE_ACCOUNTS`: comma-separated accounts allowed to push (empty: any verified).
-    pub push_service_accounts: Vec<String>,
-    /// `RUNQ_OIDC_JWKS_URL`: Google's keys (default), or the emulator's locally.
-    pub oidc_jwks_url: String,
-    /// `RUNQ_LEASE_SECS`: how long a claim lives without a heartbeat.
+    /// The queue this worker serves.
+    pub queue: String,
+    /// Who may push: the audience of Pub/Sub's push tokens (the worker's URL) and its accounts.
+    pub push: GoogleCallers,
+    /// How long a claim lives without a heartbeat.
     pub lease: Duration,
-}
-
-/// Splits a comma-separated list.
-pub fn list(raw: Option<String>) -> Vec<String> {
-    raw.map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
+    /// How long runs may finish after the shutdown signal before they are released.
+    pub grace: Duration,
+    /// Where results over the inline limit go.
+    pub results_bucket: Option<String>,
+    /// This instance's name in claims (the Cloud Run revision).
+    pub instance: String,
 }
 
 impl WorkerSettings {
-    /// Reads the worker's variables.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let lease =
-            crate::config::parse::<u64>("RUNQ_LEASE_SECS", "seconds")?.map_or(DEFAULT_LEASE, Duration::from_secs);
-        if lease < Duration::from_secs(3) {
-            return Err(ConfigError { var: "RUNQ_LEASE_SECS", reason: "must be at least 3 seconds".into() });
+    /// Settings with the defaults: a 30 s lease, 8 s of grace, no results bucket.
+    pub fn new(queue: &str, push: GoogleCallers) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            push,
+            lease: DEFAULT_LEASE,
+            grace: crate::config::DEFAULT_SHUTDOWN_GRACE,
+            results_bucket: None,
+            instance: "local".into(),
         }
-        Ok(Self {
-            push_audience: var("RUNQ_PUSH_AUDIENCE")?.ok_or(ConfigError {
-                var: "RUNQ_PUSH_AUDIENCE",
-                reason: "is not set: the audience of Pub/Sub's push tokens (the worker's URL)".into(),
-            })?,
-            push_service_accounts: list(var("RUNQ_PUSH_SERVICE_ACCOUNTS")?),
-            oidc_jwks_url: var("RUNQ_OIDC_JWKS_URL")?.unwrap_or_else(|| crate::auth::GOOGLE_JWKS_URL.to_owned()),
-            lease,
-        })
     }
+}
+
+/// Runs a worker on `listener` until `shutdown` resolves; see [`serve`] for how it stops.
+/// Refuses to start on a database whose schema is older than this build's.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    settings: WorkerSettings,
+    services: Services,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    crate::store::check_schema(&services.pool).await?;
+    let verifier = settings.push.verifier(services.google_jwks.clone());
+    let (tx, rx) = watch::channel(None);
+    let state = WorkerState {
+        pool: services.pool.clone(),
+        relaxed: services.relaxed.clone(),
+        registry: services.registry.clone(),
+        verifier,
+        queue: settings.queue.clone(),
+        worker_id: worker_id(&settings.instance, &settings.queue).into(),
+        lease: settings.lease,
+        leases: Leases::default(),
+        shutdown: rx,
+        storage: services.storage.clone(),
+        results_bucket: settings.results_bucket.clone(),
+        outbox: services.outbox(),
+        background: Background::default(),
+    };
+    Ok(serve(listener, state, tx, shutdown, settings.grace).await?)
 }
 
 /// What the push handler shares. Cheap to clone.
@@ -97,19 +120,6 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
-    /// Lets the worker publish the child jobs its runs spawn.
-    pub fn with_outbox(mut self, outbox: crate::dispatch::Outbox) -> Self {
-        self.outbox = Some(outbox);
-        self
-    }
-
-    /// Gives the worker GCS access, and a bucket for results over the inline limit.
-    pub fn with_storage(mut self, storage: Arc<BlobStore>, results_bucket: Option<String>) -> Self {
-        self.storage = Some(storage);
-        self.results_bucket = results_bucket;
-        self
-    }
-
     /// Stores a result too large for the row under a name fenced by the claim (a stale run's
     /// upload can't overwrite a newer run's). Without a results bucket the run fails with kind
     /// `result_too_large`.
@@ -134,10 +144,9 @@ impl WorkerState {
     }
 }
 
-/// A worker id for this process: the Cloud Run revision (or host) and a random suffix.
-pub fn worker_id(queue: &str) -> String {
-    let host = std::env::var("K_REVISION").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "local".into());
-    format!("{host}/{queue}/{}", &Uuid::new_v4().simple().to_string()[..8])
+/// A worker id for this process: the instance (Cloud Run revision), the queue and a random suffix.
+pub fn worker_id(instance: &str, queue: &str) -> String {
+    format!("{instance}/{queue}/{}", &Uuid::new_v4().simple().to_string()[..8])
 }
 
 /// The worker's routes: `POST /push`, `/healthz`, `/readyz`, `/metrics` (the worker services
@@ -160,40 +169,10 @@ async fn readyz(axum::extract::State(state): axum::extract::State<WorkerState>) 
     }
 }
 
-impl WorkerState {
-    /// A worker's state and the sender that starts its shutdown.
-    pub fn new(
-        pool: PgPool,
-        relaxed: PgPool,
-        registry: Arc<Registry>,
-        verifier: GoogleOidcVerifier,
-        queue: &str,
-        lease: Duration,
-    ) -> (Self, watch::Sender<Option<Duration>>) {
-        let (tx, rx) = watch::channel(None);
-        let state = Self {
-            pool,
-            relaxed,
-            registry,
-            verifier,
-            queue: queue.to_owned(),
-            worker_id: worker_id(queue).into(),
-            lease,
-            leases: Leases::default(),
-            shutdown: rx,
-            storage: None,
-            results_bucket: None,
-            outbox: None,
-            background: Background::default(),
-        };
-        (state, tx)
-    }
-}
-
 /// Serves the worker on `listener` until `signal` resolves. Then it stops accepting pushes,
 /// gives running jobs `grace` to finish, releases the rest (fenced by their claims, so they
 /// are retried at once elsewhere and never overlap), and returns.
-pub async fn serve(
+async fn serve(
     listener: tokio::net::TcpListener,
     state: WorkerState,
     shutdown: watch::Sender<Option<Duration>>,

@@ -123,3 +123,25 @@ fn the_cycle_finder_finds_cycles() {
     .into();
     assert_eq!(find_cycle(&graph).unwrap(), ["a", "b", "c", "a"]);
 }
+
+#[test]
+fn only_the_config_tree_reads_the_environment() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let readers = ["env::var(", "env::var_os(", "env::vars(", "try_from_env(", "from_env("];
+    let mut offenders = Vec::new();
+    for file in &files {
+        if file.ends_with("config.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for (n, line) in code.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//")) {
+            if readers.iter().any(|r| line.contains(r)) {
+                offenders.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "declare the variable in src/config.rs instead:\n{}", offenders.join("\n"));
+}
