@@ -316,7 +316,7 @@ async fn detail(State(state): State<ApiState>, caller: Caller, Path(id): Path<St
 
 async fn cancel(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    match store::cancel(&state.pool, id, caller.owner_filter()).await? {
+    match store::request_cancel(&state.pool, id, caller.owner_filter()).await? {
         CancelOutcome::Cancelled(job) => {
             tracing::info!(job_id = %id, "job cancelled before it ran");
             Ok((StatusCode::OK, Json(job)).into_response())

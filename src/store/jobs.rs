@@ -242,9 +242,10 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// Cancels a job: one guarded UPDATE that cancels a queued or retrying job at once and flags a
-/// running one. A finished job is left untouched.
-pub async fn cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
+/// A client's cancel of a job (`POST /jobs/{id}/cancel`): one guarded UPDATE that cancels a
+/// queued or retrying job at once and flags a running one, whose run then stops and records it
+/// with [`super::finish_cancelled`]. A finished job is left untouched.
+pub async fn request_cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
     let row = sqlx::query_as!(
         JobRow,
         r#"UPDATE jobs SET

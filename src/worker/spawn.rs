@@ -71,7 +71,7 @@ impl RunSpawner {
         };
         for job in &jobs {
             if let Some(outbox) = &self.outbox {
-                outbox.dispatch(store::Dispatch::of(job, None));
+                outbox.dispatch(store::Publication::of(job, None));
             }
         }
         tracing::info!(parent = %parent, children = jobs.len(), "children spawned");
