@@ -583,18 +583,13 @@ async fn children_of_a_lost_claim_are_not_created(pool: PgPool) {
     .await
     .unwrap();
     let args = serde_json::value::RawValue::from_string("{}".into()).unwrap();
-    let child = runq::store::NewJob {
-        id: Uuid::now_v7(),
-        owner: "",
+    let child = runq::store::JobSpec {
         function: "noop",
         priority: Priority::Low,
         queue: None,
         args: &args,
         max_attempts: 3,
         delay_secs: None,
-        parent_id: None,
-        trace_context: None,
-        idempotency: None,
     };
     let parent = Uuid::from_u128(1);
     let stale =
