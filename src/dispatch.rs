@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::job::Priority;
-use crate::store::{self, Dispatch};
+use crate::store::{self, Publication};
 use crate::telemetry::metrics as metrics_names;
 
 /// Topic names start with this unless `RUNQ_TOPIC_PREFIX` says otherwise.
@@ -188,11 +188,11 @@ impl Dispatcher {
     }
 
     /// Publishes one job's message (batched with concurrent ones).
-    pub async fn publish(&self, job: &Dispatch) -> Result<(), DispatchError> {
+    pub async fn publish(&self, job: &Publication) -> Result<(), DispatchError> {
         self.publish_with(job, Batching::Batched).await
     }
 
-    async fn publish_with(&self, job: &Dispatch, batching: Batching) -> Result<(), DispatchError> {
+    async fn publish_with(&self, job: &Publication, batching: Batching) -> Result<(), DispatchError> {
         let data = crate::message::JobMessage { job_id: job.id, attempt: job.attempt }.encode();
         let mut attributes = vec![("function", job.function.clone()), ("priority", job.priority.as_str().to_owned())];
         // Pub/Sub refuses a whole message over one bad attribute; a trace context is worth
@@ -219,7 +219,7 @@ impl Dispatcher {
     /// Publishes a batch concurrently. A message Pub/Sub refuses fails the whole request it
     /// was batched in, so each refused one is sent again alone: only a message refused on its
     /// own counts against its job, and its neighbours go out.
-    pub async fn publish_all(&self, batch: Vec<Dispatch>) -> Published {
+    pub async fn publish_all(&self, batch: Vec<Publication>) -> Published {
         let results = futures::future::join_all(batch.iter().map(|job| self.publish(job))).await;
         let mut out = Published::default();
         let mut suspects = Vec::new();
@@ -265,7 +265,7 @@ pub fn job_created(outbox: Option<&Outbox>, job: &crate::job::Job, trace_context
     if let Some(outbox) = outbox
         && job.run_after <= job.status.created_at
     {
-        outbox.dispatch(Dispatch::of(job, trace_context));
+        outbox.dispatch(Publication::of(job, trace_context));
     }
 }
 
@@ -298,7 +298,7 @@ impl Outbox {
     }
 
     /// Publishes a newly committed job in the background.
-    pub fn dispatch(&self, job: Dispatch) {
+    pub fn dispatch(&self, job: Publication) {
         let this = self.clone();
         tokio::spawn(async move {
             match this.dispatcher.publish(&job).await {

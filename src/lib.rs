@@ -11,6 +11,7 @@
 //!   connected in one place for `runq api`, `runq worker` and `runq dev`.
 //! - [`job`]: the job model and its status machine.
 //! - [`store`]: Postgres, the source of truth; every transition is one guarded UPDATE.
+//! - [`submit`]: the one check of a new job, for the API, schedules and spawned children.
 //! - [`function`]: the [`Function`] trait, the registry and the built-in functions.
 //! - [`api`]: the public JSON API (`/jobs`), health and OpenAPI.
 //! - [`dashboard`]: the web dashboard at `/dashboard` (Flower's role), its stats and run history.
@@ -45,6 +46,7 @@ pub mod server;
 pub mod services;
 pub mod storage;
 pub mod store;
+pub mod submit;
 pub mod telemetry;
 pub mod worker;
 

@@ -55,28 +55,12 @@ pub(super) async fn submit_batch(
     }
     let empty = empty_args();
     let args: Vec<&RawValue> = req.jobs.iter().map(|j| j.args.as_deref().unwrap_or(&empty)).collect();
-    let mut checked = Vec::with_capacity(req.jobs.len());
-    for (i, (job, args)) in req.jobs.iter().zip(&args).enumerate() {
-        checked.push(check(&state, job, args, &format!("jobs[{i}]: "))?);
-    }
     let trace_context = crate::telemetry::traceparent(&headers);
-    let new: Vec<NewJob<'_>> = checked
-        .iter()
-        .zip(&args)
-        .map(|(c, args)| NewJob {
-            id: Uuid::now_v7(),
-            owner: &caller.0.sub,
-            function: c.function,
-            priority: c.priority,
-            queue: c.queue,
-            args,
-            max_attempts: c.max_attempts,
-            delay_secs: c.delay_secs,
-            parent_id: None,
-            trace_context,
-            idempotency: None,
-        })
-        .collect();
+    let mut new = Vec::with_capacity(req.jobs.len());
+    for (i, (job, args)) in req.jobs.iter().zip(&args).enumerate() {
+        let spec = check(&state, job, args, &format!("jobs[{i}]: "))?;
+        new.push(NewJob { id: Uuid::now_v7(), owner: &caller.0.sub, spec, trace_context, idempotency: None });
+    }
     let jobs = store::submit_many(&state.pool, &new).await?;
     tracing::info!(count = jobs.len(), "batch submitted");
     for job in &jobs {

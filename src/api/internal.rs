@@ -98,7 +98,7 @@ async fn fire_schedule(State(state): State<ApiState>, Path(name): Path<String>, 
             (status, Json(serde_json::json!({ "schedule": name, "scheduled_time": at, "fired": fired })))
                 .into_response()
         }
-        Err(e @ FireError::UnknownFunction(_)) => {
+        Err(e @ (FireError::UnknownFunction(_) | FireError::Invalid(_))) => {
             tracing::error!(error = %e, schedule = %name, "firing failed");
             problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }

@@ -15,12 +15,10 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{ApiError, ApiState, Caller};
-use crate::function::MAX_ATTEMPTS_LIMIT;
 use crate::job::{Job, Priority, Status};
-use crate::store::{self, CancelOutcome, ListFilter, NewJob};
+use crate::store::{self, CancelOutcome, JobSpec, ListFilter, NewJob};
+use crate::submit::{self, Invalid, Submission};
 
-/// Longest accepted `delay_seconds`: 30 days.
-pub const MAX_DELAY_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
 /// Page size of `GET /jobs` when `limit` is absent.
 pub const DEFAULT_PAGE: u32 = 50;
 /// Largest page of `GET /jobs`.
@@ -117,56 +115,24 @@ fn request_hash(req: &SubmitRequest, priority: Priority, args: &RawValue) -> Res
     Ok(Sha256::digest(canonical.to_string().as_bytes()).into())
 }
 
-/// A submit that passed validation: everything a [`NewJob`] needs, owned.
-pub(super) struct Checked {
-    pub(super) function: &'static str,
-    pub(super) priority: Priority,
-    pub(super) queue: Option<&'static str>,
-    pub(super) max_attempts: i32,
-    pub(super) delay_secs: Option<f64>,
-}
-
-/// Validates one submit against the registry and the limits. `args` is the request's args
-/// (or `{}`); `at` prefixes error details in a batch.
-pub(super) fn check(state: &ApiState, req: &SubmitRequest, args: &RawValue, at: &str) -> Result<Checked, ApiError> {
-    let function = state
-        .registry
-        .get(&req.function)
-        .ok_or_else(|| ApiError::invalid("function", format!("{at}unknown function `{}`", req.function)))?;
-    if args.get().len() > state.limits.max_args_bytes {
-        return Err(ApiError::TooLarge(format!(
-            "{at}args are {} bytes; the limit is {}",
-            args.get().len(),
-            state.limits.max_args_bytes
-        )));
-    }
-    super::storable::json("args", at, args)?;
-    function
-        .validate(args)
-        .map_err(|e| ApiError::invalid("args", format!("{at}invalid args for `{}`: {e}", req.function)))?;
-    let priority = match &req.priority {
-        None => function.policy().priority,
-        Some(p) => {
-            p.parse().map_err(|e: crate::job::UnknownPriority| ApiError::invalid("priority", format!("{at}{e}")))?
-        }
+/// Validates one submit ([`submit::validate`] with the API's args limit). `args` is the
+/// request's args (or `{}`); `at` prefixes error details in a batch.
+pub(super) fn check<'a>(
+    state: &ApiState,
+    req: &'a SubmitRequest,
+    args: &'a RawValue,
+    at: &str,
+) -> Result<JobSpec<'a>, ApiError> {
+    let submission = Submission {
+        function: &req.function,
+        args,
+        priority: req.priority.as_deref(),
+        max_attempts: req.max_attempts,
+        delay_seconds: req.delay_seconds,
     };
-    let max_attempts = req.max_attempts.unwrap_or(function.policy().max_attempts);
-    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
-        return Err(ApiError::invalid("max_attempts", format!("{at}must be between 1 and {MAX_ATTEMPTS_LIMIT}")));
-    }
-    let delay_secs = match req.delay_seconds {
-        None => None,
-        Some(d) if d.is_finite() && (0.0..=MAX_DELAY_SECONDS).contains(&d) => Some(d),
-        Some(_) => {
-            return Err(ApiError::invalid("delay_seconds", format!("{at}must be between 0 and {MAX_DELAY_SECONDS}")));
-        }
-    };
-    Ok(Checked {
-        function: function.name(),
-        priority,
-        queue: function.policy().queue,
-        max_attempts: max_attempts as i32,
-        delay_secs,
+    submit::validate(&state.registry, Some(state.limits.max_args_bytes), &submission).map_err(|e| match e {
+        Invalid::ArgsTooLarge { .. } => ApiError::TooLarge(format!("{at}{e}")),
+        e => ApiError::invalid(e.field(), format!("{at}{e}")),
     })
 }
 
@@ -185,26 +151,14 @@ async fn submit(
     let req: SubmitRequest = parse_json(&body)?;
     let empty = empty_args();
     let args: &RawValue = req.args.as_deref().unwrap_or(&empty);
-    let checked = check(&state, &req, args, "")?;
+    let spec = check(&state, &req, args, "")?;
     let key = idempotency_key(&headers)?;
     let idempotency = match key {
-        Some(key) => Some((key, request_hash(&req, checked.priority, args)?)),
+        Some(key) => Some((key, request_hash(&req, spec.priority, args)?)),
         None => None,
     };
     let trace_context = crate::telemetry::traceparent(&headers);
-    let new = NewJob {
-        id: Uuid::now_v7(),
-        owner: &caller.0.sub,
-        function: checked.function,
-        priority: checked.priority,
-        queue: checked.queue,
-        args,
-        max_attempts: checked.max_attempts,
-        delay_secs: checked.delay_secs,
-        parent_id: None,
-        trace_context,
-        idempotency,
-    };
+    let new = NewJob { id: Uuid::now_v7(), owner: &caller.0.sub, spec, trace_context, idempotency };
     let result = store::submit(&state.pool, &new, state.limits.idempotency_retention).await?;
     let job = result.job;
     if result.created {
@@ -316,7 +270,7 @@ async fn detail(State(state): State<ApiState>, caller: Caller, Path(id): Path<St
 
 async fn cancel(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    match store::cancel(&state.pool, id, caller.owner_filter()).await? {
+    match store::request_cancel(&state.pool, id, caller.owner_filter()).await? {
         CancelOutcome::Cancelled(job) => {
             tracing::info!(job_id = %id, "job cancelled before it ran");
             Ok((StatusCode::OK, Json(job)).into_response())

@@ -3,8 +3,9 @@
 
 use serde_json::{Value, json};
 
-use super::jobs::{DEFAULT_PAGE, MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY, MAX_PAGE, MAX_WAIT_SECONDS};
+use super::jobs::{DEFAULT_PAGE, MAX_IDEMPOTENCY_KEY, MAX_PAGE, MAX_WAIT_SECONDS};
 use crate::function::{MAX_ATTEMPTS_LIMIT, Registry};
+use crate::submit::MAX_DELAY_SECONDS;
 
 /// The shape of a `next_cursor`: base64url (no padding) of a version byte 1 and a job id's 16
 /// bytes, so any string it matches is a cursor the API accepts.

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::dispatch::Dispatcher;
-use crate::store::{Dispatch, StoreError, secs};
+use crate::store::{Publication, StoreError, secs};
 
 /// Refusals (Pub/Sub rejected the message itself, published alone) after which a job fails
 /// with kind `unpublishable`. Between them the job backs off alone: 1 s, 2 s, 4 s, 8 s, 16 s,
@@ -84,7 +84,7 @@ pub async fn take_for_publish(
     pool: &PgPool,
     limit: i64,
     redispatch_after: Duration,
-) -> Result<Vec<Dispatch>, StoreError> {
+) -> Result<Vec<Publication>, StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     let rows = sqlx::query!(
@@ -108,7 +108,7 @@ pub async fn take_for_publish(
     tx.commit().await?;
     Ok(rows
         .into_iter()
-        .map(|r| Dispatch {
+        .map(|r| Publication {
             id: r.id,
             attempt: r.attempt,
             function: r.function,

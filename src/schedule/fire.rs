@@ -18,6 +18,7 @@ use crate::job::Job;
 use crate::maintenance::{self, CleanupReport, Retention, SweepReport};
 use crate::storage::BlobStore;
 use crate::store::{self, NewJob, StoreError};
+use crate::submit::Invalid;
 
 /// Why a firing failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,10 @@ pub enum FireError {
     /// The schedule names a function this build doesn't register (a deploy mistake).
     #[error("the schedule's function `{0}` is not registered in this build")]
     UnknownFunction(String),
+    /// The schedule's job doesn't pass the submit check (its declaration is checked at start, so
+    /// only a firing through a [`Runner`] of another registry meets this).
+    #[error("the schedule's job is invalid: {0}")]
+    Invalid(Invalid),
 }
 
 /// What a firing did.
@@ -111,8 +116,11 @@ impl Runner {
                 Ok(Fired::Cleanup { report })
             }
             Action::Submit { function, args, priority } => {
-                let f = self.registry.get(function).ok_or_else(|| FireError::UnknownFunction(function.clone()))?;
                 let raw = serde_json::value::to_raw_value(args).expect("a Value serializes");
+                let spec = super::submit_spec(&self.registry, function, &raw, *priority).map_err(|e| match e {
+                    Invalid::UnknownFunction(f) => FireError::UnknownFunction(f),
+                    e => FireError::Invalid(e),
+                })?;
                 let key = schedule.idempotency_key(at);
                 // The hash is of the key alone: an existing job for this instant is the answer,
                 // whatever args it was created with.
@@ -121,13 +129,7 @@ impl Runner {
                 let new = NewJob {
                     id: Uuid::now_v7(),
                     owner: &owner,
-                    function: f.name(),
-                    priority: *priority,
-                    queue: f.policy().queue,
-                    args: &raw,
-                    max_attempts: f.policy().max_attempts as i32,
-                    delay_secs: None,
-                    parent_id: None,
+                    spec,
                     trace_context: None,
                     idempotency: Some((&key, hash)),
                 };

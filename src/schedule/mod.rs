@@ -12,11 +12,15 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 pub use fire::{DEFAULT_SWEEP_EVERY, DEFAULT_SWEEP_WINDOW, FireError, Fired, Runner};
 pub use ticker::{Ticker, due_slot, run_locally};
 
+use crate::function::Registry;
 use crate::job::Priority;
+use crate::store::JobSpec;
+use crate::submit::{self, Invalid, Submission};
 
 /// Name of the built-in schedule that runs the relay and the reaper.
 pub const SWEEP: &str = "runq.sweep";
@@ -157,19 +161,33 @@ impl Schedules {
         self.all.iter()
     }
 
-    /// Checks every submitting schedule against the functions: registered, args valid, and the
-    /// priority known.
-    pub fn check(&self, registry: &crate::function::Registry) -> Result<(), ScheduleError> {
+    /// Checks every submitting schedule's job as its firing will ([`submit::validate`]), so a bad
+    /// declaration stops the start rather than every firing.
+    pub fn check(&self, registry: &Registry) -> Result<(), ScheduleError> {
         for s in &self.all {
-            if let Action::Submit { function, args, .. } = &s.action {
+            if let Action::Submit { function, args, priority } = &s.action {
                 let target = |reason: String| ScheduleError::Target { name: s.name.clone(), reason };
-                let f = registry.get(function).ok_or_else(|| target(format!("unknown function `{function}`")))?;
                 let raw = serde_json::value::to_raw_value(args).map_err(|e| target(e.to_string()))?;
-                f.validate(&raw).map_err(|e| target(format!("invalid args for `{function}`: {e}")))?;
+                submit_spec(registry, function, &raw, *priority).map_err(|e| target(e.to_string()))?;
             }
         }
         Ok(())
     }
+}
+
+/// The job of a submitting schedule, checked like any submit ([`submit::validate`]; no args size
+/// limit: the args are declared in code, not sent in a request).
+fn submit_spec<'a>(
+    registry: &Registry,
+    function: &'a str,
+    args: &'a RawValue,
+    priority: Priority,
+) -> Result<JobSpec<'a>, Invalid> {
+    submit::validate(
+        registry,
+        None,
+        &Submission { priority: Some(priority.as_str()), ..Submission::new(function, args) },
+    )
 }
 
 /// One line of `runq schedules`.

@@ -85,11 +85,11 @@ fn parse_status(s: &str) -> Status {
     s.parse().unwrap_or(Status::Failed)
 }
 
-/// A job to insert.
-#[derive(Debug)]
-pub struct NewJob<'a> {
-    pub id: Uuid,
-    pub owner: &'a str,
+/// A new job as [`crate::submit::validate`] checked it: what runs, on which queue, how often and
+/// from when. Who owns it is the insert's to say: the caller of a [`NewJob`], the parent of
+/// [`spawn_children`].
+#[derive(Debug, Clone, Copy)]
+pub struct JobSpec<'a> {
     pub function: &'a str,
     pub priority: Priority,
     /// The function's own queue, if it has one (else the priority's).
@@ -99,7 +99,14 @@ pub struct NewJob<'a> {
     /// Not due before this many seconds from the insert, by the database's clock (a delayed
     /// submit). Never a time from this process's clock, which may be skewed.
     pub delay_secs: Option<f64>,
-    pub parent_id: Option<Uuid>,
+}
+
+/// A job a caller submits (a client, a schedule), owned by that caller.
+#[derive(Debug)]
+pub struct NewJob<'a> {
+    pub id: Uuid,
+    pub owner: &'a str,
+    pub spec: JobSpec<'a>,
     pub trace_context: Option<&'a str>,
     /// The key and a hash of the request it came with.
     pub idempotency: Option<(&'a str, [u8; 32])>,
@@ -162,22 +169,21 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
     let row = sqlx::query_as!(
         JobRow,
         r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after,
-                             parent_id, trace_context, idempotency_key, queue)
-           VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, now() + make_interval(secs => coalesce($7::float8, 0)), $8, $9, $10, $11)
+                             trace_context, idempotency_key, queue)
+           VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, now() + make_interval(secs => coalesce($7::float8, 0)), $8, $9, $10)
            RETURNING id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
                      run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
                      created_at, started_at, finished_at, updated_at"#,
         new.id,
         new.owner,
-        new.function,
-        new.priority.as_str(),
-        new.args.get(),
-        new.max_attempts,
-        new.delay_secs,
-        new.parent_id,
+        new.spec.function,
+        new.spec.priority.as_str(),
+        new.spec.args.get(),
+        new.spec.max_attempts,
+        new.spec.delay_secs,
         new.trace_context,
         new.idempotency.map(|(key, _)| key),
-        new.queue,
+        new.spec.queue,
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -242,9 +248,10 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// Cancels a job: one guarded UPDATE that cancels a queued or retrying job at once and flags a
-/// running one. A finished job is left untouched.
-pub async fn cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
+/// A client's cancel of a job (`POST /jobs/{id}/cancel`): one guarded UPDATE that cancels a
+/// queued or retrying job at once and flags a running one, whose run then stops and records it
+/// with [`super::finish_cancelled`]. A finished job is left untouched.
+pub async fn request_cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
     let row = sqlx::query_as!(
         JobRow,
         r#"UPDATE jobs SET
@@ -339,35 +346,26 @@ struct Columns {
 }
 
 impl Columns {
-    fn of(jobs: &[NewJob<'_>]) -> Self {
-        let mut c = Columns::default();
-        for j in jobs {
-            c.ids.push(j.id);
-            c.owners.push(j.owner.to_owned());
-            c.functions.push(j.function.to_owned());
-            c.priorities.push(j.priority.as_str().to_owned());
-            c.args.push(j.args.get().to_owned());
-            c.max_attempts.push(j.max_attempts);
-            c.delay_secs.push(j.delay_secs);
-            c.trace_contexts.push(j.trace_context.map(str::to_owned));
-            c.queues.push(j.queue.map(str::to_owned));
-        }
-        c
+    fn push(&mut self, id: Uuid, owner: &str, spec: &JobSpec<'_>, trace_context: Option<&str>) {
+        self.ids.push(id);
+        self.owners.push(owner.to_owned());
+        self.functions.push(spec.function.to_owned());
+        self.priorities.push(spec.priority.as_str().to_owned());
+        self.args.push(spec.args.get().to_owned());
+        self.max_attempts.push(spec.max_attempts);
+        self.delay_secs.push(spec.delay_secs);
+        self.trace_contexts.push(trace_context.map(str::to_owned));
+        self.queues.push(spec.queue.map(str::to_owned));
     }
 }
 
-/// Inserts many jobs in one statement. `parent` (with its `owner`) makes them child jobs.
-async fn insert_many(
-    conn: &mut sqlx::PgConnection,
-    jobs: &[NewJob<'_>],
-    parent: Option<(Uuid, &str)>,
-) -> Result<Vec<Job>, StoreError> {
-    let c = Columns::of(jobs);
+/// Inserts many jobs in one statement; `parent` makes them its child jobs.
+async fn insert_many(conn: &mut sqlx::PgConnection, c: &Columns, parent: Option<Uuid>) -> Result<Vec<Job>, StoreError> {
     let rows = sqlx::query_as!(
         JobRow,
         r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after, trace_context,
                              queue, parent_id)
-           SELECT t.id, coalesce($11, t.owner), t.function, t.priority, t.args::jsonb, 'queued', t.max_attempts,
+           SELECT t.id, t.owner, t.function, t.priority, t.args::jsonb, 'queued', t.max_attempts,
                   now() + make_interval(secs => coalesce(t.delay_secs, 0)), t.trace_context, t.queue, $10
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
                        $7::float8[], $8::text[], $9::text[])
@@ -384,8 +382,7 @@ async fn insert_many(
         &c.delay_secs as &[Option<f64>],
         &c.trace_contexts as &[Option<String>],
         &c.queues as &[Option<String>],
-        parent.map(|(id, _)| id),
-        parent.map(|(_, owner)| owner),
+        parent,
     )
     .fetch_all(conn)
     .await?;
@@ -396,8 +393,12 @@ async fn insert_many(
 /// Inserts many jobs in one statement and one durable commit (`POST /jobs:batch`). All or
 /// nothing. Idempotency keys are not supported here (each job's key would need its own check).
 pub async fn submit_many(pool: &PgPool, jobs: &[NewJob<'_>]) -> Result<Vec<Job>, StoreError> {
+    let mut columns = Columns::default();
+    for j in jobs {
+        columns.push(j.id, j.owner, &j.spec, j.trace_context);
+    }
     let mut conn = pool.acquire().await?;
-    insert_many(&mut conn, jobs, None).await
+    insert_many(&mut conn, &columns, None).await
 }
 
 /// Inserts child jobs of a running job, fenced by its claim: nothing is inserted unless the
@@ -407,7 +408,7 @@ pub async fn spawn_children(
     pool: &PgPool,
     parent: Uuid,
     claim_id: Uuid,
-    jobs: &[NewJob<'_>],
+    children: &[JobSpec<'_>],
 ) -> Result<Option<Vec<Job>>, StoreError> {
     let mut tx = pool.begin().await?;
     let owner: Option<String> = sqlx::query_scalar!(
@@ -420,7 +421,11 @@ pub async fn spawn_children(
     let Some(owner) = owner else {
         return Ok(None);
     };
-    let children = insert_many(&mut tx, jobs, Some((parent, &owner))).await?;
+    let mut columns = Columns::default();
+    for child in children {
+        columns.push(Uuid::now_v7(), &owner, child, None);
+    }
+    let children = insert_many(&mut tx, &columns, Some(parent)).await?;
     tx.commit().await?;
     Ok(Some(children))
 }

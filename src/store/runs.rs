@@ -231,8 +231,9 @@ pub async fn fail(
     Ok(status.map(|s| s.parse().unwrap_or(Status::Failed)))
 }
 
-/// Records that a run stopped because its job was cancelled. `false` when the claim was lost.
-pub async fn cancelled(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, StoreError> {
+/// Records that a run stopped because its job was cancelled (see [`super::request_cancel`]): the
+/// job ends `cancelled`. Fenced by the claim; `false` when it was lost.
+pub async fn finish_cancelled(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, StoreError> {
     let done = sqlx::query!(
         r#"WITH done AS (
               UPDATE jobs SET status = 'cancelled', finished_at = now(), updated_at = now(), lease_until = NULL,
@@ -308,9 +309,11 @@ pub async fn release_unknown_function(
     Ok(status.map(|s| s.parse().unwrap_or(Status::Failed)))
 }
 
-/// A job the relay should publish.
+/// What publishing one job sends (its message, attributes and queue), for the
+/// [`crate::dispatch::Dispatcher`]: read by the relay from its rows, or built with
+/// [`Publication::of`] from a job just created.
 #[derive(Debug, Clone)]
-pub struct Dispatch {
+pub struct Publication {
     pub id: Uuid,
     pub attempt: i32,
     pub function: String,
@@ -320,7 +323,7 @@ pub struct Dispatch {
     pub trace_context: Option<String>,
 }
 
-impl Dispatch {
+impl Publication {
     /// The message of a job just created (attempt 0 or its current attempt).
     pub fn of(job: &crate::job::Job, trace_context: Option<&str>) -> Self {
         Self {

@@ -279,7 +279,7 @@ async fn record(
             error("timeout", "stopped at its soft time limit".into(), false)
         }
         Ending::Returned(Err(FunctionError::Cancelled)) => {
-            let done = store::cancelled(&state.pool, id, claim).await?;
+            let done = store::finish_cancelled(&state.pool, id, claim).await?;
             return Ok(if done { Recorded::Status(Status::Cancelled) } else { Recorded::Fenced });
         }
         Ending::Returned(Err(FunctionError::Retryable(message))) => error("error", without_nul(&message), true),

@@ -1,5 +1,6 @@
-//! Child jobs of a run: validated like submits, inserted in one statement fenced by the
-//! parent's claim, and published at once when the worker has a publisher (else by the relay).
+//! Child jobs of a run: validated like submits ([`submit::validate`]), inserted in one statement
+//! fenced by the parent's claim, and published at once when the worker has a publisher (else by
+//! the relay).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,7 +10,9 @@ use uuid::Uuid;
 
 use crate::dispatch::Outbox;
 use crate::function::{ChildJob, FunctionError, Registry, Spawner};
-use crate::store::{self, NewJob, StoreError};
+use crate::job::Priority;
+use crate::store::{self, StoreError};
+use crate::submit::{self, Submission};
 
 /// Most children one `spawn` call may create.
 pub const MAX_CHILDREN: usize = 1000;
@@ -30,40 +33,21 @@ impl RunSpawner {
         if children.len() > MAX_CHILDREN {
             return Err(FunctionError::Fatal(format!("at most {MAX_CHILDREN} children per spawn")));
         }
-        let mut prepared = Vec::with_capacity(children.len());
-        for (i, child) in children.iter().enumerate() {
-            let f = self
-                .registry
-                .get(&child.function)
-                .ok_or_else(|| FunctionError::Fatal(format!("child {i}: unknown function `{}`", child.function)))?;
-            let args = serde_json::value::to_raw_value(&child.args).map_err(FunctionError::fatal)?;
-            f.validate(&args).map_err(|e| FunctionError::Fatal(format!("child {i}: invalid args: {e}")))?;
-            let policy = f.policy();
-            prepared.push((
-                f.name(),
-                child.priority.unwrap_or(policy.priority),
-                policy.queue,
-                policy.max_attempts,
-                args,
-            ));
-        }
-        let new: Vec<NewJob<'_>> = prepared
+        let args = children
             .iter()
-            .map(|(function, priority, queue, max_attempts, args)| NewJob {
-                id: Uuid::now_v7(),
-                owner: "",
-                function,
-                priority: *priority,
-                queue: *queue,
-                args,
-                max_attempts: *max_attempts as i32,
-                delay_secs: None,
-                parent_id: Some(parent),
-                trace_context: None,
-                idempotency: None,
-            })
-            .collect();
-        let jobs = match store::spawn_children(&self.pool, parent, self.claim_id, &new).await {
+            .map(|child| serde_json::value::to_raw_value(&child.args))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(FunctionError::fatal)?;
+        let mut specs = Vec::with_capacity(children.len());
+        for (i, (child, args)) in children.iter().zip(&args).enumerate() {
+            let submission =
+                Submission { priority: child.priority.map(Priority::as_str), ..Submission::new(&child.function, args) };
+            // No size limit: the API's is on request bodies, and children never had one.
+            let spec = submit::validate(&self.registry, None, &submission)
+                .map_err(|e| FunctionError::Fatal(format!("child {i}: {e}")))?;
+            specs.push(spec);
+        }
+        let jobs = match store::spawn_children(&self.pool, parent, self.claim_id, &specs).await {
             Ok(Some(jobs)) => jobs,
             Ok(None) => return Err(FunctionError::Cancelled),
             Err(e @ StoreError::Unavailable(_)) => return Err(FunctionError::retryable(e)),
@@ -71,7 +55,7 @@ impl RunSpawner {
         };
         for job in &jobs {
             if let Some(outbox) = &self.outbox {
-                outbox.dispatch(store::Dispatch::of(job, None));
+                outbox.dispatch(store::Publication::of(job, None));
             }
         }
         tracing::info!(parent = %parent, children = jobs.len(), "children spawned");

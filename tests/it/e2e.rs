@@ -476,7 +476,7 @@ async fn a_message_delivered_twice_runs_once(pool: PgPool) {
     let done = s.finished(&id(&job)).await;
     assert_eq!(done["status"], "succeeded");
     // Publish the very same message again, twice: acknowledged, not run.
-    let dispatch = runq::store::Dispatch {
+    let publication = runq::store::Publication {
         id: Uuid::parse_str(&id(&job)).unwrap(),
         attempt: 0,
         function: "noop".into(),
@@ -484,8 +484,8 @@ async fn a_message_delivered_twice_runs_once(pool: PgPool) {
         queue: None,
         trace_context: None,
     };
-    s.dev.dispatcher.publish(&dispatch).await.unwrap();
-    s.dev.dispatcher.publish(&dispatch).await.unwrap();
+    s.dev.dispatcher.publish(&publication).await.unwrap();
+    s.dev.dispatcher.publish(&publication).await.unwrap();
     // A delayed marker job published after the duplicates finishes after them (same queue).
     let marker = s.submit(json!({"function": "noop", "priority": "high"})).await;
     s.finished(&id(&marker)).await;
@@ -583,18 +583,13 @@ async fn children_of_a_lost_claim_are_not_created(pool: PgPool) {
     .await
     .unwrap();
     let args = serde_json::value::RawValue::from_string("{}".into()).unwrap();
-    let child = runq::store::NewJob {
-        id: Uuid::now_v7(),
-        owner: "",
+    let child = runq::store::JobSpec {
         function: "noop",
         priority: Priority::Low,
         queue: None,
         args: &args,
         max_attempts: 3,
         delay_secs: None,
-        parent_id: None,
-        trace_context: None,
-        idempotency: None,
     };
     let parent = Uuid::from_u128(1);
     let stale =

@@ -291,19 +291,15 @@ async fn detached_runs_answer_the_push_at_once_and_finish_in_the_background(pool
     // Recorded without the outbox, so only our push delivers it.
     let args = serde_json::value::RawValue::from_string("{}".into()).unwrap();
     let id = uuid::Uuid::now_v7();
-    let new = runq::store::NewJob {
-        id,
-        owner: "e2e",
+    let spec = runq::store::JobSpec {
         function: "long",
         priority: Priority::Medium,
         queue: None,
         args: &args,
         max_attempts: 3,
         delay_secs: None,
-        parent_id: None,
-        trace_context: None,
-        idempotency: None,
     };
+    let new = runq::store::NewJob { id, owner: "e2e", spec, trace_context: None, idempotency: None };
     runq::store::submit(&pool, &new, Duration::from_secs(60)).await.unwrap();
     let resp = s.http.post(&worker_url).bearer_auth(&token).body(envelope(&id.to_string())).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
