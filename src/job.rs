@@ -151,13 +151,146 @@ pub fn valid_queue_name(name: &str) -> bool {
 /// Why a run failed, as stored in `jobs.error` and shown by `GET /jobs/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobError {
-    /// A stable machine-readable reason: `error`, `panic`, `timeout`, `lost`, `undeliverable`, ...
-    pub kind: String,
+    /// A stable machine-readable reason.
+    pub kind: ErrorKind,
     /// A human-readable message from the function or from runq.
     pub message: String,
     /// Whether runq would retry this error if attempts were left.
     pub retryable: bool,
 }
+
+impl JobError {
+    /// An error of `kind` that runq won't retry.
+    pub fn permanent(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), retryable: false }
+    }
+}
+
+/// The `kind` of a [`JobError`]: why a job failed (or was cancelled), stored in `jobs.error` and
+/// `job_runs.error` and shown by the API under the names below. Functions choose only between
+/// [`ErrorKind::Error`] retryable or not; every other kind is runq's. The table is also in
+/// `docs/reliability.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// `error`: the function returned an error (`FunctionError::Retryable` or `Fatal`).
+    Error,
+    /// `panic`: the function panicked; retried while attempts are left.
+    Panic,
+    /// `timeout`: the run stopped at its soft time limit, or was aborted at its hard one.
+    Timeout,
+    /// `cancelled`: a client cancelled the job, before it ran or while it ran.
+    Cancelled,
+    /// `lost`: the run's lease expired (its worker crashed or was killed) with no attempts left.
+    Lost,
+    /// `undeliverable`: Pub/Sub dead-lettered the job's message, unclaimed, too many times.
+    Undeliverable,
+    /// `unpublishable`: Pub/Sub refused the job's message too many times (a missing topic).
+    Unpublishable,
+    /// `invalid_result`: the result can't be stored in Postgres (a NUL, or refused by `jsonb`).
+    InvalidResult,
+    /// `result_too_large`: the result is over the inline limit and no results bucket is configured.
+    ResultTooLarge,
+    /// `result_storage`: a result over the inline limit couldn't be written to GCS.
+    ResultStorage,
+    /// `unknown_function`: no worker that received the job has its function, rounds used up.
+    UnknownFunction,
+}
+
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::Error,
+        ErrorKind::Panic,
+        ErrorKind::Timeout,
+        ErrorKind::Cancelled,
+        ErrorKind::Lost,
+        ErrorKind::Undeliverable,
+        ErrorKind::Unpublishable,
+        ErrorKind::InvalidResult,
+        ErrorKind::ResultTooLarge,
+        ErrorKind::ResultStorage,
+        ErrorKind::UnknownFunction,
+    ];
+
+    /// The name stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Error => "error",
+            ErrorKind::Panic => "panic",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Lost => "lost",
+            ErrorKind::Undeliverable => "undeliverable",
+            ErrorKind::Unpublishable => "unpublishable",
+            ErrorKind::InvalidResult => "invalid_result",
+            ErrorKind::ResultTooLarge => "result_too_large",
+            ErrorKind::ResultStorage => "result_storage",
+            ErrorKind::UnknownFunction => "unknown_function",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error kind name that runq doesn't know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown error kind `{0}`")]
+pub struct UnknownErrorKind(pub String);
+
+impl FromStr for ErrorKind {
+    type Err = UnknownErrorKind;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ErrorKind::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownErrorKind(s.to_owned()))
+    }
+}
+
+/// Postgres `text` by [`as_str`](Status::as_str) and [`FromStr`], for the `text` columns with a
+/// CHECK (and the names inside `jsonb`): bound and decoded as the type, so a name runq doesn't
+/// know is a decode error, never a different value. (Not `#[derive(sqlx::Type)]` with
+/// `type_name = "text"`: that binds a type looked up by name on each new connection.)
+macro_rules! text_in_postgres {
+    ($($ty:ty),*) => {$(
+        impl sqlx::Type<sqlx::Postgres> for $ty {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl sqlx::postgres::PgHasArrayType for $ty {
+            fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::postgres::PgHasArrayType>::array_type_info()
+            }
+            fn array_compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::postgres::PgHasArrayType>::array_compatible(ty)
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::Postgres> for $ty {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $ty {
+            fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                Ok(<&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?.parse()?)
+            }
+        }
+    )*};
+}
+
+text_in_postgres!(Status, Priority, ErrorKind);
 
 /// The polling view of a job: what `GET /jobs/{id}/status` returns. One primary-key read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,7 +365,12 @@ mod tests {
         for p in Priority::ALL {
             assert_eq!(p.as_str().parse::<Priority>().unwrap(), p);
         }
+        for k in ErrorKind::ALL {
+            assert_eq!(k.as_str().parse::<ErrorKind>().unwrap(), k);
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
         assert!("urgent".parse::<Priority>().is_err());
+        assert!("oops".parse::<ErrorKind>().is_err());
         assert!("done".parse::<Status>().is_err());
     }
 

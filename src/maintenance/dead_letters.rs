@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
+use sqlx::types::Json;
 use uuid::Uuid;
 
+use crate::job::{ErrorKind, JobError, Status};
 use crate::store::{StoreError, secs};
 
 /// What a dead-lettered message did to its job.
@@ -30,6 +32,7 @@ pub async fn dead_letter(
     max_rounds: i32,
     backoff: Duration,
 ) -> Result<DeadLetterOutcome, StoreError> {
+    let undeliverable = JobError::permanent(ErrorKind::Undeliverable, "Pub/Sub could not deliver the job to a worker");
     let status = sqlx::query_scalar!(
         r#"UPDATE jobs SET dead_letters = dead_letters + 1,
               status = CASE WHEN dead_letters + 1 >= $3 THEN 'failed' ELSE 'queued' END,
@@ -37,20 +40,20 @@ pub async fn dead_letter(
                                ELSE now() + make_interval(secs => $4 * power(2, dead_letters)) END,
               finished_at = CASE WHEN dead_letters + 1 >= $3 THEN now() ELSE NULL END,
               error = CASE WHEN dead_letters + 1 >= $3
-                           THEN '{"kind": "undeliverable", "message": "Pub/Sub could not deliver the job to a worker", "retryable": false}'::jsonb
-                           ELSE error END,
+                           THEN $5::jsonb ELSE error END,
               dispatched_at = NULL, updated_at = now()
            WHERE id = $1 AND attempt = $2 AND status = 'queued'
-           RETURNING status"#,
+           RETURNING status AS "status: Status""#,
         id,
         attempt,
         max_rounds,
         secs(backoff),
+        Json(undeliverable) as Json<JobError>,
     )
     .fetch_optional(pool)
     .await?;
-    Ok(match status.as_deref() {
-        Some("failed") => DeadLetterOutcome::Failed,
+    Ok(match status {
+        Some(Status::Failed) => DeadLetterOutcome::Failed,
         Some(_) => DeadLetterOutcome::Requeued,
         None => DeadLetterOutcome::Ignored,
     })

@@ -3,9 +3,10 @@
 //! Lost leases count as attempts, so a crash loop is bounded.
 
 use sqlx::PgPool;
+use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::job::Status;
+use crate::job::{ErrorKind, JobError, Status};
 use crate::store::StoreError;
 
 /// Runs reaped in one statement at most.
@@ -15,6 +16,10 @@ pub const REAP_BATCH: i64 = 1000;
 /// attempts are left, else `failed` with kind `lost` (`cancelled` if a cancel was requested).
 /// Returns the jobs touched with their new status.
 async fn reap_expired(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Status)>, StoreError> {
+    let lost = JobError::permanent(
+        ErrorKind::Lost,
+        "the worker stopped renewing its lease (crashed or killed) and no attempts are left",
+    );
     let rows = sqlx::query!(
         r#"WITH expired AS (
               SELECT id, claim_id FROM jobs WHERE status = 'running' AND lease_until < now()
@@ -24,19 +29,20 @@ async fn reap_expired(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Status)>, 
                  status = CASE WHEN j.cancel_requested THEN 'cancelled'
                                WHEN j.attempt < j.max_attempts THEN 'queued' ELSE 'failed' END,
                  error = CASE WHEN j.cancel_requested OR j.attempt < j.max_attempts THEN j.error
-                              ELSE '{"kind": "lost", "message": "the worker stopped renewing its lease (crashed or killed) and no attempts are left", "retryable": false}'::jsonb END,
+                              ELSE $2::jsonb END,
                  finished_at = CASE WHEN NOT j.cancel_requested AND j.attempt < j.max_attempts THEN NULL ELSE now() END,
                  claim_id = NULL, worker_id = NULL, lease_until = NULL, dispatched_at = NULL, updated_at = now()
               FROM expired WHERE j.id = expired.id AND j.status = 'running'
               RETURNING j.id, j.status, expired.claim_id),
            runs AS (UPDATE job_runs r SET finished_at = now(), outcome = 'reaped'
                     FROM reaped WHERE r.claim_id = reaped.claim_id)
-           SELECT id AS "id!", status AS "status!" FROM reaped"#,
+           SELECT id AS "id!", status AS "status!: Status" FROM reaped"#,
         limit,
+        Json(lost) as Json<JobError>,
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r.status.parse().unwrap_or(Status::Failed))).collect())
+    Ok(rows.into_iter().map(|r| (r.id, r.status)).collect())
 }
 
 /// One pass: reaps up to [`REAP_BATCH`] expired runs, logs and counts them.

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::dispatch::Dispatcher;
+use crate::job::{ErrorKind, Priority};
 use crate::store::{Publication, StoreError, secs};
 
 /// Refusals (Pub/Sub rejected the message itself, published alone) after which a job fails
@@ -99,7 +100,7 @@ pub async fn take_for_publish(
               ORDER BY dispatched_at LIMIT $1 FOR UPDATE SKIP LOCKED)
            UPDATE jobs j SET dispatched_at = now()
            WHERE j.id IN (SELECT id FROM fresh UNION SELECT id FROM stale) AND j.status = 'queued'
-           RETURNING j.id, j.attempt, j.function, j.priority, j.queue, j.trace_context"#,
+           RETURNING j.id, j.attempt, j.function, j.priority AS "priority: Priority", j.queue, j.trace_context"#,
         limit,
         secs(redispatch_after),
     )
@@ -112,7 +113,7 @@ pub async fn take_for_publish(
             id: r.id,
             attempt: r.attempt,
             function: r.function,
-            priority: r.priority.parse().unwrap_or_default(),
+            priority: r.priority,
             queue: r.queue,
             trace_context: r.trace_context,
         })
@@ -153,7 +154,7 @@ pub async fn publish_failed(
                                ELSE j.run_after END,
               finished_at = CASE WHEN f.counts AND j.publish_failures + 1 >= $4 THEN now() ELSE j.finished_at END,
               error = CASE WHEN f.counts AND j.publish_failures + 1 >= $4
-                           THEN jsonb_build_object('kind', 'unpublishable', 'retryable', false,
+                           THEN jsonb_build_object('kind', $7::text, 'retryable', false,
                                 'message', 'Pub/Sub refused the job''s message ' || $4 || ' times: ' || f.reason)
                            ELSE j.error END,
               updated_at = now()
@@ -165,6 +166,7 @@ pub async fn publish_failed(
         max_refusals,
         secs(backoff),
         secs(max_backoff),
+        ErrorKind::Unpublishable as ErrorKind,
     )
     .execute(pool)
     .await?;

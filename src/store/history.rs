@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::StoreError;
@@ -34,7 +35,7 @@ pub struct Run {
 pub async fn run_history(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<Vec<Run>>, StoreError> {
     let rows = sqlx::query!(
         r#"SELECT r.attempt AS "attempt?", r.worker_id AS "worker_id?", r.started_at AS "started_at?",
-                  r.finished_at, r.outcome, r.error, r.retry_at
+                  r.finished_at, r.outcome, r.error AS "error: Json<JobError>", r.retry_at
            FROM jobs j LEFT JOIN job_runs r ON r.job_id = j.id
            WHERE j.id = $1 AND ($2::text IS NULL OR j.owner = $2)
            ORDER BY r.started_at, r.attempt"#,
@@ -56,7 +57,7 @@ pub async fn run_history(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result
                     started_at: r.started_at?,
                     finished_at: r.finished_at,
                     outcome: r.outcome,
-                    error: r.error.and_then(|e| serde_json::from_value(e).ok()),
+                    error: r.error.map(|Json(e)| e),
                     retry_at: r.retry_at,
                 })
             })

@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
+use sqlx::types::Json;
 use sqlx::{PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::job::{Job, JobError, JobStatus, Priority, Status, poll_after_ms};
+use crate::job::{ErrorKind, Job, JobError, JobStatus, Priority, Status, poll_after_ms};
 
 /// A `jobs` row as stored.
 #[derive(Debug, sqlx::FromRow)]
@@ -16,10 +17,10 @@ struct JobRow {
     id: Uuid,
     owner: String,
     function: String,
-    priority: String,
+    priority: Priority,
     queue: Option<String>,
     args: serde_json::Value,
-    status: String,
+    status: Status,
     progress: f32,
     message: Option<String>,
     attempt: i32,
@@ -30,7 +31,7 @@ struct JobRow {
     parent_id: Option<Uuid>,
     result: Option<serde_json::Value>,
     result_uri: Option<String>,
-    error: Option<serde_json::Value>,
+    error: Option<Json<JobError>>,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
@@ -44,7 +45,7 @@ const JOB_COLUMNS: &str = "id, owner, function, priority, queue, args, status, p
 
 impl JobRow {
     fn into_job(self, now: DateTime<Utc>) -> Job {
-        let status = parse_status(&self.status);
+        let status = self.status;
         Job {
             status: JobStatus {
                 id: self.id,
@@ -60,14 +61,14 @@ impl JobRow {
                 poll_after_ms: poll_after_ms(status, self.run_after, now),
             },
             function: self.function,
-            queue: self.queue.unwrap_or_else(|| self.priority.clone()),
-            priority: self.priority.parse().unwrap_or_default(),
+            queue: self.queue.unwrap_or_else(|| self.priority.as_str().to_owned()),
+            priority: self.priority,
             args: self.args,
             run_after: self.run_after,
             cancel_requested: self.cancel_requested,
             result: self.result,
             result_uri: self.result_uri,
-            error: self.error.and_then(|e| serde_json::from_value::<JobError>(e).ok()),
+            error: self.error.map(|Json(e)| e),
             parent_id: self.parent_id,
             idempotency_key: self.idempotency_key,
             children: None,
@@ -78,11 +79,6 @@ impl JobRow {
     fn owner(&self) -> &str {
         &self.owner
     }
-}
-
-fn parse_status(s: &str) -> Status {
-    // The CHECK constraint allows only known names; a new one would need a new binary anyway.
-    s.parse().unwrap_or(Status::Failed)
 }
 
 /// A new job as [`crate::submit::validate`] checked it: what runs, on which queue, how often and
@@ -171,13 +167,14 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
         r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after,
                              trace_context, idempotency_key, queue)
            VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, now() + make_interval(secs => coalesce($7::float8, 0)), $8, $9, $10)
-           RETURNING id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
-                     run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
+           RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     parent_id, result, result_uri, error AS "error: Json<JobError>",
                      created_at, started_at, finished_at, updated_at"#,
         new.id,
         new.owner,
         new.spec.function,
-        new.spec.priority.as_str(),
+        new.spec.priority as Priority,
         new.spec.args.get(),
         new.spec.max_attempts,
         new.spec.delay_secs,
@@ -195,8 +192,9 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
 pub async fn get(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<Job>, StoreError> {
     let row = sqlx::query_as!(
         JobRow,
-        r#"SELECT id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
-                  run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
+        r#"SELECT id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
+                  progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                  parent_id, result, result_uri, error AS "error: Json<JobError>",
                   created_at, started_at, finished_at, updated_at
            FROM jobs WHERE id = $1"#,
         id
@@ -209,29 +207,26 @@ pub async fn get(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<
 /// The polling view: one primary-key read of the fields that change while a job runs.
 pub async fn get_status(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<JobStatus>, StoreError> {
     let row = sqlx::query!(
-        "SELECT owner, status, progress, message, attempt, max_attempts, run_after,
-                created_at, started_at, finished_at, updated_at
-         FROM jobs WHERE id = $1",
+        r#"SELECT owner, status AS "status: Status", progress, message, attempt, max_attempts, run_after,
+                  created_at, started_at, finished_at, updated_at
+           FROM jobs WHERE id = $1"#,
         id
     )
     .fetch_optional(pool)
     .await?;
     let now = Utc::now();
-    Ok(row.filter(|r| owner.is_none_or(|o| r.owner == o)).map(|r| {
-        let status = parse_status(&r.status);
-        JobStatus {
-            id,
-            status,
-            progress: r.progress,
-            message: r.message,
-            attempt: r.attempt,
-            max_attempts: r.max_attempts,
-            created_at: r.created_at,
-            started_at: r.started_at,
-            finished_at: r.finished_at,
-            updated_at: r.updated_at,
-            poll_after_ms: poll_after_ms(status, r.run_after, now),
-        }
+    Ok(row.filter(|r| owner.is_none_or(|o| r.owner == o)).map(|r| JobStatus {
+        id,
+        status: r.status,
+        progress: r.progress,
+        message: r.message,
+        attempt: r.attempt,
+        max_attempts: r.max_attempts,
+        created_at: r.created_at,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+        updated_at: r.updated_at,
+        poll_after_ms: poll_after_ms(r.status, r.run_after, now),
     }))
 }
 
@@ -252,23 +247,25 @@ pub enum CancelOutcome {
 /// queued or retrying job at once and flags a running one, whose run then stops and records it
 /// with [`super::finish_cancelled`]. A finished job is left untouched.
 pub async fn request_cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
+    let error = Json(JobError::permanent(ErrorKind::Cancelled, "cancelled before it ran"));
     let row = sqlx::query_as!(
         JobRow,
         r#"UPDATE jobs SET
               status = CASE WHEN status IN ('queued', 'retrying') THEN 'cancelled' ELSE status END,
               finished_at = CASE WHEN status IN ('queued', 'retrying') THEN now() ELSE finished_at END,
               error = CASE WHEN status IN ('queued', 'retrying')
-                           THEN '{"kind": "cancelled", "message": "cancelled before it ran", "retryable": false}'::jsonb
-                           ELSE error END,
+                           THEN $3::jsonb ELSE error END,
               claim_id = CASE WHEN status IN ('queued', 'retrying') THEN NULL ELSE claim_id END,
               cancel_requested = true,
               updated_at = now()
            WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status IN ('queued', 'retrying', 'running')
-           RETURNING id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
-                     run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
+           RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     parent_id, result, result_uri, error AS "error: Json<JobError>",
                      created_at, started_at, finished_at, updated_at"#,
         id,
-        owner
+        owner,
+        error as Json<JobError>,
     )
     .fetch_optional(pool)
     .await?;
@@ -314,7 +311,7 @@ pub async fn list(pool: &PgPool, filter: &ListFilter<'_>, limit: i64) -> Result<
         q.push(" AND owner = ").push_bind(owner);
     }
     if let Some(status) = filter.status {
-        q.push(" AND status = ").push_bind(status.as_str());
+        q.push(" AND status = ").push_bind(status);
     }
     if let Some(function) = filter.function {
         q.push(" AND function = ").push_bind(function);
@@ -337,7 +334,7 @@ struct Columns {
     ids: Vec<Uuid>,
     owners: Vec<String>,
     functions: Vec<String>,
-    priorities: Vec<String>,
+    priorities: Vec<Priority>,
     args: Vec<String>,
     max_attempts: Vec<i32>,
     delay_secs: Vec<Option<f64>>,
@@ -350,7 +347,7 @@ impl Columns {
         self.ids.push(id);
         self.owners.push(owner.to_owned());
         self.functions.push(spec.function.to_owned());
-        self.priorities.push(spec.priority.as_str().to_owned());
+        self.priorities.push(spec.priority);
         self.args.push(spec.args.get().to_owned());
         self.max_attempts.push(spec.max_attempts);
         self.delay_secs.push(spec.delay_secs);
@@ -370,13 +367,14 @@ async fn insert_many(conn: &mut sqlx::PgConnection, c: &Columns, parent: Option<
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
                        $7::float8[], $8::text[], $9::text[])
                 AS t(id, owner, function, priority, args, max_attempts, delay_secs, trace_context, queue)
-           RETURNING id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts,
-                     run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error,
+           RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     parent_id, result, result_uri, error AS "error: Json<JobError>",
                      created_at, started_at, finished_at, updated_at"#,
         &c.ids,
         &c.owners,
         &c.functions,
-        &c.priorities,
+        &c.priorities as &[Priority],
         &c.args,
         &c.max_attempts,
         &c.delay_secs as &[Option<f64>],

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use sqlx::PgPool;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::job::{JobError, Priority, Status};
+use crate::job::{ErrorKind, JobError, Priority, Status};
 
 /// A job a worker has claimed: what it needs to run it, and the claim that fences its writes.
 #[derive(Debug)]
@@ -44,7 +45,7 @@ pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) ->
               RETURNING id, function, args, attempt, max_attempts, claim_id, worker_id),
            run AS (INSERT INTO job_runs (claim_id, job_id, attempt, worker_id)
                    SELECT claim_id, id, attempt, worker_id FROM claimed)
-           SELECT id AS "id!", function AS "function!", args::text AS "args!", attempt AS "attempt!",
+           SELECT id AS "id!", function AS "function!", args AS "args!: Json<Box<RawValue>>", attempt AS "attempt!",
                   max_attempts AS "max_attempts!", claim_id AS "claim_id!" FROM claimed"#,
         id,
         worker_id,
@@ -52,18 +53,14 @@ pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) ->
     )
     .fetch_optional(pool)
     .await?;
-    row.map(|r| {
-        let args = RawValue::from_string(r.args).map_err(|e| StoreError::Other(sqlx::Error::Decode(Box::new(e))))?;
-        Ok(Claimed {
-            id: r.id,
-            function: r.function,
-            args,
-            attempt: r.attempt,
-            max_attempts: r.max_attempts,
-            claim_id: r.claim_id,
-        })
-    })
-    .transpose()
+    Ok(row.map(|r| Claimed {
+        id: r.id,
+        function: r.function,
+        args: r.args.0,
+        attempt: r.attempt,
+        max_attempts: r.max_attempts,
+        claim_id: r.claim_id,
+    }))
 }
 
 /// Why a delivery found nothing to claim, for the log line that acknowledges it.
@@ -82,7 +79,7 @@ pub struct Unclaimable {
 /// Reads why `id` couldn't be claimed; `None` when there is no such job.
 pub async fn unclaimable(pool: &PgPool, id: Uuid) -> Result<Option<Unclaimable>, StoreError> {
     let row = sqlx::query!(
-        r#"SELECT status, attempt, max_attempts, cancel_requested,
+        r#"SELECT status AS "status: Status", attempt, max_attempts, cancel_requested,
                   coalesce(lease_until > now(), false) AS "lease_live!", run_after <= now() AS "due!"
            FROM jobs WHERE id = $1"#,
         id
@@ -90,7 +87,7 @@ pub async fn unclaimable(pool: &PgPool, id: Uuid) -> Result<Option<Unclaimable>,
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|r| Unclaimable {
-        status: r.status.parse().unwrap_or(Status::Failed),
+        status: r.status,
         attempt: r.attempt,
         max_attempts: r.max_attempts,
         cancel_requested: r.cancel_requested,
@@ -202,7 +199,6 @@ pub async fn fail(
     error: &JobError,
     retry_delay: Duration,
 ) -> Result<Option<Status>, StoreError> {
-    let error_json = serde_json::to_string(error).expect("JobError serializes");
     let status = sqlx::query_scalar!(
         r#"WITH done AS (
               UPDATE jobs SET
@@ -213,36 +209,38 @@ pub async fn fail(
                                   THEN now() + make_interval(secs => $5) ELSE run_after END,
                  finished_at = CASE WHEN NOT cancel_requested AND $4 AND attempt < max_attempts
                                     THEN NULL ELSE now() END,
-                 error = $3::text::jsonb, lease_until = NULL, updated_at = now()
+                 error = $3::jsonb, lease_until = NULL, updated_at = now()
               WHERE id = $1 AND claim_id = $2 AND status = 'running'
               RETURNING status, run_after, error)
            UPDATE job_runs r SET finished_at = now(), outcome = done.status, error = done.error,
                   retry_at = CASE WHEN done.status = 'retrying' THEN done.run_after END
            FROM done WHERE r.claim_id = $2
-           RETURNING done.status"#,
+           RETURNING done.status AS "status: Status""#,
         id,
         claim_id,
-        error_json,
+        Json(error) as Json<&JobError>,
         error.retryable,
         secs(retry_delay),
     )
     .fetch_optional(pool)
     .await?;
-    Ok(status.map(|s| s.parse().unwrap_or(Status::Failed)))
+    Ok(status)
 }
 
 /// Records that a run stopped because its job was cancelled (see [`super::request_cancel`]): the
 /// job ends `cancelled`. Fenced by the claim; `false` when it was lost.
 pub async fn finish_cancelled(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, StoreError> {
+    let error = Json(JobError::permanent(ErrorKind::Cancelled, "cancelled while running"));
     let done = sqlx::query!(
         r#"WITH done AS (
               UPDATE jobs SET status = 'cancelled', finished_at = now(), updated_at = now(), lease_until = NULL,
-                     error = '{"kind": "cancelled", "message": "cancelled while running", "retryable": false}'::jsonb
+                     error = $3::jsonb
               WHERE id = $1 AND claim_id = $2 AND status = 'running' RETURNING id)
            UPDATE job_runs SET finished_at = now(), outcome = 'cancelled'
            WHERE claim_id = $2 AND EXISTS (SELECT 1 FROM done)"#,
         id,
         claim_id,
+        error as Json<JobError>,
     )
     .execute(pool)
     .await?;
@@ -289,7 +287,7 @@ pub async fn release_unknown_function(
                                WHEN unknown_function_rounds + 1 >= $3 THEN 'failed' ELSE 'queued' END,
                  finished_at = CASE WHEN cancel_requested OR unknown_function_rounds + 1 >= $3 THEN now() END,
                  error = CASE WHEN NOT cancel_requested AND unknown_function_rounds + 1 >= $3
-                              THEN jsonb_build_object('kind', 'unknown_function', 'retryable', false,
+                              THEN jsonb_build_object('kind', $5::text, 'retryable', false,
                                    'message', 'no worker that received the job has a function named ' || function)
                               ELSE error END,
                  attempt = greatest(attempt - 1, 0), claim_id = NULL, worker_id = NULL, lease_until = NULL,
@@ -298,15 +296,16 @@ pub async fn release_unknown_function(
               WHERE id = $1 AND claim_id = $2 AND status = 'running' RETURNING status),
            runs AS (UPDATE job_runs SET finished_at = now(), outcome = 'released'
                     WHERE claim_id = $2 AND EXISTS (SELECT 1 FROM done))
-           SELECT status AS "status!" FROM done"#,
+           SELECT status AS "status!: Status" FROM done"#,
         id,
         claim_id,
         max_rounds,
         secs(backoff),
+        ErrorKind::UnknownFunction as ErrorKind,
     )
     .fetch_optional(pool)
     .await?;
-    Ok(status.map(|s| s.parse().unwrap_or(Status::Failed)))
+    Ok(status)
 }
 
 /// What publishing one job sends (its message, attributes and queue), for the

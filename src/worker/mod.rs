@@ -23,7 +23,7 @@ pub use spawn::{MAX_CHILDREN, RunSpawner};
 
 use crate::auth::{GoogleCallers, GoogleOidcVerifier};
 use crate::function::Registry;
-use crate::job::JobError;
+use crate::job::{ErrorKind, JobError};
 use crate::services::{Services, StartError};
 use crate::storage::BlobStore;
 
@@ -126,7 +126,7 @@ impl WorkerState {
     pub async fn offload_result(&self, id: Uuid, claim: Uuid, bytes: Vec<u8>) -> Result<String, JobError> {
         let (Some(storage), Some(bucket)) = (&self.storage, &self.results_bucket) else {
             return Err(JobError {
-                kind: "result_too_large".into(),
+                kind: ErrorKind::ResultTooLarge,
                 message: format!(
                     "the result is {} bytes, over the {} byte inline limit, and no RUNQ_RESULTS_BUCKET is configured",
                     bytes.len(),
@@ -137,7 +137,7 @@ impl WorkerState {
         };
         let object = crate::storage::result_object_name(id, claim);
         storage.put(bucket, &object, bytes.into(), "application/json").await.map_err(|e| JobError {
-            kind: "result_storage".into(),
+            kind: ErrorKind::ResultStorage,
             message: format!("could not store the result in GCS: {e}"),
             retryable: e.is_retryable(),
         })

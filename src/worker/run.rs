@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::leases::RunSignal;
 use crate::function::{Context, DynFunction, FunctionError, Progress, RunControl};
-use crate::job::{JobError, Status};
+use crate::job::{ErrorKind, JobError, Status};
 use crate::store::{self, Claimed, ResultValue, StoreError};
 
 /// Results up to this size are kept in the row; larger ones go to GCS.
@@ -259,7 +259,7 @@ async fn record(
 ) -> Result<Recorded, StoreError> {
     let Supervised { ending, cancel_seen, soft_fired } = supervised;
     let (id, claim) = (claimed.id, claimed.claim_id);
-    let error = |kind: &str, message: String, retryable: bool| JobError { kind: kind.into(), message, retryable };
+    let error = |kind: ErrorKind, message: String, retryable: bool| JobError { kind, message, retryable };
     let failure = match ending {
         Ending::Lost => {
             tracing::warn!(job_id = %id, "claim lost (lease expired and the job was taken back); dropping this run's outcome");
@@ -276,17 +276,19 @@ async fn record(
         }
         Ending::Returned(Ok(value)) => return record_success(state, claimed, value, final_message).await,
         Ending::Returned(Err(FunctionError::Cancelled)) if soft_fired && !cancel_seen => {
-            error("timeout", "stopped at its soft time limit".into(), false)
+            error(ErrorKind::Timeout, "stopped at its soft time limit".into(), false)
         }
         Ending::Returned(Err(FunctionError::Cancelled)) => {
             let done = store::finish_cancelled(&state.pool, id, claim).await?;
             return Ok(if done { Recorded::Status(Status::Cancelled) } else { Recorded::Fenced });
         }
-        Ending::Returned(Err(FunctionError::Retryable(message))) => error("error", without_nul(&message), true),
-        Ending::Returned(Err(FunctionError::Fatal(message))) => error("error", without_nul(&message), false),
-        Ending::Panicked(message) => error("panic", without_nul(&message), true),
+        Ending::Returned(Err(FunctionError::Retryable(message))) => {
+            error(ErrorKind::Error, without_nul(&message), true)
+        }
+        Ending::Returned(Err(FunctionError::Fatal(message))) => error(ErrorKind::Error, without_nul(&message), false),
+        Ending::Panicked(message) => error(ErrorKind::Panic, without_nul(&message), true),
         Ending::HardTimeout(limit) => {
-            error("timeout", format!("aborted at its hard time limit of {}s", limit.as_secs_f64()), false)
+            error(ErrorKind::Timeout, format!("aborted at its hard time limit of {}s", limit.as_secs_f64()), false)
         }
     };
     let delay = policy.backoff.delay(claimed.attempt.max(1) as u32);
@@ -350,7 +352,7 @@ async fn record_success(
 
 /// A result the database can't hold: the run's failure, never retried.
 fn invalid_result(message: &str) -> JobError {
-    JobError { kind: "invalid_result".into(), message: message.into(), retryable: false }
+    JobError::permanent(ErrorKind::InvalidResult, message)
 }
 
 /// Records a failed run under its claim (`Fenced` when the claim was lost).

@@ -16,3 +16,4 @@ mod faults;
 mod gcs;
 mod reliability;
 mod schedules;
+mod store_types;
