@@ -105,27 +105,18 @@ async fn start_in_process() -> (String, String) {
     let pool = runq::store::connect_lazy(&format!("{base}/runq_bench"), cores * 4, Duration::from_secs(5)).unwrap();
     runq::store::migrate(&pool).await.expect("migrate");
     let secret = "bench-secret-0123456789abcdef-0123";
-    let verifier = runq::auth::UserVerifier::new(
-        runq::auth::UserAuthConfig { hs256_secret: Some(secret.into()), ..Default::default() },
-        reqwest::Client::new(),
+    let auth = runq::auth::UserAuthConfig { hs256_secret: Some(secret.into()), ..Default::default() };
+    let settings = runq::api::ApiSettings { auto_migrate: false, ..runq::api::ApiSettings::new(auth) };
+    let services = runq::services::Services::over(
+        pool,
+        runq::function::Registry::builtin(),
+        runq::schedule::Schedules::builtin(),
+        runq::auth::GOOGLE_JWKS_URL,
     )
     .unwrap();
-    let state = runq::api::ApiState {
-        watcher: Some(runq::api::Watcher::start(pool.clone())),
-        pool,
-        registry: Arc::new(runq::function::Registry::builtin()),
-        verifier,
-        limits: runq::api::Limits {
-            max_args_bytes: runq::config::DEFAULT_MAX_ARGS_BYTES,
-            idempotency_retention: runq::config::DEFAULT_IDEMPOTENCY_RETENTION,
-        },
-        outbox: None,
-        internal: None,
-    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = runq::api::router(state, &[]);
-    tokio::spawn(runq::server::serve(listener, router, std::future::pending(), Duration::from_secs(1)));
+    tokio::spawn(runq::api::run(listener, settings, services, std::future::pending()));
     let token =
         runq::auth::mint_hs256(secret, "bench", false, Duration::from_secs(3600), "scope", "runq:admin", None, None)
             .unwrap();

@@ -97,6 +97,28 @@ impl Services {
         })
     }
 
+    /// Services over a pool that exists already (a test's database, an embedding application's
+    /// pool): no publishing (the relay's job), no Cloud Storage, Google's keys from `oidc_jwks_url`.
+    pub fn over(
+        pool: PgPool,
+        registry: Registry,
+        schedules: Schedules,
+        oidc_jwks_url: &str,
+    ) -> Result<Self, StartError> {
+        let http = reqwest::Client::new();
+        let google_jwks = Arc::new(JwksCache::new(oidc_jwks_url, http.clone())?);
+        Ok(Self {
+            relaxed: pool.clone(),
+            pool,
+            registry: Arc::new(registry),
+            schedules: Arc::new(schedules),
+            publishing: None,
+            storage: None,
+            google_jwks,
+            http,
+        })
+    }
+
     /// The outbox, when jobs are published.
     pub fn outbox(&self) -> Option<Outbox> {
         self.publishing.as_ref().map(|p| p.outbox.clone())

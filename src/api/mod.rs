@@ -46,9 +46,9 @@ pub struct Limits {
     pub idempotency_retention: Duration,
 }
 
-/// What every handler shares. Cheap to clone.
+/// What every handler shares, built by [`run`] alone. Cheap to clone.
 #[derive(Clone)]
-pub struct ApiState {
+pub(crate) struct ApiState {
     /// The job store.
     pub pool: PgPool,
     /// Functions that may be submitted, with their policies.
@@ -177,7 +177,7 @@ pub async fn run(
 const ENVELOPE_ALLOWANCE: usize = 16 * 1024;
 
 /// The whole API as one router. `cors_origins` may be empty (no CORS).
-pub fn router(state: ApiState, cors_origins: &[String]) -> Router {
+fn router(state: ApiState, cors_origins: &[String]) -> Router {
     crate::telemetry::metrics::handle();
     let body_limit = state.limits.max_args_bytes + ENVELOPE_ALLOWANCE;
     let router = Router::new()

@@ -447,10 +447,30 @@ async fn cancel_by_status(pool: PgPool) {
 
 #[sqlx::test]
 async fn database_unreachable_is_503_with_retry_after(pool: PgPool) {
-    // A pool aimed at a port where nothing listens.
-    let dead =
-        runq::store::connect_lazy("postgres://postgres@127.0.0.1:1/none", 2, Duration::from_millis(300)).unwrap();
-    let api = start_api(dead).await;
+    // The API reaches its database through a proxy, which then goes away: the database is
+    // unreachable after a healthy start, as in an outage.
+    let real = reqwest::Url::parse(&crate::common::database_url(&pool)).unwrap();
+    let upstream = format!("{}:{}", real.host_str().unwrap(), real.port().unwrap_or(5432));
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut via_proxy = real.clone();
+    via_proxy.set_port(Some(proxy.local_addr().unwrap().port())).unwrap();
+    let forwarding = tokio::spawn(async move {
+        // Dropping the set (when this task is aborted) closes every forwarded connection.
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let (mut inbound, _) = proxy.accept().await.unwrap();
+            let upstream = upstream.clone();
+            connections.spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(upstream).await?;
+                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await
+            });
+        }
+    });
+    let through = runq::store::connect_lazy(via_proxy.as_str(), 2, Duration::from_millis(300)).unwrap();
+    let api = start_api(through).await;
+    assert_eq!(api.http.get(api.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
+    forwarding.abort();
+    let _ = forwarding.await;
     let resp = submit(&api, "alice", json!({"function": "noop"})).await;
     assert_eq!(resp.headers()["retry-after"], "2");
     problem(resp, StatusCode::SERVICE_UNAVAILABLE).await;
@@ -768,23 +788,14 @@ impl runq::function::Function for Anything {
 async fn args_that_no_function_parses_are_still_checked_for_nul_and_lone_surrogates(pool: PgPool) {
     let mut registry = runq::function::Registry::builtin();
     registry.register(Anything).unwrap();
-    let state = runq::api::ApiState {
-        pool: pool.clone(),
-        registry: std::sync::Arc::new(registry),
-        verifier: crate::common::verifier(),
+    let settings = runq::api::ApiSettings {
         limits: runq::api::Limits { max_args_bytes: 1 << 20, ..crate::common::limits() },
-        outbox: None,
-        watcher: None,
-        internal: None,
+        ..crate::common::settings()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(runq::server::serve(
-        listener,
-        runq::api::router(state, &[]),
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
+    let schedules = runq::schedule::Schedules::builtin();
+    let api =
+        crate::common::start_api_over(pool.clone(), registry, schedules, settings, runq::auth::GOOGLE_JWKS_URL).await;
+    let base = api.base.clone();
     let http = reqwest::Client::new();
     let send = |body: &'static str| {
         http.post(format!("{base}/jobs"))

@@ -3,10 +3,8 @@
 //! while the client polls, and reads what the client printed as it happened.
 
 use std::process::{Output, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use runq::api::{self, ApiState};
 use runq::function::Registry;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -14,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 use uuid::Uuid;
 
-use crate::common::{AUDIENCE, SECRET, TestApi, counts, limits, start_api, token, verifier};
+use crate::common::{AUDIENCE, SECRET, TestApi, counts, start_api, token};
 
 /// The longest a single expected change may take to show (the client polls at most every 2 s).
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -359,22 +357,15 @@ async fn wait_rides_out_an_api_that_is_down_and_comes_back(pool: PgPool) {
     });
     client.expect(&["can't reach the runq API", "retrying"]).await;
 
-    let state = ApiState {
-        pool: pool.clone(),
-        registry: Arc::new(Registry::builtin()),
-        verifier: verifier(),
-        limits: limits(),
-        outbox: None,
-        watcher: None,
-        internal: None,
-    };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    tokio::spawn(runq::server::serve(
+    crate::common::serve_api(
         listener,
-        api::router(state, &[]),
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
+        pool.clone(),
+        Registry::builtin(),
+        runq::schedule::Schedules::builtin(),
+        crate::common::settings(),
+        runq::auth::GOOGLE_JWKS_URL,
+    );
     client.expect(&["queued"]).await;
     set(&pool, &id.to_string(), "status = 'succeeded', attempt = 1, progress = 1, finished_at = now()").await;
     let (code, stdout, lines) = client.finish().await;

@@ -1,12 +1,13 @@
 //! Helpers shared by the integration tests: a real API server on 127.0.0.1:0 over a per-test
 //! database, tokens, and row counts to prove a refused request wrote nothing.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use runq::api::{self, ApiState, Limits};
-use runq::auth::{UserAuthConfig, UserVerifier, mint_hs256};
+use runq::api::{self, ApiSettings, Limits};
+use runq::auth::{UserAuthConfig, mint_hs256};
 use runq::function::Registry;
+use runq::schedule::Schedules;
+use runq::services::Services;
 use sqlx::PgPool;
 
 pub const SECRET: &str = "test-secret-that-is-long-enough-0123";
@@ -28,13 +29,9 @@ pub fn limits() -> Limits {
     Limits { max_args_bytes: 4096, idempotency_retention: Duration::from_secs(3600) }
 }
 
-pub fn verifier() -> UserVerifier {
-    let cfg = UserAuthConfig {
-        hs256_secret: Some(SECRET.into()),
-        audience: Some(AUDIENCE.into()),
-        ..UserAuthConfig::default()
-    };
-    UserVerifier::new(cfg, reqwest::Client::new()).unwrap()
+/// The test API's token settings.
+pub fn auth() -> UserAuthConfig {
+    UserAuthConfig { hs256_secret: Some(SECRET.into()), audience: Some(AUDIENCE.into()), ..UserAuthConfig::default() }
 }
 
 /// Starts the API over `pool` on a free loopback port.
@@ -43,20 +40,45 @@ pub async fn start_api(pool: PgPool) -> TestApi {
 }
 
 pub async fn start_api_with(pool: PgPool, cors_origins: &[String]) -> TestApi {
-    let state = ApiState {
-        watcher: Some(runq::api::Watcher::start(pool.clone())),
-        pool,
-        registry: Arc::new(Registry::builtin()),
-        verifier: verifier(),
-        limits: limits(),
-        outbox: None,
-        internal: None,
-    };
-    let router = api::router(state, cors_origins);
+    let settings = ApiSettings { cors_origins: cors_origins.to_vec(), ..settings() };
+    start_api_over(pool, Registry::builtin(), Schedules::builtin(), settings, runq::auth::GOOGLE_JWKS_URL).await
+}
+
+/// The test API's settings: [`limits`], tokens of [`SECRET`] for [`AUDIENCE`], the schema as the
+/// test database has it (migrated).
+pub fn settings() -> ApiSettings {
+    ApiSettings { limits: limits(), auto_migrate: false, grace: Duration::from_secs(1), ..ApiSettings::new(auth()) }
+}
+
+/// Runs `runq api`'s server (the same `api::run`) over `pool` on a free loopback port.
+pub async fn start_api_over(
+    pool: PgPool,
+    registry: Registry,
+    schedules: Schedules,
+    settings: ApiSettings,
+    oidc_jwks_url: &str,
+) -> TestApi {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(runq::server::serve(listener, router, std::future::pending(), Duration::from_secs(1)));
-    TestApi { base: format!("http://{addr}"), http: reqwest::Client::new() }
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    serve_api(listener, pool, registry, schedules, settings, oidc_jwks_url);
+    TestApi { base, http: reqwest::Client::new() }
+}
+
+/// Runs the API server on `listener` in the background.
+pub fn serve_api(
+    listener: tokio::net::TcpListener,
+    pool: PgPool,
+    registry: Registry,
+    schedules: Schedules,
+    settings: ApiSettings,
+    oidc_jwks_url: &str,
+) {
+    let services = Services::over(pool, registry, schedules, oidc_jwks_url).unwrap();
+    tokio::spawn(async move {
+        if let Err(e) = api::run(listener, settings, services, std::future::pending()).await {
+            panic!("the API stopped: {e}");
+        }
+    });
 }
 
 /// A valid token for `sub`.

@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use runq::api::{self, ApiState, Internal};
-use runq::auth::{GoogleOidcVerifier, JwksCache};
+use runq::api::ApiSettings;
+use runq::auth::GoogleCallers;
 use runq::emulator::{EmulatorHandle, EmulatorOptions};
 use runq::function::Registry;
 use runq::job::Priority;
 use runq::maintenance::Retention;
-use runq::schedule::{Action, Runner, Schedule, Schedules};
+use runq::schedule::{Action, Schedule, Schedules};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::common::{limits, verifier};
+use crate::common::start_api_over;
 use crate::e2e_faults::emulator_token_as;
 
 const AUDIENCE: &str = "https://runq-api.example/internal";
@@ -36,21 +36,6 @@ fn schedules(args: Value) -> Schedules {
     s
 }
 
-fn maintenance(pool: &PgPool, storage: Option<Arc<runq::storage::BlobStore>>) -> Runner {
-    Runner {
-        pool: pool.clone(),
-        registry: Arc::new(Registry::builtin()),
-        outbox: None,
-        dispatcher: None,
-        storage,
-        retention: Retention::default(),
-        key_retention: Duration::from_secs(3600),
-        redispatch_after: Duration::from_secs(60),
-        sweep_window: Duration::ZERO,
-        sweep_every: Duration::from_millis(10),
-    }
-}
-
 async fn start(pool: &PgPool, schedules: Schedules, emulator: Option<EmulatorHandle>) -> Api {
     let emulator = match emulator {
         Some(e) => e,
@@ -59,31 +44,15 @@ async fn start(pool: &PgPool, schedules: Schedules, emulator: Option<EmulatorHan
             runq::emulator::start(listener, EmulatorOptions::default()).await.unwrap()
         }
     };
-    let jwks = Arc::new(JwksCache::new(emulator.jwks_url(), reqwest::Client::new()).unwrap());
-    let internal = Internal {
-        dead_letter: None,
-        scheduler: Some(GoogleOidcVerifier::new(jwks, AUDIENCE.into(), vec![SCHEDULER.into()])),
-        schedules: Arc::new(schedules),
-        runner: maintenance(pool, None),
+    // Cloud Scheduler's calls, verified against the emulator's keys; each sweep firing one pass.
+    let settings = ApiSettings {
+        scheduler: Some(GoogleCallers { audience: AUDIENCE.into(), service_accounts: vec![SCHEDULER.into()] }),
+        sweep_window: Duration::ZERO,
+        sweep_every: Duration::from_millis(10),
+        ..crate::common::settings()
     };
-    let state = ApiState {
-        pool: pool.clone(),
-        registry: Arc::new(Registry::builtin()),
-        verifier: verifier(),
-        limits: limits(),
-        outbox: None,
-        watcher: None,
-        internal: Some(Arc::new(internal)),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(runq::server::serve(
-        listener,
-        api::router(state, &[]),
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
-    Api { url, http: reqwest::Client::new(), emulator }
+    let api = start_api_over(pool.clone(), Registry::builtin(), schedules, settings, &emulator.jwks_url()).await;
+    Api { url: api.base, http: api.http, emulator }
 }
 
 async fn jobs(pool: &PgPool) -> i64 {

@@ -17,7 +17,7 @@ use crate::store::{self, Run};
 pub use stats::{LastHour, MinuteCount, Stats, Throughput};
 
 /// The dashboard's routes, merged into the API's router.
-pub fn router() -> Router<ApiState> {
+pub(crate) fn router() -> Router<ApiState> {
     Router::new()
         .route("/dashboard", get(page::page))
         .route("/dashboard/stats", get(stats::stats))
