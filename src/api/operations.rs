@@ -72,9 +72,10 @@ fn time(field: &'static str, value: Option<&str>) -> Result<Option<DateTime<Utc>
                 .and_then(|t| {
                     // Postgres' timestamptz stops well before chrono's range.
                     let t = t.with_timezone(&Utc);
-                    (1..=9999).contains(&chrono::Datelike::year(&t)).then_some(t).ok_or_else(|| {
-                        ApiError::invalid(field, format!("{v:?} is outside the years 1 to 9999"))
-                    })
+                    (1..=9999)
+                        .contains(&chrono::Datelike::year(&t))
+                        .then_some(t)
+                        .ok_or_else(|| ApiError::invalid(field, format!("{v:?} is outside the years 1 to 9999")))
                 })
         })
         .transpose()
@@ -140,8 +141,9 @@ async fn create(
     super::jobs::require_json(&headers)?;
     let body = body.map_err(super::jobs::body_error)?;
     let req: OperationRequest = super::jobs::parse_json(&body)?;
-    let action = Action::parse(&req.action)
-        .ok_or_else(|| ApiError::invalid("action", format!("unknown action {:?}: retry, cancel or delete", req.action)))?;
+    let action = Action::parse(&req.action).ok_or_else(|| {
+        ApiError::invalid("action", format!("unknown action {:?}: retry, cancel or delete", req.action))
+    })?;
     let filter = check(&caller, action, &req.filter)?;
     if req.dry_run {
         let count = operations::count(&state.pool, &filter).await?;
@@ -163,7 +165,11 @@ async fn create(
 }
 
 /// `GET /operations/{id}`: its progress. Owners see their own, admins all.
-async fn show(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Operation>, ApiError> {
+async fn show(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Operation>, ApiError> {
     let parsed = Uuid::parse_str(&id).map_err(|_| ApiError::invalid("id", format!("{id:?} is not an operation id")))?;
     operations::get(&state.pool, parsed, caller.owner_filter())
         .await?

@@ -224,7 +224,9 @@ pub async fn freeze(pool: &PgPool, id: Uuid, runner: Uuid) -> Result<bool, Store
     let statuses = op.statuses.iter().map(|s| s.parse::<Status>()).collect::<Result<Vec<_>, _>>();
     let error_kind = op.error_kind.as_deref().map(str::parse::<ErrorKind>).transpose();
     let (Ok(statuses), Ok(error_kind)) = (statuses, error_kind) else {
-        return Err(StoreError::Other(sqlx::Error::Decode("an operation's filter names an unknown status or kind".into())));
+        return Err(StoreError::Other(sqlx::Error::Decode(
+            "an operation's filter names an unknown status or kind".into(),
+        )));
     };
     let filter = Filter {
         owner: op.scope_owner,
