@@ -7,8 +7,6 @@
 ALTER TABLE jobs ADD COLUMN attempt_base integer NOT NULL DEFAULT 0 CHECK (attempt_base >= 0);
 -- How many times a client retried the job by hand (single or bulk).
 ALTER TABLE jobs ADD COLUMN manual_retries integer NOT NULL DEFAULT 0 CHECK (manual_retries >= 0);
--- Bulk deletes and admin filters by error kind, on the finished jobs only.
-CREATE INDEX jobs_error_kind ON jobs ((error->>'kind'), id) WHERE status IN ('failed', 'cancelled');
 
 -- A bulk operation: what to do to which jobs, and how far it got. The API creates it and works
 -- it at once under a lease; if that process dies, `runq.sweep` takes over a stale lease
