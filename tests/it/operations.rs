@@ -413,3 +413,55 @@ async fn bulk_cancel_and_delete_respect_the_filter_and_owners(pool: PgPool) {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
+
+#[sqlx::test]
+async fn bulk_retried_jobs_are_published_by_the_relay_and_run_again(pool: PgPool) {
+    let s = crate::e2e::stack(&pool).await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let job =
+            s.submit(json!({"function": "fail", "args": {"message": "once", "times": 1}, "max_attempts": 1})).await;
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(s.finished(id).await["status"], "failed");
+    }
+    let resp = s
+        .http
+        .post(format!("{}/operations", s.dev.api_url))
+        .bearer_auth(&s.token)
+        .json(&json!({"action": "retry", "filter": {"function": "fail", "error_kind": "error"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    for id in &ids {
+        let done = s.wait_until(id, Duration::from_secs(90), |j| j["status"] == "succeeded").await;
+        assert_eq!(done["result"], json!({"succeeded_on_attempt": 2}));
+    }
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn an_operation_taken_over_too_often_is_given_up_as_failed(pool: PgPool) {
+    seed(&pool, "alice", "noop", "failed", 3, Some("error")).await;
+    let filter = Filter { owner: None, statuses: vec![Status::Failed], ..Filter::default() };
+    let new = NewOperation {
+        requester: "root",
+        action: Action::Retry,
+        filter: &filter,
+        shown: json!({"status": "failed"}),
+        key_retention: Duration::from_secs(60),
+    };
+    let (op, _runner) = operations::create(&pool, &new).await.unwrap();
+    sqlx::query("UPDATE operations SET claims = $1, lease_until = now() - interval '1 second'")
+        .bind(operations::MAX_CLAIMS)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(operations::run_once(&pool).await.unwrap(), 0);
+    let failed = operations::get(&pool, op.id, None).await.unwrap().unwrap();
+    assert_eq!(failed.status, "failed");
+    assert!(failed.error.is_some_and(|e| e.contains("takeovers")));
+    assert!(operations::get(&pool, op.id, Some("alice")).await.unwrap().is_none(), "root's operation, not alice's");
+}
