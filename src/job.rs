@@ -35,6 +35,8 @@ use uuid::Uuid;
 ///    |          \--publish refused by Pub/Sub, refusals used up--> failed (unpublishable)
 ///    |
 ///    +--due (retry promotion)-- retrying --cancel--> cancelled
+///    |
+///    +--retry (a client, by hand or in bulk)-- failed | cancelled   (attempt budget again, runs kept)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 404: no such job, or not the caller's.
     #[error("no job with id {0}")]
     JobNotFound(String),
+    /// 404: no such bulk operation, or not the caller's.
+    #[error("no operation with id {0}")]
+    OperationNotFound(String),
     /// 404: no such route.
     #[error("no such endpoint")]
     RouteNotFound,
@@ -68,7 +71,7 @@ impl ApiError {
             Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Self::Auth(e) => e.status(),
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::JobNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::JobNotFound(_) | Self::OperationNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -86,6 +89,7 @@ impl ApiError {
             Self::Auth(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::JobNotFound(_) => "job-not-found",
+            Self::OperationNotFound(_) => "operation-not-found",
             Self::RouteNotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Conflict(_) => "conflict",

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{ApiError, ApiState, Caller};
 use crate::job::{Job, Priority, Status};
-use crate::store::{self, CancelOutcome, JobSpec, ListFilter, NewJob};
+use crate::store::{self, CancelOutcome, JobSpec, ListFilter, NewJob, RetryOutcome};
 use crate::submit::{self, Invalid, Submission};
 
 /// Page size of `GET /jobs` when `limit` is absent.
@@ -37,6 +37,7 @@ pub(super) fn router(body_limit: usize) -> Router<ApiState> {
         .route("/jobs/{id}", get(detail))
         .route("/jobs/{id}/status", get(status))
         .route("/jobs/{id}/cancel", post(cancel))
+        .route("/jobs/{id}/retry", post(retry))
         .layer(DefaultBodyLimit::max(body_limit))
 }
 
@@ -286,6 +287,26 @@ async fn cancel(State(state): State<ApiState>, caller: Caller, Path(id): Path<St
             Err(ApiError::Conflict(format!("job {id} already finished ({}); it can't be cancelled", job.status.status)))
         }
         CancelOutcome::NotFound => Err(ApiError::JobNotFound(id.to_string())),
+    }
+}
+
+/// `POST /jobs/{id}/retry`: a failed or cancelled job back to `queued` with its attempt budget
+/// again, published at once through the outbox (else by the relay). Its runs are kept.
+async fn retry(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match store::retry(&state.pool, id, caller.owner_filter()).await? {
+        RetryOutcome::Retried(job) => {
+            tracing::info!(job_id = %id, attempt = job.status.attempt, max_attempts = job.status.max_attempts, "job retried by hand");
+            if let Some(outbox) = &state.outbox {
+                outbox.dispatch(store::Publication::of(&job, None));
+            }
+            Ok((StatusCode::OK, Json(job)).into_response())
+        }
+        RetryOutcome::WrongStatus(job) => Err(ApiError::Conflict(format!(
+            "job {id} is {}; only failed or cancelled jobs can be retried",
+            job.status.status
+        ))),
+        RetryOutcome::NotFound => Err(ApiError::JobNotFound(id.to_string())),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The public JSON API: `/jobs` (submit, status, detail, cancel, list), health and OpenAPI.
+//! The public JSON API: `/jobs` (submit, status, detail, cancel, retry, list), `/operations`
+//! (bulk retry, cancel, delete), health and OpenAPI.
 //!
 //! [`run`] is the API server's one entry point: it builds the [`ApiState`] from the connected
 //! [`Services`] and the [`ApiSettings`], and serves [`router`] until its shutdown future resolves.
@@ -9,6 +10,7 @@ mod error;
 mod internal;
 mod jobs;
 mod openapi;
+mod operations;
 mod storable;
 mod watch;
 
@@ -182,6 +184,7 @@ fn router(state: ApiState, cors_origins: &[String]) -> Router {
     let body_limit = state.limits.max_args_bytes + ENVELOPE_ALLOWANCE;
     let router = Router::new()
         .merge(jobs::router(body_limit))
+        .merge(operations::router())
         .merge(internal::router())
         .merge(dashboard::router())
         .route("/healthz", get(healthz))

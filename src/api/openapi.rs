@@ -35,6 +35,7 @@ fn traceparent_param() -> Value {
 /// The OpenAPI document. The functions `registry` holds are the `function` enum of a submit.
 pub fn openapi(registry: &Registry) -> Value {
     let functions: Vec<&str> = registry.names().collect();
+    let error_kinds: Vec<&str> = crate::job::ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
     let auth_errors = |mut responses: serde_json::Map<String, Value>| {
         responses.insert("401".into(), problem("Missing, malformed, expired or wrongly signed bearer token."));
         responses.insert(
@@ -142,6 +143,48 @@ pub fn openapi(registry: &Registry) -> Value {
                         "202": job_response("Cancel requested: the running job stops when its run observes it."),
                         "404": problem("No such job, or another owner's."),
                         "409": problem("The job already succeeded or failed."),
+                        "422": problem("The id is not a UUID.")
+                    })))
+                }
+            },
+            "/jobs/{id}/retry": {
+                "post": {
+                    "summary": "Retry a failed or cancelled job with its attempt budget again",
+                    "description": "The job goes back to `queued` and is published again. Its runs are kept: `attempt` keeps counting from the last run and `max_attempts` moves up by the job's budget, so the new runs are numbered after the old ones.",
+                    "parameters": [id_param()],
+                    "responses": auth_errors(map(json!({
+                        "200": job_response("Queued again."),
+                        "404": problem("No such job, or another owner's."),
+                        "409": problem("The job is not failed or cancelled; nothing changed."),
+                        "422": problem("The id is not a UUID.")
+                    })))
+                }
+            },
+            "/operations": {
+                "post": {
+                    "summary": "Retry, cancel or delete every job a filter matches (or count them)",
+                    "description": "Owners act on their own jobs; admins on everyone's, or one `owner`'s. A real run answers at once and works in batches in the background; each matched job is acted on at most once. Jobs created after the request are never matched.",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/OperationRequest" } } } },
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "Dry run: how many jobs match now; nothing changed.",
+                                 "content": { "application/json": { "schema": { "type": "object", "required": ["count"], "additionalProperties": false,
+                                                                                  "properties": { "count": { "type": "integer", "minimum": 0 } } } } } },
+                        "202": { "description": "Started; `Location` is the operation's URL.", "headers": { "Location": { "schema": { "type": "string" } } },
+                                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Operation" } } } },
+                        "400": problem("Malformed JSON."),
+                        "403": problem("A non-admin named another owner."),
+                        "415": problem("Content-Type is not application/json."),
+                        "422": problem("Unknown action or field, a status the action doesn't apply to, an unknown error kind, a bad time, created_after not before created_before, or a delete without a filter. Nothing was written.")
+                    })))
+                }
+            },
+            "/operations/{id}": {
+                "get": {
+                    "summary": "A bulk operation's progress",
+                    "parameters": [id_param()],
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "The operation.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Operation" } } } },
+                        "404": problem("No such operation, or another owner's."),
                         "422": problem("The id is not a UUID.")
                     })))
                 }
@@ -267,6 +310,43 @@ pub fn openapi(registry: &Registry) -> Value {
                                                      "items": { "type": "object", "properties": {
                                                          "minute": { "type": "string", "format": "date-time" }, "finished": { "type": "integer" } } } },
                             "last_hour": { "type": "object", "properties": { "succeeded": { "type": "integer" }, "failed": { "type": "integer" } } } } }
+                    }
+                },
+                "OperationRequest": {
+                    "type": "object", "required": ["action"], "additionalProperties": false,
+                    "properties": {
+                        "action": { "type": "string", "enum": ["retry", "cancel", "delete"],
+                                    "description": "retry: failed/cancelled jobs; cancel: queued/retrying/running ones (as POST /jobs/{id}/cancel); delete: finished ones (succeeded/failed/cancelled)." },
+                        "filter": { "$ref": "#/components/schemas/OperationFilter" },
+                        "dry_run": { "type": "boolean", "default": false, "description": "Answer the count only." }
+                    }
+                },
+                "OperationFilter": {
+                    "type": "object", "additionalProperties": false,
+                    "description": "Every field narrows. A delete needs at least one.",
+                    "properties": {
+                        "function": { "type": "string", "pattern": FUNCTION_NAME_PATTERN },
+                        "status": { "$ref": "#/components/schemas/Status", "description": "One of the statuses the action applies to (default: all of them)." },
+                        "error_kind": { "type": "string", "enum": error_kinds, "description": "The job's `error.kind`." },
+                        "created_after": { "type": "string", "format": "date-time", "description": "created_at >= this (RFC 3339)." },
+                        "created_before": { "type": "string", "format": "date-time", "description": "created_at < this (RFC 3339)." },
+                        "owner": { "type": "string", "description": "Admins: only this owner's jobs. Others may only name themselves." }
+                    }
+                },
+                "Operation": {
+                    "type": "object", "required": ["id", "action", "filter", "status", "matched", "done", "affected", "created_at", "updated_at"],
+                    "properties": {
+                        "id": { "type": "string", "format": "uuid" },
+                        "action": { "type": "string", "enum": ["retry", "cancel", "delete"] },
+                        "filter": { "$ref": "#/components/schemas/OperationFilter" },
+                        "status": { "type": "string", "enum": ["running", "finished", "failed"] },
+                        "matched": { "type": ["integer", "null"], "description": "Jobs matched; null until they are counted." },
+                        "done": { "type": "integer", "description": "Matched jobs processed so far." },
+                        "affected": { "type": "integer", "description": "Of those, the jobs changed (the others had moved to another status since)." },
+                        "error": { "type": ["string", "null"] },
+                        "created_at": { "type": "string", "format": "date-time" },
+                        "updated_at": { "type": "string", "format": "date-time" },
+                        "finished_at": { "type": ["string", "null"], "format": "date-time" }
                     }
                 },
                 "Problem": {

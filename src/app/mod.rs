@@ -376,7 +376,11 @@ mod tests {
         let mut tree: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
         for sub in cli.get_subcommands() {
             let name = sub.get_name();
-            let reader = if ["submit", "status", "cancel", "wait", "jobs"].contains(&name) { "CLI" } else { name };
+            let reader = if ["submit", "status", "cancel", "retry", "wait", "jobs", "bulk"].contains(&name) {
+                "CLI"
+            } else {
+                name
+            };
             for var in crate::config::variables(sub) {
                 tree.entry(var).or_default().insert(reader.to_owned());
             }

@@ -235,6 +235,27 @@ impl ApiClient {
         Ok((code, json_body(&url, response).await?))
     }
 
+    /// `POST /jobs/{id}/retry`: the job, queued again.
+    pub async fn retry(&self, id: &str) -> Result<Value, ClientError> {
+        let url = self.url(&["jobs", id, "retry"]);
+        let response = check(self.send(&url, self.request(Method::POST, &url)?).await?).await?;
+        json_body(&url, response).await
+    }
+
+    /// `POST /operations` with `body`: `{"count"}` for a dry run, else the operation.
+    pub async fn start_operation(&self, body: &Value) -> Result<Value, ClientError> {
+        let url = self.url(&["operations"]);
+        let response = check(self.send(&url, self.request(Method::POST, &url)?.json(body)).await?).await?;
+        json_body(&url, response).await
+    }
+
+    /// `GET /operations/{id}`.
+    pub async fn operation(&self, id: &str) -> Result<Value, ClientError> {
+        let url = self.url(&["operations", id]);
+        let response = check(self.send(&url, self.request(Method::GET, &url)?).await?).await?;
+        json_body(&url, response).await
+    }
+
     /// `GET /jobs` with the given filters: `{"jobs": [...], "next_cursor"}`.
     pub async fn list(&self, query: &[(&str, String)]) -> Result<Value, ClientError> {
         let mut url = self.url(&["jobs"]);

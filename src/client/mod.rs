@@ -1,4 +1,4 @@
-//! The command-line client of the runq API: `runq submit/status/cancel/wait/jobs`.
+//! The command-line client of the runq API: `runq submit/status/cancel/retry/wait/jobs/bulk`.
 //! Owns the clap subcommands, token resolution (given or minted locally), the HTTP calls and
 //! the `--wait` loop with its progress bar. Exit codes: 0 succeeded, 1 failed/cancelled, 2 error.
 
@@ -34,6 +34,10 @@ pub enum ClientCommand {
     Status(StatusArgs),
     /// Cancel a job: a queued one at once, a running one is asked to stop.
     Cancel(IdArgs),
+    /// Retry a failed or cancelled job with its attempt budget again (its runs are kept).
+    Retry(IdArgs),
+    /// Retry, cancel or delete every job a filter matches, in the background (or count them).
+    Bulk(BulkArgs),
     /// Follow a job to the end with a progress bar (same as `status --wait`).
     Wait(IdArgs),
     /// List your jobs, newest first.
@@ -137,6 +141,85 @@ pub struct JobsArgs {
     pub connection: Connection,
 }
 
+/// `runq bulk`.
+#[derive(Args, Debug)]
+pub struct BulkArgs {
+    /// retry (failed/cancelled jobs), cancel (queued/retrying/running) or delete (finished).
+    #[arg(value_parser = ["retry", "cancel", "delete"])]
+    pub action: String,
+    /// Only jobs of this function.
+    #[arg(long)]
+    pub function: Option<String>,
+    /// Only jobs in this status (one the action applies to).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only jobs whose error has this kind (error, panic, timeout, lost, ...).
+    #[arg(long, value_name = "K")]
+    pub error_kind: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    #[arg(long, value_name = "T")]
+    pub created_after: Option<String>,
+    /// Only jobs created before this time (RFC 3339).
+    #[arg(long, value_name = "T")]
+    pub created_before: Option<String>,
+    /// Admins: only this owner's jobs (else every owner's).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Print how many jobs match; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Follow the operation to its end; exit 0 if it finishes, 1 if it fails.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// The `POST /operations` body from the command line.
+fn bulk_body(a: &BulkArgs) -> Value {
+    let mut filter = serde_json::Map::new();
+    for (key, value) in [
+        ("function", &a.function),
+        ("status", &a.status),
+        ("error_kind", &a.error_kind),
+        ("created_after", &a.created_after),
+        ("created_before", &a.created_before),
+        ("owner", &a.owner),
+    ] {
+        if let Some(v) = value {
+            filter.insert(key.into(), v.clone().into());
+        }
+    }
+    serde_json::json!({ "action": a.action, "filter": filter, "dry_run": a.dry_run })
+}
+
+/// Pause between polls of `runq bulk --wait`.
+const OPERATION_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Follows an operation until it is no longer running, its progress on stderr; prints it.
+async fn follow_operation(api: &ApiClient, mut op: Value) -> Result<u8, ClientError> {
+    let id = op.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut shown = String::new();
+    loop {
+        let status = op.get("status").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let line = format!(
+            "operation {id}: {status}, {} of {} done",
+            op.get("done").and_then(Value::as_i64).unwrap_or(0),
+            op.get("matched").and_then(Value::as_i64).map_or("?".to_owned(), |m| m.to_string())
+        );
+        if line != shown {
+            eprintln!("{line}");
+            shown = line;
+        }
+        if status != "running" {
+            print_json(&op);
+            return Ok(if status == "finished" { EXIT_SUCCEEDED } else { EXIT_JOB_FAILED });
+        }
+        tokio::time::sleep(OPERATION_POLL).await;
+        op = api.operation(&id).await?;
+    }
+}
+
 /// Runs a client subcommand; returns the process exit code. Errors are printed to stderr.
 pub async fn run(command: ClientCommand) -> i32 {
     match execute(command).await {
@@ -171,6 +254,23 @@ async fn execute(command: ClientCommand) -> Result<u8, ClientError> {
             Ok(EXIT_SUCCEEDED)
         }
         ClientCommand::Wait(a) => wait(&a.connection.client()?, &a.id).await,
+        ClientCommand::Retry(a) => {
+            print_json(&a.connection.client()?.retry(&a.id).await?);
+            Ok(EXIT_SUCCEEDED)
+        }
+        ClientCommand::Bulk(a) => {
+            let api = a.connection.client()?;
+            let answer = api.start_operation(&bulk_body(&a)).await?;
+            if a.dry_run {
+                println!("{}", answer.get("count").and_then(Value::as_i64).unwrap_or(0));
+                return Ok(EXIT_SUCCEEDED);
+            }
+            if !a.wait {
+                print_json(&answer);
+                return Ok(EXIT_SUCCEEDED);
+            }
+            follow_operation(&api, answer).await
+        }
         ClientCommand::Cancel(a) => {
             let api = a.connection.client()?;
             let (code, job) = api.cancel(&a.id).await?;

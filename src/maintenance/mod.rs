@@ -8,9 +8,11 @@
 //! - [`relay`]: due, unpublished (or long-unclaimed) queued jobs → Pub/Sub.
 //! - [`cleanup`]: finished jobs past retention, then their idempotency keys.
 //! - [`dead_letters`]: messages Pub/Sub gave up on → re-dispatched later, or `undeliverable`.
+//! - [`operations`]: bulk operations whose runner died → taken over and worked to the end.
 
 pub mod cleanup;
 pub mod dead_letters;
+pub mod operations;
 pub mod reaper;
 pub mod relay;
 pub mod retries;
@@ -37,18 +39,22 @@ pub struct SweepReport {
     pub promoted: u64,
     /// Jobs the relay published.
     pub published: usize,
+    /// Bulk operations taken over from a runner that stopped.
+    pub resumed: usize,
 }
 
-/// One sweep pass: the reaper, then the relay (when Pub/Sub is configured).
+/// One sweep pass: the reaper, stale bulk operations, then the relay (when Pub/Sub is
+/// configured), which publishes what a bulk retry queued.
 pub async fn sweep_once(
     pool: &PgPool,
     dispatcher: Option<&Dispatcher>,
     redispatch_after: Duration,
 ) -> Result<SweepReport, StoreError> {
     let reaped = reaper::run_once(pool).await?;
+    let resumed = operations::run_once(pool).await?;
     let relay = match dispatcher {
         Some(d) => relay::run_once(pool, d, redispatch_after).await?,
         None => RelayReport { promoted: retries::run_once(pool, 10 * relay::RELAY_BATCH).await?, ..Default::default() },
     };
-    Ok(SweepReport { passes: 1, reaped: reaped.len(), promoted: relay.promoted, published: relay.published })
+    Ok(SweepReport { passes: 1, reaped: reaped.len(), promoted: relay.promoted, published: relay.published, resumed })
 }

@@ -93,6 +93,7 @@ impl Runner {
                     total.reaped += r.reaped;
                     total.promoted += r.promoted;
                     total.published += r.published;
+                    total.resumed += r.resumed;
                     if Instant::now() + self.sweep_every >= deadline {
                         return Ok(Fired::Sweep { report: total });
                     }

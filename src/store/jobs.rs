@@ -436,3 +436,47 @@ pub async fn children_counts(pool: &PgPool, parent: Uuid) -> Result<Vec<(String,
             .await?;
     Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
 }
+
+/// What a manual retry did.
+#[derive(Debug)]
+pub enum RetryOutcome {
+    /// The job was failed or cancelled and is `queued` again, with a fresh attempt budget.
+    Retried(Job),
+    /// The job is in another status; nothing changed.
+    WrongStatus(Job),
+    /// No such job for this owner.
+    NotFound,
+}
+
+/// A client's retry of a failed or cancelled job (`POST /jobs/{id}/retry`): one guarded UPDATE
+/// back to `queued`, undispatched (so the relay publishes it), with the submitted attempt budget
+/// again. `attempt` keeps counting, so the new runs' numbers follow the old `job_runs` rows,
+/// which stay; `max_attempts - attempt_base` is the budget.
+pub async fn retry(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<RetryOutcome, StoreError> {
+    let row = sqlx::query_as!(
+        JobRow,
+        r#"UPDATE jobs SET
+              status = 'queued', max_attempts = attempt + (max_attempts - attempt_base), attempt_base = attempt,
+              manual_retries = manual_retries + 1, run_after = now(), dispatched_at = NULL,
+              cancel_requested = false, claim_id = NULL, worker_id = NULL, lease_until = NULL,
+              progress = 0, message = NULL, result = NULL, result_uri = NULL, error = NULL,
+              started_at = NULL, finished_at = NULL, publish_failures = 0, unknown_function_rounds = 0,
+              dead_letters = 0, updated_at = now()
+           WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status IN ('failed', 'cancelled')
+           RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     parent_id, result, result_uri, error AS "error: Json<JobError>",
+                     created_at, started_at, finished_at, updated_at"#,
+        id,
+        owner,
+    )
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = row {
+        return Ok(RetryOutcome::Retried(row.into_job(Utc::now())));
+    }
+    Ok(match get(pool, id, owner).await? {
+        Some(job) => RetryOutcome::WrongStatus(job),
+        None => RetryOutcome::NotFound,
+    })
+}

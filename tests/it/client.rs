@@ -373,3 +373,50 @@ async fn wait_rides_out_an_api_that_is_down_and_comes_back(pool: PgPool) {
     assert!(lines.iter().any(|l| l.contains("the API answers again")), "{lines:#?}");
     assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["status"], "succeeded");
 }
+
+#[sqlx::test]
+async fn retry_and_bulk_through_the_cli(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    let a = submit(&api, json!({"function": "noop"})).await;
+    let b = submit(&api, json!({"function": "noop"})).await;
+    let c = submit(&api, json!({"function": "sleep", "args": {"seconds": 1}})).await;
+    for id in [&a, &b, &c] {
+        set(&pool, id, "status = 'failed', attempt = max_attempts, finished_at = now(), error = '{\"kind\": \"timeout\", \"message\": \"slow\", \"retryable\": true}'").await;
+    }
+
+    let out = run(&api.base, &["retry", &a]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(stdout_json(&out)["status"], "queued");
+    let out = run(&api.base, &["retry", &a]).await;
+    assert_eq!(out.status.code(), Some(2), "a queued job can't be retried");
+    assert!(
+        text(&out.stderr).contains("409") || text(&out.stderr).contains("only failed or cancelled"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&api.base, &["bulk", "retry", "--function", "noop", "--error-kind", "timeout", "--dry-run"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "1");
+    let out = run(&api.base, &["bulk", "retry", "--error-kind", "bogus"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown error kind"), "{}", text(&out.stderr));
+
+    let out = run(&api.base, &["bulk", "retry", "--status", "failed", "--wait"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let op = stdout_json(&out);
+    assert_eq!(
+        (op["status"].as_str(), op["matched"].as_i64(), op["affected"].as_i64()),
+        (Some("finished"), Some(2), Some(2))
+    );
+    assert!(text(&out.stderr).contains("2 of 2 done"), "{}", text(&out.stderr));
+    for id in [&a, &b, &c] {
+        assert_eq!(db_status(&pool, id).await, "queued");
+    }
+
+    let out = run(&api.base, &["bulk", "cancel", "--function", "sleep"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let op = stdout_json(&out);
+    assert_eq!(op["action"], "cancel");
+    assert!(op["id"].is_string());
+}

@@ -1,0 +1,178 @@
+//! `/operations`: bulk retry, cancel and delete by filter (or a dry run's count), and their
+//! progress. The work itself is `maintenance::operations`'.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{ApiError, ApiState, Caller};
+use crate::job::{ErrorKind, Status};
+use crate::maintenance::operations::{self, Action, Filter, NewOperation, Operation};
+
+pub(super) fn router() -> Router<ApiState> {
+    Router::new().route("/operations", post(create)).route("/operations/{id}", get(show))
+}
+
+/// The body of `POST /operations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationRequest {
+    /// `retry`, `cancel` or `delete`.
+    pub action: String,
+    #[serde(default)]
+    pub filter: FilterRequest,
+    /// Only count the matching jobs; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Which jobs: every field narrows; absent fields don't.
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_before: Option<String>,
+    /// Admins only (others may name only themselves): this owner's jobs. Admins without it act
+    /// on every owner's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+impl FilterRequest {
+    fn is_empty(&self) -> bool {
+        self.function.is_none()
+            && self.status.is_none()
+            && self.error_kind.is_none()
+            && self.created_after.is_none()
+            && self.created_before.is_none()
+            && self.owner.is_none()
+    }
+}
+
+fn time(field: &'static str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    value
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v)
+                .map_err(|e| ApiError::invalid(field, format!("{v:?} is not an RFC 3339 time: {e}")))
+                .and_then(|t| {
+                    // Postgres' timestamptz stops well before chrono's range.
+                    let t = t.with_timezone(&Utc);
+                    (1..=9999)
+                        .contains(&chrono::Datelike::year(&t))
+                        .then_some(t)
+                        .ok_or_else(|| ApiError::invalid(field, format!("{v:?} is outside the years 1 to 9999")))
+                })
+        })
+        .transpose()
+}
+
+/// Checks the request into the filter the store applies.
+fn check(caller: &Caller, action: Action, req: &FilterRequest) -> Result<Filter, ApiError> {
+    if let Some(function) = &req.function {
+        super::storable::text("filter.function", function)?;
+    }
+    let allowed = action.statuses();
+    let statuses = match &req.status {
+        None => allowed.to_vec(),
+        Some(s) => {
+            let status = s.parse::<Status>().map_err(|e| ApiError::invalid("filter.status", e.to_string()))?;
+            if !allowed.contains(&status) {
+                let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+                return Err(ApiError::invalid(
+                    "filter.status",
+                    format!("{} applies to {} jobs, not {status}", action.as_str(), names.join(", ")),
+                ));
+            }
+            vec![status]
+        }
+    };
+    let error_kind = req
+        .error_kind
+        .as_deref()
+        .map(|k| k.parse::<ErrorKind>().map_err(|e| ApiError::invalid("filter.error_kind", e.to_string())))
+        .transpose()?;
+    let created_after = time("filter.created_after", req.created_after.as_deref())?;
+    let created_before = time("filter.created_before", req.created_before.as_deref())?;
+    if let (Some(a), Some(b)) = (created_after, created_before)
+        && a >= b
+    {
+        return Err(ApiError::invalid("filter.created_after", "must be before created_before"));
+    }
+    let owner = match (&req.owner, caller.0.admin) {
+        (Some(owner), true) => {
+            super::storable::text("filter.owner", owner)?;
+            Some(owner.clone())
+        }
+        (Some(owner), false) if owner != &caller.0.sub => {
+            return Err(ApiError::Forbidden("only admins may act on another owner's jobs".into()));
+        }
+        (_, false) => Some(caller.0.sub.clone()),
+        (None, true) => None,
+    };
+    if action == Action::Delete && req.is_empty() {
+        return Err(ApiError::invalid("filter", "a bulk delete needs a filter: name at least one field"));
+    }
+    Ok(Filter { owner, function: req.function.clone(), statuses, error_kind, created_after, created_before })
+}
+
+/// `POST /operations`: a dry run answers `200 {"count": N}`; a real one records the operation,
+/// starts it in the background and answers `202` with it (`Location: /operations/{id}`).
+async fn create(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    super::jobs::require_json(&headers)?;
+    let body = body.map_err(super::jobs::body_error)?;
+    let req: OperationRequest = super::jobs::parse_json(&body)?;
+    let action = Action::parse(&req.action).ok_or_else(|| {
+        ApiError::invalid("action", format!("unknown action {:?}: retry, cancel or delete", req.action))
+    })?;
+    let filter = check(&caller, action, &req.filter)?;
+    if req.dry_run {
+        let count = operations::count(&state.pool, &filter).await?;
+        return Ok((StatusCode::OK, Json(serde_json::json!({ "count": count }))).into_response());
+    }
+    let shown = serde_json::to_value(&req.filter).map_err(|_| ApiError::Internal)?;
+    let new = NewOperation {
+        requester: &caller.0.sub,
+        action,
+        filter: &filter,
+        shown,
+        key_retention: state.limits.idempotency_retention,
+    };
+    let (op, runner) = operations::create(&state.pool, &new).await?;
+    tracing::info!(operation_id = %op.id, action = action.as_str(), "bulk operation started");
+    operations::spawn(state.pool.clone(), op.id, runner);
+    let location = HeaderValue::from_str(&format!("/operations/{}", op.id)).map_err(|_| ApiError::Internal)?;
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(op)).into_response())
+}
+
+/// `GET /operations/{id}`: its progress. Owners see their own, admins all.
+async fn show(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Operation>, ApiError> {
+    let parsed = Uuid::parse_str(&id).map_err(|_| ApiError::invalid("id", format!("{id:?} is not an operation id")))?;
+    operations::get(&state.pool, parsed, caller.owner_filter())
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::OperationNotFound(parsed.to_string()))
+}
