@@ -590,6 +590,8 @@ async fn children_of_a_lost_claim_are_not_created(pool: PgPool) {
         args: &args,
         max_attempts: 3,
         delay_secs: None,
+        unique_key: None,
+        debounce_secs: None,
     };
     let parent = Uuid::from_u128(1);
     let stale =
