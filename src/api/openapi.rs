@@ -273,6 +273,7 @@ pub fn openapi(registry: &Registry) -> Value {
                                 "kind": { "type": "string" }, "message": { "type": "string" }, "retryable": { "type": "boolean" } } }] },
                             "parent_id": { "type": ["string", "null"], "format": "uuid" },
                             "idempotency_key": { "type": ["string", "null"] },
+                            "unique_key": { "type": ["string", "null"] },
                             "deduplicated": { "type": "boolean", "const": true,
                                               "description": "Only in POST /jobs's 200: the submit's unique_key had this live job, so nothing new was created." },
                             "children": { "type": "object", "additionalProperties": { "type": "integer" },

@@ -28,6 +28,7 @@ struct JobRow {
     run_after: DateTime<Utc>,
     cancel_requested: bool,
     idempotency_key: Option<String>,
+    unique_key: Option<String>,
     parent_id: Option<Uuid>,
     result: Option<serde_json::Value>,
     result_uri: Option<String>,
@@ -40,7 +41,7 @@ struct JobRow {
 
 /// The columns of [`JobRow`], for queries built at run time.
 const JOB_COLUMNS: &str = "id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts, \
-     run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error, created_at, started_at, \
+     run_after, cancel_requested, idempotency_key, unique_key, parent_id, result, result_uri, error, created_at, started_at, \
      finished_at, updated_at";
 
 impl JobRow {
@@ -71,6 +72,7 @@ impl JobRow {
             error: self.error.map(|Json(e)| e),
             parent_id: self.parent_id,
             idempotency_key: self.idempotency_key,
+            unique_key: self.unique_key,
             children: None,
         }
     }
@@ -208,6 +210,11 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
                 break;
             }
         } else {
+            // Read first: a debounce's follow-up may hold the key in slot 1 with slot 0 free.
+            if let Some(row) = live_with_key(&mut tx, new.owner, key).await? {
+                outcome = Some((row, false));
+                break;
+            }
             if let Some(row) = insert(&mut tx, new, 0).await? {
                 outcome = Some((row, true));
                 break;
@@ -253,7 +260,7 @@ async fn insert(
                    $8, $9, $10, $11, $12)
            ON CONFLICT DO NOTHING
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                      parent_id, result, result_uri, error AS "error: Json<JobError>",
                      created_at, started_at, finished_at, updated_at"#,
         new.id,
@@ -293,7 +300,7 @@ async fn debounce_queued(
                        ORDER BY created_at DESC LIMIT 1 FOR UPDATE)
              AND status = 'queued' AND NOT cancel_requested
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                      parent_id, result, result_uri, error AS "error: Json<JobError>",
                      created_at, started_at, finished_at, updated_at"#,
         new.owner,
@@ -315,7 +322,7 @@ async fn live_with_key(
     let row = sqlx::query_as!(
         JobRow,
         r#"SELECT id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                  progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                  progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                   parent_id, result, result_uri, error AS "error: Json<JobError>",
                   created_at, started_at, finished_at, updated_at
            FROM jobs WHERE owner = $1 AND unique_key = $2 AND status IN ('queued', 'retrying', 'running')
@@ -333,7 +340,7 @@ pub async fn get(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<
     let row = sqlx::query_as!(
         JobRow,
         r#"SELECT id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                  progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                  progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                   parent_id, result, result_uri, error AS "error: Json<JobError>",
                   created_at, started_at, finished_at, updated_at
            FROM jobs WHERE id = $1"#,
@@ -400,7 +407,7 @@ pub async fn request_cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Res
               updated_at = now()
            WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status IN ('queued', 'retrying', 'running')
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                      parent_id, result, result_uri, error AS "error: Json<JobError>",
                      created_at, started_at, finished_at, updated_at"#,
         id,
@@ -508,7 +515,7 @@ async fn insert_many(conn: &mut sqlx::PgConnection, c: &Columns, parent: Option<
                        $7::float8[], $8::text[], $9::text[])
                 AS t(id, owner, function, priority, args, max_attempts, delay_secs, trace_context, queue)
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                      parent_id, result, result_uri, error AS "error: Json<JobError>",
                      created_at, started_at, finished_at, updated_at"#,
         &c.ids,
@@ -604,7 +611,7 @@ pub async fn retry(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Retry
               dead_letters = 0, unique_key = NULL, updated_at = now()
            WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status IN ('failed', 'cancelled')
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                      parent_id, result, result_uri, error AS "error: Json<JobError>",
                      created_at, started_at, finished_at, updated_at"#,
         id,

@@ -60,6 +60,7 @@ async fn one_live_job_per_owner_and_key(pool: PgPool) {
     assert_eq!(counts(&pool).await, (1, 0));
     let created = answers.iter().find(|(s, _)| *s == StatusCode::ACCEPTED).unwrap();
     assert!(created.1.get("deduplicated").is_none(), "a created job isn't marked");
+    assert_eq!(created.1["unique_key"], "report:42");
 
     // Another owner's key is another key.
     let (status, bobs) = submit(&api, "bob", body(0)).await;
@@ -97,6 +98,17 @@ async fn one_live_job_per_owner_and_key(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(key, None);
+    let detail: Value = api
+        .http
+        .get(api.url(&format!("/jobs/{first}")))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["unique_key"], Value::Null);
     let (status, job) = submit(&api, "alice", body(2)).await;
     assert_eq!((status, job["id"].as_str().unwrap()), (StatusCode::OK, second.as_str()));
 }
@@ -233,5 +245,11 @@ async fn debounce_while_running_queues_one_follow_up(pool: PgPool) {
     let (status, job) = submit(&api, "alice", body(100)).await;
     assert_eq!((status, job["id"].as_str().unwrap()), (StatusCode::OK, follow_up.as_str()));
     assert_eq!(job["args"], json!({"value": 100}));
+    assert_eq!(keyed(&pool, "r").await.len(), 2);
+
+    // A plain unique submit of the key answers with the follow-up too (slot 0 is free now).
+    let (status, job) =
+        submit(&api, "alice", json!({"function": "echo", "args": {"value": 1}, "unique_key": "r"})).await;
+    assert_eq!((status, job["id"].as_str().unwrap()), (StatusCode::OK, follow_up.as_str()));
     assert_eq!(keyed(&pool, "r").await.len(), 2);
 }
