@@ -334,6 +334,10 @@ pub struct Job {
     pub error: Option<JobError>,
     pub parent_id: Option<Uuid>,
     pub idempotency_key: Option<String>,
+    /// At most one queued, retrying or running job of its owner has this key (given at submit;
+    /// cleared by a manual retry).
+    #[serde(default)]
+    pub unique_key: Option<String>,
     /// A fan-out parent's children by status (`GET /jobs/{id}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub children: Option<std::collections::BTreeMap<String, i64>>,

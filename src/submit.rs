@@ -13,6 +13,10 @@ use crate::store::JobSpec;
 
 /// Longest accepted `delay_seconds`: 30 days.
 pub const MAX_DELAY_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
+/// Longest accepted `debounce_seconds`: 30 days, like a delay.
+pub const MAX_DEBOUNCE_SECONDS: f64 = MAX_DELAY_SECONDS;
+/// Longest accepted `unique_key`, as for an `Idempotency-Key`.
+pub const MAX_UNIQUE_KEY: usize = 255;
 
 /// A new job as asked for, before it is checked. `None` fields take the function's policy.
 #[derive(Debug, Clone, Copy)]
@@ -25,12 +29,24 @@ pub struct Submission<'a> {
     pub max_attempts: Option<u32>,
     /// Not run before this many seconds from now.
     pub delay_seconds: Option<f64>,
+    /// At most one live job per owner with this key.
+    pub unique_key: Option<&'a str>,
+    /// With `unique_key`: run once, this many seconds after the submits for the key stopped.
+    pub debounce_seconds: Option<f64>,
 }
 
 impl<'a> Submission<'a> {
     /// `function` with `args`, everything else the function's defaults.
     pub fn new(function: &'a str, args: &'a RawValue) -> Self {
-        Self { function, args, priority: None, max_attempts: None, delay_seconds: None }
+        Self {
+            function,
+            args,
+            priority: None,
+            max_attempts: None,
+            delay_seconds: None,
+            unique_key: None,
+            debounce_seconds: None,
+        }
     }
 }
 
@@ -50,7 +66,8 @@ pub enum Invalid {
 }
 
 impl Invalid {
-    /// The field at fault: `function`, `args`, `priority`, `max_attempts` or `delay_seconds`.
+    /// The field at fault: `function`, `args`, `priority`, `max_attempts`, `delay_seconds`,
+    /// `unique_key` or `debounce_seconds`.
     pub fn field(&self) -> &'static str {
         match self {
             Invalid::UnknownFunction(_) => "function",
@@ -67,7 +84,10 @@ impl Invalid {
 /// Checks `req` against the registered functions, in this order: the function exists, the args
 /// fit in `max_args_bytes` (`None`: no limit, for args that don't come in a request body) and
 /// can be stored, the function accepts them, the priority is known, `max_attempts` is in
-/// 1..=[`MAX_ATTEMPTS_LIMIT`] and `delay_seconds` in 0..=[`MAX_DELAY_SECONDS`].
+/// 1..=[`MAX_ATTEMPTS_LIMIT`], `delay_seconds` in 0..=[`MAX_DELAY_SECONDS`], `unique_key` 1 to
+/// [`MAX_UNIQUE_KEY`] visible ASCII characters (an `Idempotency-Key`'s rules) and
+/// `debounce_seconds` over 0 and at most [`MAX_DEBOUNCE_SECONDS`], only with a `unique_key` and
+/// without a `delay_seconds` (the debounce is the delay).
 pub fn validate<'a>(
     registry: &Registry,
     max_args_bytes: Option<usize>,
@@ -98,6 +118,30 @@ pub fn validate<'a>(
         Some(d) if d.is_finite() && (0.0..=MAX_DELAY_SECONDS).contains(&d) => Some(d),
         Some(_) => return Err(Invalid::of("delay_seconds", format!("must be between 0 and {MAX_DELAY_SECONDS}"))),
     };
+    if let Some(key) = req.unique_key
+        && (!(1..=MAX_UNIQUE_KEY).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(Invalid::of("unique_key", format!("must be 1 to {MAX_UNIQUE_KEY} visible ASCII characters")));
+    }
+    let (delay_secs, debounce_secs) = match req.debounce_seconds {
+        None => (delay_secs, None),
+        Some(_) if req.unique_key.is_none() => {
+            return Err(Invalid::of(
+                "debounce_seconds",
+                "needs a unique_key: it debounces the submits of one key".into(),
+            ));
+        }
+        Some(_) if delay_secs.is_some() => {
+            return Err(Invalid::of(
+                "debounce_seconds",
+                "can't be given with delay_seconds: the debounce is the delay".into(),
+            ));
+        }
+        Some(d) if d.is_finite() && d > 0.0 && d <= MAX_DEBOUNCE_SECONDS => (Some(d), Some(d)),
+        Some(_) => {
+            return Err(Invalid::of("debounce_seconds", format!("must be over 0 and at most {MAX_DEBOUNCE_SECONDS}")));
+        }
+    };
     Ok(JobSpec {
         function: function.name(),
         priority,
@@ -105,6 +149,8 @@ pub fn validate<'a>(
         args: req.args,
         max_attempts: max_attempts as i32,
         delay_secs,
+        unique_key: req.unique_key,
+        debounce_secs,
     })
 }
 
@@ -205,6 +251,20 @@ mod tests {
         assert_eq!(field(Submission { priority: Some("urgent"), ..ok }, None), "priority");
         assert_eq!(field(Submission { max_attempts: Some(0), ..ok }, None), "max_attempts");
         assert_eq!(field(Submission { delay_seconds: Some(f64::NAN), ..ok }, None), "delay_seconds");
+        for bad in ["", "a b", "é", "a\u{0}b"] {
+            assert_eq!(field(Submission { unique_key: Some(bad), ..ok }, None), "unique_key", "{bad:?}");
+        }
+        let long = "k".repeat(MAX_UNIQUE_KEY + 1);
+        assert_eq!(field(Submission { unique_key: Some(&long), ..ok }, None), "unique_key");
+        assert_eq!(field(Submission { debounce_seconds: Some(1.0), ..ok }, None), "debounce_seconds");
+        let keyed = Submission { unique_key: Some("k"), ..ok };
+        for bad in [0.0, -1.0, f64::INFINITY, MAX_DEBOUNCE_SECONDS + 1.0] {
+            assert_eq!(field(Submission { debounce_seconds: Some(bad), ..keyed }, None), "debounce_seconds");
+        }
+        let both = Submission { debounce_seconds: Some(1.0), delay_seconds: Some(1.0), ..keyed };
+        assert_eq!(field(both, None), "debounce_seconds");
+        let spec = validate(&registry, None, &Submission { debounce_seconds: Some(2.5), ..keyed }).unwrap();
+        assert_eq!((spec.unique_key, spec.delay_secs, spec.debounce_secs), (Some("k"), Some(2.5), Some(2.5)));
         let spec = validate(&registry, None, &Submission { priority: Some("high"), delay_seconds: Some(5.0), ..ok });
         assert_eq!(spec.map(|s| (s.priority, s.delay_secs)).unwrap(), (Priority::High, Some(5.0)));
     }

@@ -58,6 +58,15 @@ pub(super) async fn submit_batch(
     let trace_context = crate::telemetry::traceparent(&headers);
     let mut new = Vec::with_capacity(req.jobs.len());
     for (i, (job, args)) in req.jobs.iter().zip(&args).enumerate() {
+        if job.unique_key.is_some() || job.debounce_seconds.is_some() {
+            let field = if job.unique_key.is_some() { "unique_key" } else { "debounce_seconds" };
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "jobs[{i}]: batches don't take a unique_key or debounce_seconds; submit such jobs with POST /jobs"
+                ),
+            ));
+        }
         let spec = check(&state, job, args, &format!("jobs[{i}]: "))?;
         new.push(NewJob { id: Uuid::now_v7(), owner: &caller.0.sub, spec, trace_context, idempotency: None });
     }

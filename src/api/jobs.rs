@@ -59,6 +59,13 @@ pub struct SubmitRequest {
     /// Not run before this many seconds from now.
     #[serde(default)]
     pub delay_seconds: Option<f64>,
+    /// At most one queued, retrying or running job of the caller with this key.
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    /// With `unique_key`: run once, this many seconds after the key's submits stopped, with the
+    /// last submit's args.
+    #[serde(default)]
+    pub debounce_seconds: Option<f64>,
 }
 
 pub(super) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -106,13 +113,20 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 fn request_hash(req: &SubmitRequest, priority: Priority, args: &RawValue) -> Result<[u8; 32], ApiError> {
     let args: serde_json::Value =
         serde_json::from_str(args.get()).map_err(|e| ApiError::invalid("args", e.to_string()))?;
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "function": req.function,
         "args": args,
         "priority": priority.as_str(),
         "max_attempts": req.max_attempts,
         "delay_seconds": req.delay_seconds,
     });
+    // Only when given, so the hashes of requests without them stay what they were.
+    if let Some(key) = &req.unique_key {
+        canonical["unique_key"] = key.as_str().into();
+    }
+    if let Some(debounce) = req.debounce_seconds {
+        canonical["debounce_seconds"] = debounce.into();
+    }
     Ok(Sha256::digest(canonical.to_string().as_bytes()).into())
 }
 
@@ -130,6 +144,8 @@ pub(super) fn check<'a>(
         priority: req.priority.as_deref(),
         max_attempts: req.max_attempts,
         delay_seconds: req.delay_seconds,
+        unique_key: req.unique_key.as_deref(),
+        debounce_seconds: req.debounce_seconds,
     };
     submit::validate(&state.registry, Some(state.limits.max_args_bytes), &submission).map_err(|e| match e {
         Invalid::ArgsTooLarge { .. } => ApiError::TooLarge(format!("{at}{e}")),
@@ -168,6 +184,12 @@ async fn submit(
     }
     let code = if result.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     let location = HeaderValue::from_str(&format!("/jobs/{}", job.status.id)).expect("uuid is a valid header");
+    if result.deduplicated {
+        tracing::info!(job_id = %job.status.id, debounced = spec.debounce_secs.is_some(), "submit deduplicated by its unique key");
+        let mut body = serde_json::to_value(&job).map_err(|_| ApiError::Internal)?;
+        body["deduplicated"] = true.into();
+        return Ok((code, [(header::LOCATION, location)], Json(body)).into_response());
+    }
     Ok((code, [(header::LOCATION, location)], Json(job)).into_response())
 }
 

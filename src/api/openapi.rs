@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::jobs::{DEFAULT_PAGE, MAX_IDEMPOTENCY_KEY, MAX_PAGE, MAX_WAIT_SECONDS};
 use crate::function::{MAX_ATTEMPTS_LIMIT, Registry};
-use crate::submit::MAX_DELAY_SECONDS;
+use crate::submit::{MAX_DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, MAX_UNIQUE_KEY};
 
 /// The shape of a `next_cursor`: base64url (no padding) of a version byte 1 and a job id's 16
 /// bytes, so any string it matches is a cursor the API accepts.
@@ -67,12 +67,12 @@ pub fn openapi(registry: &Registry) -> Value {
                     "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SubmitRequest" } } } },
                     "responses": auth_errors(map(json!({
                         "202": job_response("Created; `Location` is the job's URL."),
-                        "200": job_response("Replay of an earlier submit with the same Idempotency-Key."),
+                        "200": job_response("Replay of an earlier submit with the same Idempotency-Key (the job that submit answered with), or deduplicated: the caller's live job with this `unique_key`, marked `\"deduplicated\": true` (debounced: with this submit's args and `run_after`). Nothing new was written."),
                         "400": problem("Malformed JSON."),
                         "409": problem("Idempotency-Key reused with a different request."),
                         "413": problem("Body or args over the limit (default 1 MiB)."),
                         "415": problem("Content-Type is not application/json."),
-                        "422": problem("Unknown function, invalid args (a NUL character or a lone surrogate among them), unknown priority, bad max_attempts or delay_seconds, bad Idempotency-Key.")
+                        "422": problem("Unknown function, invalid args (a NUL character or a lone surrogate among them), unknown priority, bad max_attempts or delay_seconds, bad Idempotency-Key, bad unique_key, debounce_seconds without a unique_key, with delay_seconds or out of range.")
                     })))
                 },
                 "get": {
@@ -104,7 +104,7 @@ pub fn openapi(registry: &Registry) -> Value {
                         "400": problem("Malformed JSON."),
                         "413": problem("Body or some job's args over the limit."),
                         "415": problem("Content-Type is not application/json."),
-                        "422": problem("Empty or over 1000 jobs, an Idempotency-Key, or an invalid job (the detail names it: jobs[i]).")
+                        "422": problem("Empty or over 1000 jobs, an Idempotency-Key, a job with unique_key or debounce_seconds (submit those with POST /jobs), or an invalid job (the detail names it: jobs[i]).")
                     })))
                 }
             },
@@ -234,7 +234,11 @@ pub fn openapi(registry: &Registry) -> Value {
                         "args": { "description": "The function's arguments (default {}). Strings and keys can't contain NUL (\\u0000)." },
                         "priority": { "$ref": "#/components/schemas/Priority" },
                         "max_attempts": { "type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT },
-                        "delay_seconds": { "type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS }
+                        "delay_seconds": { "type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS },
+                        "unique_key": { "type": "string", "minLength": 1, "maxLength": MAX_UNIQUE_KEY, "pattern": "^[!-~]+$",
+                                        "description": "At most one queued, retrying or running job of the caller with this key: a submit while one lives answers 200 with it (`deduplicated`) and writes nothing. Free again once that job finishes. Not accepted in POST /jobs:batch." },
+                        "debounce_seconds": { "type": "number", "exclusiveMinimum": 0, "maximum": MAX_DEBOUNCE_SECONDS,
+                                              "description": "Needs unique_key; not with delay_seconds. Run once, this many seconds after the key's submits stopped, with the last submit's args: a submit while the key's job is queued replaces its args and moves its run_after to now + debounce_seconds; while it runs, one follow-up job is queued (and debounced in turn)." }
                     }
                 },
                 "JobStatus": {
@@ -269,6 +273,9 @@ pub fn openapi(registry: &Registry) -> Value {
                                 "kind": { "type": "string" }, "message": { "type": "string" }, "retryable": { "type": "boolean" } } }] },
                             "parent_id": { "type": ["string", "null"], "format": "uuid" },
                             "idempotency_key": { "type": ["string", "null"] },
+                            "unique_key": { "type": ["string", "null"] },
+                            "deduplicated": { "type": "boolean", "const": true,
+                                              "description": "Only in POST /jobs's 200: the submit's unique_key had this live job, so nothing new was created." },
                             "children": { "type": "object", "additionalProperties": { "type": "integer" },
                                           "description": "GET /jobs/{id} of a fan-out parent: its children by status." }
                         }

@@ -91,6 +91,13 @@ pub struct SubmitArgs {
     /// Submitting again with the same key returns the first job instead of a new one.
     #[arg(long, value_name = "K")]
     pub idempotency_key: Option<String>,
+    /// At most one queued, retrying or running job with this key: submitting again while one
+    /// lives returns it (with `"deduplicated": true`) instead of a new one.
+    #[arg(long, value_name = "K")]
+    pub unique_key: Option<String>,
+    /// With --unique-key: run once, SECS after the submits of the key stopped, with the last args.
+    #[arg(long, value_name = "SECS", requires = "unique_key", conflicts_with = "delay")]
+    pub debounce: Option<f64>,
     /// Follow the job to the end; exit 0 if it succeeds, 1 if it fails or is cancelled.
     #[arg(long)]
     pub wait: bool,
@@ -341,6 +348,12 @@ fn submit_body(a: &SubmitArgs) -> Result<Value, ClientError> {
     if let Some(delay) = a.delay {
         body.insert("delay_seconds".into(), delay.into());
     }
+    if let Some(key) = &a.unique_key {
+        body.insert("unique_key".into(), key.clone().into());
+    }
+    if let Some(debounce) = a.debounce {
+        body.insert("debounce_seconds".into(), debounce.into());
+    }
     Ok(Value::Object(body))
 }
 
@@ -399,6 +412,8 @@ mod tests {
             max_attempts: None,
             delay: Some(1.5),
             idempotency_key: None,
+            unique_key: None,
+            debounce: None,
             wait: false,
             connection: Connection { api_url: String::new(), token: None, sub: None, auth: Default::default() },
         }
@@ -413,6 +428,11 @@ mod tests {
         );
         let body = submit_body(&submit_args(None)).unwrap();
         assert!(body.get("args").is_none());
+        let keyed = SubmitArgs { unique_key: Some("k".into()), debounce: Some(2.0), delay: None, ..submit_args(None) };
+        assert_eq!(
+            submit_body(&keyed).unwrap(),
+            json!({"function": "sleep", "priority": "high", "unique_key": "k", "debounce_seconds": 2.0})
+        );
         let err = submit_body(&submit_args(Some("{seconds: 1}"))).unwrap_err();
         assert!(err.to_string().contains("--args is not valid JSON"), "{err}");
         let err = submit_body(&submit_args(Some("@/no/such/file.json"))).unwrap_err();

@@ -287,7 +287,7 @@ pub async fn step(pool: &PgPool, id: Uuid, runner: Uuid, limit: i64) -> Result<O
                           dispatched_at = NULL, cancel_requested = false, claim_id = NULL, worker_id = NULL,
                           lease_until = NULL, progress = 0, message = NULL, result = NULL, result_uri = NULL,
                           error = NULL, started_at = NULL, finished_at = NULL, publish_failures = 0,
-                          unknown_function_rounds = 0, dead_letters = 0, updated_at = now()
+                          unknown_function_rounds = 0, dead_letters = 0, unique_key = NULL, updated_at = now()
                       FROM batch WHERE jobs.id = batch.job_id AND jobs.status IN ('failed', 'cancelled')
                       RETURNING jobs.id)
                    UPDATE operations SET done = done + (SELECT count(*) FROM batch),

@@ -28,6 +28,7 @@ struct JobRow {
     run_after: DateTime<Utc>,
     cancel_requested: bool,
     idempotency_key: Option<String>,
+    unique_key: Option<String>,
     parent_id: Option<Uuid>,
     result: Option<serde_json::Value>,
     result_uri: Option<String>,
@@ -40,7 +41,7 @@ struct JobRow {
 
 /// The columns of [`JobRow`], for queries built at run time.
 const JOB_COLUMNS: &str = "id, owner, function, priority, queue, args, status, progress, message, attempt, max_attempts, \
-     run_after, cancel_requested, idempotency_key, parent_id, result, result_uri, error, created_at, started_at, \
+     run_after, cancel_requested, idempotency_key, unique_key, parent_id, result, result_uri, error, created_at, started_at, \
      finished_at, updated_at";
 
 impl JobRow {
@@ -71,6 +72,7 @@ impl JobRow {
             error: self.error.map(|Json(e)| e),
             parent_id: self.parent_id,
             idempotency_key: self.idempotency_key,
+            unique_key: self.unique_key,
             children: None,
         }
     }
@@ -95,6 +97,12 @@ pub struct JobSpec<'a> {
     /// Not due before this many seconds from the insert, by the database's clock (a delayed
     /// submit). Never a time from this process's clock, which may be skewed.
     pub delay_secs: Option<f64>,
+    /// At most one live (queued, retrying or running) job per owner with this key: see
+    /// [`submit`]. Only [`submit`] honours it (not [`submit_many`] nor [`spawn_children`]).
+    pub unique_key: Option<&'a str>,
+    /// With `unique_key`: a submit while the key's job is still queued replaces its args and
+    /// pushes it back to this many seconds from now (`delay_secs` is then the same).
+    pub debounce_secs: Option<f64>,
 }
 
 /// A job a caller submits (a client, a schedule), owned by that caller.
@@ -112,14 +120,25 @@ pub struct NewJob<'a> {
 #[derive(Debug)]
 pub struct Submitted {
     pub job: Job,
-    /// False when an earlier submit with the same idempotency key and request created it.
+    /// False when an earlier submit with the same idempotency key and request created it, or
+    /// when the job is the live job of the submit's unique key.
     pub created: bool,
+    /// The submit wrote no new job: `job` is the live job of its unique key (for a debounced
+    /// submit, with the submit's args and pushed back).
+    pub deduplicated: bool,
 }
 
 /// Inserts a job (and its idempotency key) in one transaction, committed durably.
 ///
 /// A repeated key with the same request hash returns the first job; with another hash it is a
-/// conflict. Two concurrent submits with one key serialize on the key's primary key.
+/// conflict. Two concurrent submits with one key serialize on the key's primary key. An
+/// idempotency replay wins over the unique key: it answers with the job the first submit got.
+///
+/// With a unique key (`jobs_unique_live`, one live job per owner, key and slot), a submit whose
+/// key has a live job inserts nothing and answers with that job (`deduplicated`). Debounced, it
+/// instead pushes the key's queued job back with its own args ([`debounce_queued`]); when the
+/// key's job already runs, it inserts the follow-up in slot 1, which later debounced submits
+/// push back in turn. Still one transaction and one durable commit.
 pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) -> Result<Submitted, StoreError> {
     let mut tx = pool.begin().await?;
     if let Some((key, hash)) = new.idempotency {
@@ -157,18 +176,91 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
             }
             let job = get(pool, existing.job_id, Some(new.owner)).await?;
             return match job {
-                Some(job) => Ok(Submitted { job, created: false }),
+                Some(job) => Ok(Submitted { job, created: false, deduplicated: false }),
                 None => Err(StoreError::IdempotencyExpiredJob),
             };
         }
     }
+    let Some(key) = new.spec.unique_key else {
+        let row = insert(&mut tx, new, 0).await?.ok_or(sqlx::Error::RowNotFound)?;
+        tx.commit().await?;
+        return Ok(Submitted { job: row.into_job(Utc::now()), created: true, deduplicated: false });
+    };
+    // Each statement below sees what committed before it began (read committed): a conflicting
+    // insert waits for the other submit's commit, and the next read sees its row. A few rounds
+    // settle any race with a job finishing or being claimed in between.
+    let mut outcome = None;
+    for _ in 0..4 {
+        if let Some(debounce) = new.spec.debounce_secs {
+            if let Some(row) = debounce_queued(&mut tx, new, key, debounce).await? {
+                outcome = Some((row, false));
+                break;
+            }
+            if let Some(row) = insert(&mut tx, new, 0).await? {
+                outcome = Some((row, true));
+                break;
+            }
+            if let Some(row) = debounce_queued(&mut tx, new, key, debounce).await? {
+                outcome = Some((row, false));
+                break;
+            }
+            // Slot 0's job runs (or waits to retry): the follow-up goes in slot 1.
+            if let Some(row) = insert(&mut tx, new, 1).await? {
+                outcome = Some((row, true));
+                break;
+            }
+        } else {
+            // Read first: a debounce's follow-up may hold the key in slot 1 with slot 0 free.
+            if let Some(row) = live_with_key(&mut tx, new.owner, key).await? {
+                outcome = Some((row, false));
+                break;
+            }
+            if let Some(row) = insert(&mut tx, new, 0).await? {
+                outcome = Some((row, true));
+                break;
+            }
+            if let Some(row) = live_with_key(&mut tx, new.owner, key).await? {
+                outcome = Some((row, false));
+                break;
+            }
+        }
+    }
+    let (row, created) = match outcome {
+        Some(found) => found,
+        // Debounced, both slots running or retrying: the newest live job is the answer.
+        None => (live_with_key(&mut tx, new.owner, key).await?.ok_or(sqlx::Error::RowNotFound)?, false),
+    };
+    if !created && new.idempotency.is_some() {
+        // The key's replays answer with the job this submit was deduplicated to.
+        sqlx::query!(
+            "UPDATE idempotency_keys SET job_id = $3 WHERE owner = $1 AND key = $2",
+            new.owner,
+            new.idempotency.map(|(k, _)| k),
+            row.id
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Submitted { job: row.into_job(Utc::now()), created, deduplicated: !created })
+}
+
+/// Inserts `new` (its unique key, if any, in `slot`); `None` when the key's slot is taken by a
+/// live job.
+async fn insert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    new: &NewJob<'_>,
+    slot: i16,
+) -> Result<Option<JobRow>, StoreError> {
     let row = sqlx::query_as!(
         JobRow,
         r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after,
-                             trace_context, idempotency_key, queue)
-           VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, now() + make_interval(secs => coalesce($7::float8, 0)), $8, $9, $10)
+                             trace_context, idempotency_key, queue, unique_key, unique_slot)
+           VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, now() + make_interval(secs => coalesce($7::float8, 0)),
+                   $8, $9, $10, $11, $12)
+           ON CONFLICT DO NOTHING
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                      parent_id, result, result_uri, error AS "error: Json<JobError>",
                      created_at, started_at, finished_at, updated_at"#,
         new.id,
@@ -181,11 +273,66 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
         new.trace_context,
         new.idempotency.map(|(key, _)| key),
         new.spec.queue,
+        new.spec.unique_key,
+        slot,
     )
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await?;
-    tx.commit().await?;
-    Ok(Submitted { job: row.into_job(Utc::now()), created: true })
+    Ok(row)
+}
+
+/// The debounce step: the key's newest queued job takes `new`'s args and is pushed back to
+/// `debounce` seconds after this statement ran (`clock_timestamp()`, so of concurrent submits
+/// the last to commit is also the latest), undispatched so the relay publishes it when due. A
+/// message already published for it finds it not due and is acknowledged.
+async fn debounce_queued(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    new: &NewJob<'_>,
+    key: &str,
+    debounce: f64,
+) -> Result<Option<JobRow>, StoreError> {
+    let row = sqlx::query_as!(
+        JobRow,
+        r#"UPDATE jobs SET args = $3::text::jsonb,
+                  run_after = clock_timestamp() + make_interval(secs => $4),
+                  dispatched_at = NULL, updated_at = clock_timestamp()
+           WHERE id = (SELECT id FROM jobs WHERE owner = $1 AND unique_key = $2 AND status = 'queued'
+                       ORDER BY created_at DESC LIMIT 1 FOR UPDATE)
+             AND status = 'queued' AND NOT cancel_requested
+           RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
+                     parent_id, result, result_uri, error AS "error: Json<JobError>",
+                     created_at, started_at, finished_at, updated_at"#,
+        new.owner,
+        key,
+        new.spec.args.get(),
+        debounce,
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row)
+}
+
+/// The newest live job of `owner`'s unique `key`.
+async fn live_with_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    owner: &str,
+    key: &str,
+) -> Result<Option<JobRow>, StoreError> {
+    let row = sqlx::query_as!(
+        JobRow,
+        r#"SELECT id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
+                  progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
+                  parent_id, result, result_uri, error AS "error: Json<JobError>",
+                  created_at, started_at, finished_at, updated_at
+           FROM jobs WHERE owner = $1 AND unique_key = $2 AND status IN ('queued', 'retrying', 'running')
+           ORDER BY created_at DESC LIMIT 1"#,
+        owner,
+        key,
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row)
 }
 
 /// The full job, if it exists and `owner` may see it (`None` = admin, sees all).
@@ -193,7 +340,7 @@ pub async fn get(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<
     let row = sqlx::query_as!(
         JobRow,
         r#"SELECT id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                  progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                  progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                   parent_id, result, result_uri, error AS "error: Json<JobError>",
                   created_at, started_at, finished_at, updated_at
            FROM jobs WHERE id = $1"#,
@@ -260,7 +407,7 @@ pub async fn request_cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Res
               updated_at = now()
            WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status IN ('queued', 'retrying', 'running')
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                      parent_id, result, result_uri, error AS "error: Json<JobError>",
                      created_at, started_at, finished_at, updated_at"#,
         id,
@@ -368,7 +515,7 @@ async fn insert_many(conn: &mut sqlx::PgConnection, c: &Columns, parent: Option<
                        $7::float8[], $8::text[], $9::text[])
                 AS t(id, owner, function, priority, args, max_attempts, delay_secs, trace_context, queue)
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                      parent_id, result, result_uri, error AS "error: Json<JobError>",
                      created_at, started_at, finished_at, updated_at"#,
         &c.ids,
@@ -461,10 +608,10 @@ pub async fn retry(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Retry
               cancel_requested = false, claim_id = NULL, worker_id = NULL, lease_until = NULL,
               progress = 0, message = NULL, result = NULL, result_uri = NULL, error = NULL,
               started_at = NULL, finished_at = NULL, publish_failures = 0, unknown_function_rounds = 0,
-              dead_letters = 0, updated_at = now()
+              dead_letters = 0, unique_key = NULL, updated_at = now()
            WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status IN ('failed', 'cancelled')
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key,
+                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                      parent_id, result, result_uri, error AS "error: Json<JobError>",
                      created_at, started_at, finished_at, updated_at"#,
         id,

@@ -590,6 +590,8 @@ async fn children_of_a_lost_claim_are_not_created(pool: PgPool) {
         args: &args,
         max_attempts: 3,
         delay_secs: None,
+        unique_key: None,
+        debounce_secs: None,
     };
     let parent = Uuid::from_u128(1);
     let stale =
@@ -642,5 +644,49 @@ async fn a_run_that_drops_its_context_doesnt_spin_the_worker(pool: PgPool) {
     assert_eq!(done["status"], "succeeded");
     // The run idles ~1.5 s; a busy-polling worker would burn a whole core for it.
     assert!(used < Duration::from_millis(700), "the worker burnt {used:?} of CPU while the run slept");
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_debounced_job_runs_once_when_the_submits_stop_with_the_last_args(pool: PgPool) {
+    let s = stack(&pool).await;
+    let body = |v: i32| json!({"function": "noop", "args": {"v": v}, "unique_key": "e2e", "debounce_seconds": 2.0});
+    let first = s.submit(body(0)).await;
+    let job_id = Uuid::parse_str(&id(&first)).unwrap();
+    // An early delivery (as if published before a push-back): not due, acknowledged, not run.
+    let publication = runq::store::Publication {
+        id: job_id,
+        attempt: 0,
+        function: "noop".into(),
+        priority: Priority::Medium,
+        queue: None,
+        trace_context: None,
+    };
+    s.dev.dispatcher.publish(&publication).await.unwrap();
+    wait_for_metric(runq::telemetry::metrics::CLAIM_CONFLICTS, 1.0).await;
+    let mut last = first;
+    for v in 1..=5 {
+        let resp =
+            s.http.post(format!("{}/jobs", s.dev.api_url)).bearer_auth(&s.token).json(&body(v)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        last = resp.json().await.unwrap();
+        assert_eq!(
+            (last["id"].as_str(), last["deduplicated"].as_bool()),
+            (Some(job_id.to_string().as_str()), Some(true))
+        );
+    }
+    let done = s.finished(&job_id.to_string()).await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["args"], json!({"v": 5}));
+    let started: Ts = done["started_at"].as_str().unwrap().parse().unwrap();
+    let pushed: Ts = last["updated_at"].as_str().unwrap().parse().unwrap();
+    assert!(started >= pushed + chrono::Duration::milliseconds(1990), "ran after the debounce: {started} vs {pushed}");
+    assert_eq!(s.counts.lock().unwrap()[&job_id], 1, "ran once");
+    let (jobs, runs): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM job_runs)")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((jobs, runs), (1, 1));
     s.dev.shutdown().await;
 }

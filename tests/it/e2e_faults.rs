@@ -298,6 +298,8 @@ async fn detached_runs_answer_the_push_at_once_and_finish_in_the_background(pool
         args: &args,
         max_attempts: 3,
         delay_secs: None,
+        unique_key: None,
+        debounce_secs: None,
     };
     let new = runq::store::NewJob { id, owner: "e2e", spec, trace_context: None, idempotency: None };
     runq::store::submit(&pool, &new, Duration::from_secs(60)).await.unwrap();

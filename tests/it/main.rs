@@ -18,3 +18,4 @@ mod operations;
 mod reliability;
 mod schedules;
 mod store_types;
+mod unique;

@@ -290,6 +290,7 @@ function renderJob(job) {
   row('finished', fmtTime(job.finished_at));
   if (job.cancel_requested) row('cancel', 'requested');
   if (job.idempotency_key) row('idempotency key', job.idempotency_key);
+  if (job.unique_key) row('unique key', job.unique_key);
   if (job.parent_id) row('parent', el('a', { href: '#job/' + encodeURIComponent(job.parent_id) }, job.parent_id));
   if (job.children) {
     const counts = Object.entries(job.children).map(([s, n]) => [badge(s), ' ' + n + '  ']);
