@@ -30,6 +30,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 /// Default wait for a pooled connection before a request is answered 503.
 pub const DEFAULT_DB_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(3_000);
 
+/// The instance name in claims when `K_REVISION` is unset (off Cloud Run).
+pub const DEFAULT_INSTANCE: &str = "local";
+
 /// A setting that is missing or can't be used together with the others.
 #[derive(Debug, thiserror::Error)]
 #[error("{var}: {reason}")]
@@ -355,9 +358,9 @@ pub struct WorkerArgs {
     #[arg(long = "lease-secs", env = "RUNQ_LEASE_SECS", default_value = "30", value_parser = lease)]
     pub lease: Duration,
     /// The instance's name in claims, so an operator can tell which one ran a job (Cloud Run
-    /// sets it to the revision). Default: `local`.
-    #[arg(long, env = "K_REVISION", value_name = "NAME")]
-    pub instance: Option<String>,
+    /// sets it to the revision).
+    #[arg(long, env = "K_REVISION", value_name = "NAME", default_value = DEFAULT_INSTANCE)]
+    pub instance: String,
 }
 
 impl WorkerArgs {
@@ -560,5 +563,50 @@ pub fn name_the_variable(error: clap::Error, command: &clap::Command) -> String 
     match walk(command, &from_env) {
         Some(var) => format!("{}\n(the value comes from the environment variable {var})\n", rendered.trim_end()),
         None => rendered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    /// A command of its own around the argument groups, parsed from no arguments at all.
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    /// The settings built without the config tree (`runq dev`, tests) start from the same
+    /// defaults that the tree declares for `runq api` and `runq worker`.
+    #[test]
+    fn the_settings_defaults_are_the_trees_defaults() {
+        let tree = Defaults::command()
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(["defaults", "--queue", "high"])
+            .and_then(|m| <Defaults as clap::FromArgMatches>::from_arg_matches(&m))
+            .unwrap();
+        let api = crate::api::ApiSettings::new(UserAuthConfig::default());
+        assert_eq!(tree.server.shutdown_grace, api.grace);
+        assert_eq!(tree.api.max_args_bytes, api.limits.max_args_bytes);
+        assert_eq!(tree.api.idempotency_retention, api.limits.idempotency_retention);
+        assert_eq!(tree.api.auto_migrate, api.auto_migrate);
+        assert_eq!(tree.api.retention(), api.retention);
+        assert_eq!(tree.api.sweep_window, api.sweep_window);
+        assert_eq!(tree.api.sweep_every, api.sweep_every);
+        assert_eq!(tree.database.db_acquire_timeout, DEFAULT_DB_ACQUIRE_TIMEOUT);
+        let push = GoogleCallers { audience: "a".into(), service_accounts: Vec::new() };
+        let worker = crate::worker::WorkerSettings::new("high", push);
+        assert_eq!(tree.worker.lease, worker.lease);
+        assert_eq!(tree.worker.instance, worker.instance);
+        assert_eq!(tree.server.shutdown_grace, worker.grace);
     }
 }

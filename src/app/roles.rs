@@ -43,7 +43,7 @@ pub async fn worker(config: WorkerConfig, registry: Registry, schedules: Schedul
         lease: args.lease,
         grace: server.shutdown_grace,
         results_bucket: storage.results_bucket.clone(),
-        instance: args.instance.clone().unwrap_or_else(|| "local".into()),
+        instance: args.instance.clone(),
     };
     // Without Pub/Sub settings the relay publishes the children runs spawn.
     let connect = connect(&database, pubsub.settings(&log), storage.settings(), &oidc)?;

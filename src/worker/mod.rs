@@ -57,7 +57,7 @@ impl WorkerSettings {
             lease: DEFAULT_LEASE,
             grace: crate::config::DEFAULT_SHUTDOWN_GRACE,
             results_bucket: None,
-            instance: "local".into(),
+            instance: crate::config::DEFAULT_INSTANCE.into(),
         }
     }
 }
