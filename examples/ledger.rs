@@ -20,6 +20,16 @@
 //! on attempts up to `fail_times`. `ledger_orphan` does the same on queue `orphan`, whose topic
 //! the suite never creates (a job that can't be published).
 //!
+//! The flow-control tests (`tests/it/faults/limits.rs`) use three more functions, each under a
+//! declared limit: `ledger_capped` (at most 3 at once), `ledger_rated` (5 starts a second) and
+//! `ledger_fair` (2 at once per owner). Each writes a line when its body begins and finishes,
+//! with the wall-clock time in microseconds:
+//!
+//! ```text
+//! begin   <job_id> <attempt> <pid> <unix_micros>
+//! finish  <job_id> <attempt> <pid> <unix_micros>
+//! ```
+//!
 //! Run it like any runq binary: `cargo run --example ledger -- worker --queue medium`.
 
 use std::io::Write;
@@ -28,6 +38,7 @@ use std::time::Duration;
 
 use runq::function::{Context, FunctionError};
 use runq::infra::QueueSpec;
+use runq::limits::Limit;
 use runq::{App, Function};
 use serde::{Deserialize, Serialize};
 
@@ -200,6 +211,67 @@ impl Function for LedgerOrphan {
     }
 }
 
+fn micros() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_micros()
+}
+
+/// Writes the `finish` line when the body ends, however it ends (returned, or its future dropped
+/// when the run was aborted): the run's slot is given up then.
+struct Timed(String);
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        append(&format!("finish {} {}", self.0, micros()));
+    }
+}
+
+/// The body of the limited functions: `begin`, `ms` of work, `finish`.
+async fn timed(ctx: Context, args: LedgerArgs) -> Result<Token, FunctionError> {
+    let head = format!("{} {} {}", ctx.job_id(), ctx.attempt(), std::process::id());
+    append(&format!("begin {head} {}", micros()));
+    let _finish = Timed(head);
+    tokio::time::sleep(Duration::from_millis(args.ms)).await;
+    Ok(Token { token: String::new() })
+}
+
+/// A function whose runs the tests time, named `$name`.
+macro_rules! timed_function {
+    ($type:ident, $name:literal) => {
+        struct $type;
+
+        impl Function for $type {
+            type Args = LedgerArgs;
+            type Output = Token;
+
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn hard_time_limit(&self) -> Duration {
+                HARD_LIMIT
+            }
+
+            async fn run(&self, ctx: Context, args: LedgerArgs) -> Result<Token, FunctionError> {
+                timed(ctx, args).await
+            }
+        }
+    };
+}
+
+timed_function!(LedgerCapped, "ledger_capped");
+timed_function!(LedgerRated, "ledger_rated");
+timed_function!(LedgerFair, "ledger_fair");
+
 fn main() -> std::process::ExitCode {
-    App::new().function(Ledger).function(LedgerOrphan).queue(QueueSpec::custom("orphan")).run()
+    App::new()
+        .function(Ledger)
+        .function(LedgerOrphan)
+        .queue(QueueSpec::custom("orphan"))
+        .function(LedgerCapped)
+        .function(LedgerRated)
+        .function(LedgerFair)
+        .limit(Limit::new("capped").concurrency(3).on(["ledger_capped"]))
+        .limit(Limit::new("upstream").rate(5.0, 1).on(["ledger_rated"]))
+        .limit(Limit::new("per-owner").concurrency(2).per_owner().on(["ledger_fair"]))
+        .run()
 }

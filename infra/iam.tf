@@ -42,12 +42,20 @@ resource "google_secret_manager_secret_iam_member" "reader" {
   member    = "serviceAccount:${google_service_account.runq[each.value.role].email}"
 }
 
-# The API publishes jobs (and the sweep republishes them); nobody else publishes.
+# The API publishes jobs (and the sweep republishes them); workers publish the jobs a run's
+# end releases from a limit and the children a run spawns. Nobody else publishes.
 resource "google_pubsub_topic_iam_member" "api_publishes" {
   for_each = local.queues
   topic    = google_pubsub_topic.queue[each.key].id
   role     = "roles/pubsub.publisher"
   member   = "serviceAccount:${google_service_account.runq["api"].email}"
+}
+
+resource "google_pubsub_topic_iam_member" "worker_publishes" {
+  for_each = local.queues
+  topic    = google_pubsub_topic.queue[each.key].id
+  role     = "roles/pubsub.publisher"
+  member   = "serviceAccount:${google_service_account.runq["worker"].email}"
 }
 
 # Pub/Sub signs push tokens as the push and dead-letter accounts: its service agent needs to

@@ -69,6 +69,9 @@ locals {
       RUNQ_PUSH_AUDIENCE         = local.worker_urls[name]
       RUNQ_PUSH_SERVICE_ACCOUNTS = google_service_account.runq["push"].email
       RUNQ_RESULTS_BUCKET        = local.results_bucket
+      # Workers publish what a run releases (a held job's slot) and the children it spawns.
+      RUNQ_PUBSUB_PROJECT = var.project_id
+      RUNQ_TOPIC_PREFIX   = local.runq.topic_prefix
     })
   }
 

@@ -13,6 +13,7 @@
 //! - [`store`]: Postgres, the source of truth; every transition is one guarded UPDATE.
 //! - [`submit`]: the one check of a new job, for the API, schedules and spawned children.
 //! - [`function`]: the [`Function`] trait, the registry and the built-in functions.
+//! - [`limits`]: concurrency and rate limits declared in code, and the claim's decision.
 //! - [`api`]: the public JSON API (`/jobs`), health and OpenAPI.
 //! - [`dashboard`]: the web dashboard at `/dashboard` (Flower's role), its stats and run history.
 //! - [`auth`]: bearer JWTs for the public API, Google OIDC for push and internal calls.
@@ -39,6 +40,7 @@ pub use pubsub_emulator as emulator;
 pub mod function;
 pub mod infra;
 pub mod job;
+pub mod limits;
 pub mod maintenance;
 pub mod message;
 pub mod schedule;

@@ -21,6 +21,8 @@ pub const MAX_UNIQUE_KEY: usize = 255;
 /// A new job as asked for, before it is checked. `None` fields take the function's policy.
 #[derive(Debug, Clone, Copy)]
 pub struct Submission<'a> {
+    /// Who submits it (a limit per owner takes its key from here).
+    pub owner: &'a str,
     /// A registered function's name.
     pub function: &'a str,
     pub args: &'a RawValue,
@@ -36,9 +38,10 @@ pub struct Submission<'a> {
 }
 
 impl<'a> Submission<'a> {
-    /// `function` with `args`, everything else the function's defaults.
-    pub fn new(function: &'a str, args: &'a RawValue) -> Self {
+    /// `function` with `args` for `owner`, everything else the function's defaults.
+    pub fn new(owner: &'a str, function: &'a str, args: &'a RawValue) -> Self {
         Self {
+            owner,
             function,
             args,
             priority: None,
@@ -142,6 +145,7 @@ pub fn validate<'a>(
             return Err(Invalid::of("debounce_seconds", format!("must be over 0 and at most {MAX_DEBOUNCE_SECONDS}")));
         }
     };
+    let limit_keys = registry.limit_keys(req.function, req.owner, req.args).map_err(|e| Invalid::of("args", e))?;
     Ok(JobSpec {
         function: function.name(),
         priority,
@@ -151,6 +155,7 @@ pub fn validate<'a>(
         delay_secs,
         unique_key: req.unique_key,
         debounce_secs,
+        limit_keys,
     })
 }
 
@@ -236,14 +241,14 @@ mod tests {
     fn each_field_is_named_and_defaults_come_from_the_policy() {
         let registry = Registry::builtin();
         let args = raw(r#"{"seconds": 1}"#);
-        let spec = validate(&registry, Some(1024), &Submission::new("sleep", &args)).unwrap();
+        let spec = validate(&registry, Some(1024), &Submission::new("alice", "sleep", &args)).unwrap();
         let policy = registry.get("sleep").unwrap().policy();
         assert_eq!((spec.function, spec.priority, spec.queue), ("sleep", policy.priority, policy.queue));
         assert_eq!(spec.max_attempts, policy.max_attempts as i32);
         assert_eq!(spec.delay_secs, None);
 
         let field = |req: Submission<'_>, limit| validate(&registry, limit, &req).unwrap_err().field();
-        let ok = Submission::new("sleep", &args);
+        let ok = Submission::new("alice", "sleep", &args);
         assert_eq!(field(Submission { function: "nope", ..ok }, None), "function");
         assert_eq!(field(ok, Some(3)), "args");
         let bad = raw(r#"{"seconds": "long"}"#);

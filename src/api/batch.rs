@@ -67,7 +67,7 @@ pub(super) async fn submit_batch(
                 ),
             ));
         }
-        let spec = check(&state, job, args, &format!("jobs[{i}]: "))?;
+        let spec = check(&state, &caller.0.sub, job, args, &format!("jobs[{i}]: "))?;
         new.push(NewJob { id: Uuid::now_v7(), owner: &caller.0.sub, spec, trace_context, idempotency: None });
     }
     let jobs = store::submit_many(&state.pool, &new).await?;

@@ -29,6 +29,9 @@ pub enum ApiError {
     /// 404: no such bulk operation, or not the caller's.
     #[error("no operation with id {0}")]
     OperationNotFound(String),
+    /// 404: no such limit, queue or function (the message says which).
+    #[error("{0}")]
+    NotFound(String),
     /// 404: no such route.
     #[error("no such endpoint")]
     RouteNotFound,
@@ -71,7 +74,9 @@ impl ApiError {
             Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Self::Auth(e) => e.status(),
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::JobNotFound(_) | Self::OperationNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::JobNotFound(_) | Self::OperationNotFound(_) | Self::NotFound(_) | Self::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -90,7 +95,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::JobNotFound(_) => "job-not-found",
             Self::OperationNotFound(_) => "operation-not-found",
-            Self::RouteNotFound => "not-found",
+            Self::NotFound(_) | Self::RouteNotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Conflict(_) => "conflict",
             Self::TooLarge(_) => "too-large",

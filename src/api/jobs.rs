@@ -134,11 +134,13 @@ fn request_hash(req: &SubmitRequest, priority: Priority, args: &RawValue) -> Res
 /// request's args (or `{}`); `at` prefixes error details in a batch.
 pub(super) fn check<'a>(
     state: &ApiState,
+    owner: &'a str,
     req: &'a SubmitRequest,
     args: &'a RawValue,
     at: &str,
 ) -> Result<JobSpec<'a>, ApiError> {
     let submission = Submission {
+        owner,
         function: &req.function,
         args,
         priority: req.priority.as_deref(),
@@ -168,7 +170,7 @@ async fn submit(
     let req: SubmitRequest = parse_json(&body)?;
     let empty = empty_args();
     let args: &RawValue = req.args.as_deref().unwrap_or(&empty);
-    let spec = check(&state, &req, args, "")?;
+    let spec = check(&state, &caller.0.sub, &req, args, "")?;
     let key = idempotency_key(&headers)?;
     let idempotency = match key {
         Some(key) => Some((key, request_hash(&req, spec.priority, args)?)),
@@ -185,7 +187,7 @@ async fn submit(
     let code = if result.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     let location = HeaderValue::from_str(&format!("/jobs/{}", job.status.id)).expect("uuid is a valid header");
     if result.deduplicated {
-        tracing::info!(job_id = %job.status.id, debounced = spec.debounce_secs.is_some(), "submit deduplicated by its unique key");
+        tracing::info!(job_id = %job.status.id, debounced = new.spec.debounce_secs.is_some(), "submit deduplicated by its unique key");
         let mut body = serde_json::to_value(&job).map_err(|_| ApiError::Internal)?;
         body["deduplicated"] = true.into();
         return Ok((code, [(header::LOCATION, location)], Json(body)).into_response());

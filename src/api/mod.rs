@@ -9,6 +9,7 @@ pub mod dashboard;
 mod error;
 mod internal;
 mod jobs;
+mod limits;
 mod openapi;
 mod operations;
 mod storable;
@@ -130,6 +131,7 @@ pub async fn run(
     } else {
         crate::store::check_schema(&services.pool).await?;
     }
+    crate::store::limits::declare(&services.pool, services.registry.limits()).await?;
     let publishing = services.publishing.as_ref();
     let runner = Runner {
         pool: services.pool.clone(),
@@ -185,6 +187,7 @@ fn router(state: ApiState, cors_origins: &[String]) -> Router {
     let router = Router::new()
         .merge(jobs::router(body_limit))
         .merge(operations::router())
+        .merge(limits::router())
         .merge(internal::router())
         .merge(dashboard::router())
         .route("/healthz", get(healthz))

@@ -23,6 +23,46 @@ fn job_response(description: &str) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } })
 }
 
+/// `responses` with the 401 and 503 every authenticated route may answer.
+fn auth_errors(mut responses: serde_json::Map<String, Value>) -> Value {
+    responses.insert("401".into(), problem("Missing, malformed, expired or wrongly signed bearer token."));
+    responses.insert(
+        "503".into(),
+        problem("Database (or the key set) unreachable; retry after `Retry-After` seconds. Nothing was written."),
+    );
+    Value::Object(responses)
+}
+
+/// A literal JSON object as a map.
+fn map(v: Value) -> serde_json::Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("literal objects"),
+    }
+}
+
+/// `POST /queues|functions/{name}/pause|resume`.
+fn pause_path(scope: &str, pause: bool) -> Value {
+    let (summary, effect) = if pause {
+        (
+            format!("Pause a {scope} (admins)"),
+            "Nothing new of it starts from now on (its jobs are held as they come); submits are accepted; running jobs finish.",
+        )
+    } else {
+        (format!("Resume a paused {scope} (admins)"), "Releases every job the pause held.")
+    };
+    json!({ "post": {
+        "summary": summary, "description": effect,
+        "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+        "responses": auth_errors(map(json!({
+            "200": { "description": "`changed` is false when it was in that state already; `released` counts the jobs a resume let go.",
+                     "content": { "application/json": { "schema": { "type": "object", "required": ["scope", "name", "paused", "changed", "released"] } } } },
+            "403": problem("Not an admin token."),
+            "404": problem(&format!("No such {scope}."))
+        })))
+    } })
+}
+
 fn id_param() -> Value {
     json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } })
 }
@@ -36,18 +76,6 @@ fn traceparent_param() -> Value {
 pub fn openapi(registry: &Registry) -> Value {
     let functions: Vec<&str> = registry.names().collect();
     let error_kinds: Vec<&str> = crate::job::ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
-    let auth_errors = |mut responses: serde_json::Map<String, Value>| {
-        responses.insert("401".into(), problem("Missing, malformed, expired or wrongly signed bearer token."));
-        responses.insert(
-            "503".into(),
-            problem("Database (or the key set) unreachable; retry after `Retry-After` seconds. Nothing was written."),
-        );
-        Value::Object(responses)
-    };
-    let map = |v: Value| match v {
-        Value::Object(m) => m,
-        _ => unreachable!("literal objects"),
-    };
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -189,6 +217,55 @@ pub fn openapi(registry: &Registry) -> Value {
                     })))
                 }
             },
+            "/limits": {
+                "get": {
+                    "summary": "Every limit: its values now (and as declared), runs holding a slot, jobs held back, the busiest keys",
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "The limits.", "content": { "application/json": { "schema": { "type": "object", "required": ["limits"],
+                                 "properties": { "limits": { "type": "array", "items": { "type": "object" } } } } } } }
+                    })))
+                }
+            },
+            "/limits/{name}": {
+                "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "put": {
+                    "summary": "Change a limit's values at run time (admins); kept across deploys until DELETE",
+                    "description": "Enforced by every worker from the next claim on. A raised concurrency releases held jobs at once.",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false,
+                        "properties": { "concurrency": { "type": ["integer", "null"], "minimum": 0, "maximum": 1000000 },
+                                        "rate_per_second": { "type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1000000 },
+                                        "burst": { "type": "integer", "minimum": 1, "maximum": 1000000 } } } } } },
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "The limit with its new values and use.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "400": problem("Malformed JSON."),
+                        "403": problem("Not an admin token."),
+                        "404": problem("No such limit."),
+                        "415": problem("Content-Type is not application/json."),
+                        "422": problem("Neither a concurrency nor a rate, or a value out of range. Nothing changed.")
+                    })))
+                },
+                "delete": {
+                    "summary": "Put a limit back to its declared values (admins)",
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "The limit.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "403": problem("Not an admin token."),
+                        "404": problem("No such limit.")
+                    })))
+                }
+            },
+            "/pauses": {
+                "get": {
+                    "summary": "Paused queues and functions, with the jobs each holds back",
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "The pauses.", "content": { "application/json": { "schema": { "type": "object", "required": ["pauses"],
+                                 "properties": { "pauses": { "type": "array", "items": { "type": "object" } } } } } } }
+                    })))
+                }
+            },
+            "/queues/{name}/pause": pause_path("queue", true),
+            "/queues/{name}/resume": pause_path("queue", false),
+            "/functions/{name}/pause": pause_path("function", true),
+            "/functions/{name}/resume": pause_path("function", false),
             "/jobs/{id}/runs": {
                 "get": {
                     "summary": "A job's runs, oldest first (the dashboard's timeline)",

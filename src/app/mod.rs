@@ -84,6 +84,17 @@ impl App {
         self
     }
 
+    /// Declares a limit over functions registered before it: at most N runs at once, at most R
+    /// starts a second, globally or per owner or args field, held across every worker:
+    /// `App::new().function(Index).limit(Limit::new("youtube").rate(2.0, 2).on(["index"]))`.
+    /// Its values can be changed at run time (`PUT /limits/{name}`) without a deploy.
+    pub fn limit(mut self, limit: crate::limits::Limit) -> Self {
+        if let Err(e) = self.registry.limit(limit) {
+            self.errors.push(e);
+        }
+        self
+    }
+
     /// Declares a queue of its own (a topic, push subscription and worker service), for the
     /// functions whose [`Function::queue`] names it: `App::new().queue(QueueSpec::custom("heavy"))`.
     pub fn queue(mut self, spec: crate::infra::QueueSpec) -> Self {

@@ -256,6 +256,17 @@ impl ApiClient {
         json_body(&url, response).await
     }
 
+    /// `method` on the path `segments` with an optional JSON `body`: the answer's JSON.
+    pub async fn call(&self, method: Method, segments: &[&str], body: Option<&Value>) -> Result<Value, ClientError> {
+        let url = self.url(segments);
+        let mut request = self.request(method, &url)?;
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = check(self.send(&url, request).await?).await?;
+        json_body(&url, response).await
+    }
+
     /// `GET /jobs` with the given filters: `{"jobs": [...], "next_cursor"}`.
     pub async fn list(&self, query: &[(&str, String)]) -> Result<Value, ClientError> {
         let mut url = self.url(&["jobs"]);

@@ -1,4 +1,5 @@
-//! The command-line client of the runq API: `runq submit/status/cancel/retry/wait/jobs/bulk`.
+//! The command-line client of the runq API: `runq submit/status/cancel/retry/wait/jobs/bulk`,
+//! `runq limits` and `runq pause/resume`.
 //! Owns the clap subcommands, token resolution (given or minted locally), the HTTP calls and
 //! the `--wait` loop with its progress bar. Exit codes: 0 succeeded, 1 failed/cancelled, 2 error.
 
@@ -40,6 +41,12 @@ pub enum ClientCommand {
     Bulk(BulkArgs),
     /// Follow a job to the end with a progress bar (same as `status --wait`).
     Wait(IdArgs),
+    /// Show the limits and their use; admins change them at run time (`set`, `reset`).
+    Limits(LimitsArgs),
+    /// Pause a queue or a function (admins): nothing new of it starts, running jobs finish.
+    Pause(PauseArgs),
+    /// Resume a paused queue or function (admins): what it held back is released.
+    Resume(PauseArgs),
     /// List your jobs, newest first.
     Jobs(JobsArgs),
 }
@@ -148,6 +155,45 @@ pub struct JobsArgs {
     pub connection: Connection,
 }
 
+/// `runq limits [set NAME ... | reset NAME]`.
+#[derive(Args, Debug)]
+pub struct LimitsArgs {
+    #[command(subcommand)]
+    pub change: Option<LimitChange>,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// A run-time change of a limit.
+#[derive(Subcommand, Debug)]
+pub enum LimitChange {
+    /// Enforce these values from now on, on every worker (kept across deploys until `reset`).
+    Set {
+        name: String,
+        /// At most this many runs at once (per key).
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// At most this many starts a second (per key).
+        #[arg(long, value_name = "PER_SECOND")]
+        rate: Option<f64>,
+        /// Starts allowed at once after a quiet spell, with --rate.
+        #[arg(long, default_value_t = 1)]
+        burst: u32,
+    },
+    /// Back to the values declared in code.
+    Reset { name: String },
+}
+
+/// `runq pause|resume queue|function NAME`.
+#[derive(Args, Debug)]
+pub struct PauseArgs {
+    #[arg(value_parser = ["queue", "function"])]
+    pub scope: String,
+    pub name: String,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
 /// `runq bulk`.
 #[derive(Args, Debug)]
 pub struct BulkArgs {
@@ -227,6 +273,13 @@ async fn follow_operation(api: &ApiClient, mut op: Value) -> Result<u8, ClientEr
     }
 }
 
+/// `POST /queues|functions/{name}/pause|resume`.
+async fn toggle_pause(a: &PauseArgs, verb: &str) -> Result<u8, ClientError> {
+    let plural = if a.scope == "queue" { "queues" } else { "functions" };
+    print_json(&a.connection.client()?.call(reqwest::Method::POST, &[plural, &a.name, verb], None).await?);
+    Ok(EXIT_SUCCEEDED)
+}
+
 /// Runs a client subcommand; returns the process exit code. Errors are printed to stderr.
 pub async fn run(command: ClientCommand) -> i32 {
     match execute(command).await {
@@ -278,6 +331,21 @@ async fn execute(command: ClientCommand) -> Result<u8, ClientError> {
             }
             follow_operation(&api, answer).await
         }
+        ClientCommand::Limits(a) => {
+            let api = a.connection.client()?;
+            let answer = match &a.change {
+                None => api.call(reqwest::Method::GET, &["limits"], None).await?,
+                Some(LimitChange::Set { name, concurrency, rate, burst }) => {
+                    let body = serde_json::json!({"concurrency": concurrency, "rate_per_second": rate, "burst": burst});
+                    api.call(reqwest::Method::PUT, &["limits", name], Some(&body)).await?
+                }
+                Some(LimitChange::Reset { name }) => api.call(reqwest::Method::DELETE, &["limits", name], None).await?,
+            };
+            print_json(&answer);
+            Ok(EXIT_SUCCEEDED)
+        }
+        ClientCommand::Pause(a) => toggle_pause(&a, "pause").await,
+        ClientCommand::Resume(a) => toggle_pause(&a, "resume").await,
         ClientCommand::Cancel(a) => {
             let api = a.connection.client()?;
             let (code, job) = api.cancel(&a.id).await?;

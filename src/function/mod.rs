@@ -21,6 +21,7 @@ pub use context::{ChildJob, Context, Progress, RunControl, Spawner};
 pub use wordcount::{WORDCOUNT_TOP, Wordcount, WordcountArgs, WordcountOutput};
 
 use crate::job::Priority;
+use crate::limits::Limit;
 
 /// Queue a function's jobs go to unless the submit names another.
 pub const DEFAULT_PRIORITY: Priority = Priority::Medium;
@@ -256,6 +257,8 @@ pub enum RegistryError {
 #[derive(Clone, Default)]
 pub struct Registry {
     functions: BTreeMap<&'static str, Arc<dyn DynFunction>>,
+    /// Declared limits, in declaration order.
+    limits: Vec<Limit>,
 }
 
 impl Registry {
@@ -297,6 +300,38 @@ impl Registry {
         let erased = Erased { function: Arc::new(function), policy };
         self.functions.insert(name, Arc::new(erased));
         Ok(())
+    }
+
+    /// Declares a limit over registered functions; refused when it is invalid, when its name is
+    /// taken, or when it names a function that isn't registered.
+    pub fn limit(&mut self, limit: Limit) -> Result<(), String> {
+        limit.check()?;
+        if self.limits.iter().any(|l| l.name == limit.name) {
+            return Err(format!("limit `{}` is declared twice", limit.name));
+        }
+        if let Some(f) = limit.functions.iter().find(|f| !self.functions.contains_key(f.as_str())) {
+            return Err(format!("limit `{}` applies to `{f}`, which is not a registered function", limit.name));
+        }
+        self.limits.push(limit);
+        Ok(())
+    }
+
+    /// Every declared limit.
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits
+    }
+
+    /// The limit keys a job of `function` by `owner` with `args` takes (sorted: the order their
+    /// locks are taken in); empty for a function without limits. `Err` says which limit can't
+    /// find its key in the job.
+    pub fn limit_keys(&self, function: &str, owner: &str, args: &RawValue) -> Result<Vec<String>, String> {
+        let mut keys = Vec::new();
+        for limit in self.limits.iter().filter(|l| l.functions.iter().any(|f| f == function)) {
+            keys.push(limit.key_for(owner, args)?);
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
     }
 
     /// The function called `name`.

@@ -41,9 +41,25 @@ pub struct SweepReport {
     pub published: usize,
     /// Bulk operations taken over from a runner that stopped.
     pub resumed: usize,
+    /// Held jobs released because their key had a free slot nothing had given them.
+    pub released: u64,
 }
 
-/// One sweep pass: the reaper, stale bulk operations, then the relay (when Pub/Sub is
+/// The wait before the next sweep pass: `every`, or less when a queued job becomes due sooner
+/// (a job held back by a rate limit, a delay), so it is published at its time and a rate's
+/// starts come spread as it allows rather than in a bunch at each pass. At least 10 ms apart.
+pub async fn until_next_pass(pool: &PgPool, every: Duration) -> Duration {
+    match crate::store::limits::next_due(pool).await {
+        Ok(Some(due)) => due.clamp(Duration::from_millis(10), every),
+        Ok(None) => every,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the next due job");
+            every
+        }
+    }
+}
+
+/// One sweep pass: the reaper, stale bulk operations, held jobs with room, then the relay (when Pub/Sub is
 /// configured), which publishes what a bulk retry queued.
 pub async fn sweep_once(
     pool: &PgPool,
@@ -52,9 +68,20 @@ pub async fn sweep_once(
 ) -> Result<SweepReport, StoreError> {
     let reaped = reaper::run_once(pool).await?;
     let resumed = operations::run_once(pool).await?;
+    let released = crate::store::limits::release_stuck(pool).await?;
+    if released > 0 {
+        tracing::warn!(released, "held jobs released by the sweep (their key had free slots)");
+    }
     let relay = match dispatcher {
         Some(d) => relay::run_once(pool, d, redispatch_after).await?,
         None => RelayReport { promoted: retries::run_once(pool, 10 * relay::RELAY_BATCH).await?, ..Default::default() },
     };
-    Ok(SweepReport { passes: 1, reaped: reaped.len(), promoted: relay.promoted, published: relay.published, resumed })
+    Ok(SweepReport {
+        passes: 1,
+        reaped: reaped.len(),
+        promoted: relay.promoted,
+        published: relay.published,
+        resumed,
+        released,
+    })
 }

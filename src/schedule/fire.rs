@@ -94,10 +94,11 @@ impl Runner {
                     total.promoted += r.promoted;
                     total.published += r.published;
                     total.resumed += r.resumed;
+                    total.released += r.released;
                     if Instant::now() + self.sweep_every >= deadline {
                         return Ok(Fired::Sweep { report: total });
                     }
-                    tokio::time::sleep(self.sweep_every).await;
+                    tokio::time::sleep(maintenance::until_next_pass(&self.pool, self.sweep_every).await).await;
                 }
             }
             Action::Cleanup => {
@@ -118,15 +119,16 @@ impl Runner {
             }
             Action::Submit { function, args, priority } => {
                 let raw = serde_json::value::to_raw_value(args).expect("a Value serializes");
-                let spec = super::submit_spec(&self.registry, function, &raw, *priority).map_err(|e| match e {
-                    Invalid::UnknownFunction(f) => FireError::UnknownFunction(f),
-                    e => FireError::Invalid(e),
-                })?;
+                let owner = schedule.owner();
+                let spec =
+                    super::submit_spec(&self.registry, &owner, function, &raw, *priority).map_err(|e| match e {
+                        Invalid::UnknownFunction(f) => FireError::UnknownFunction(f),
+                        e => FireError::Invalid(e),
+                    })?;
                 let key = schedule.idempotency_key(at);
                 // The hash is of the key alone: an existing job for this instant is the answer,
                 // whatever args it was created with.
                 let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-                let owner = schedule.owner();
                 let new = NewJob {
                     id: Uuid::now_v7(),
                     owner: &owner,

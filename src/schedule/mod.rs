@@ -168,7 +168,7 @@ impl Schedules {
             if let Action::Submit { function, args, priority } = &s.action {
                 let target = |reason: String| ScheduleError::Target { name: s.name.clone(), reason };
                 let raw = serde_json::value::to_raw_value(args).map_err(|e| target(e.to_string()))?;
-                submit_spec(registry, function, &raw, *priority).map_err(|e| target(e.to_string()))?;
+                submit_spec(registry, &s.owner(), function, &raw, *priority).map_err(|e| target(e.to_string()))?;
             }
         }
         Ok(())
@@ -179,6 +179,7 @@ impl Schedules {
 /// limit: the args are declared in code, not sent in a request).
 fn submit_spec<'a>(
     registry: &Registry,
+    owner: &'a str,
     function: &'a str,
     args: &'a RawValue,
     priority: Priority,
@@ -186,7 +187,7 @@ fn submit_spec<'a>(
     submit::validate(
         registry,
         None,
-        &Submission { priority: Some(priority.as_str()), ..Submission::new(function, args) },
+        &Submission { priority: Some(priority.as_str()), ..Submission::new(owner, function, args) },
     )
 }
 

@@ -49,22 +49,22 @@ pub async fn run_locally(
     sweep_every: std::time::Duration,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    use tokio::time::{MissedTickBehavior, interval};
+    use tokio::time::interval;
     let sweeps = {
         let (runner, mut stop) = (runner.clone(), stop.clone());
         async move {
-            let mut tick = interval(sweep_every);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut wait = std::time::Duration::ZERO;
             loop {
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
-                    _ = tick.tick() => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
                 let dispatcher = runner.dispatcher.as_ref();
                 if let Err(e) = crate::maintenance::sweep_once(&runner.pool, dispatcher, runner.redispatch_after).await
                 {
                     tracing::warn!(error = %e, "sweep failed");
                 }
+                wait = crate::maintenance::until_next_pass(&runner.pool, sweep_every).await;
             }
         }
     };

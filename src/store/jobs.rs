@@ -86,7 +86,7 @@ impl JobRow {
 /// A new job as [`crate::submit::validate`] checked it: what runs, on which queue, how often and
 /// from when. Who owns it is the insert's to say: the caller of a [`NewJob`], the parent of
 /// [`spawn_children`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct JobSpec<'a> {
     pub function: &'a str,
     pub priority: Priority,
@@ -103,6 +103,8 @@ pub struct JobSpec<'a> {
     /// With `unique_key`: a submit while the key's job is still queued replaces its args and
     /// pushes it back to this many seconds from now (`delay_secs` is then the same).
     pub debounce_secs: Option<f64>,
+    /// The limit keys it takes a slot of before it runs (sorted; empty without limits).
+    pub limit_keys: Vec<String>,
 }
 
 /// A job a caller submits (a client, a schedule), owned by that caller.
@@ -255,9 +257,9 @@ async fn insert(
     let row = sqlx::query_as!(
         JobRow,
         r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after,
-                             trace_context, idempotency_key, queue, unique_key, unique_slot)
+                             trace_context, idempotency_key, queue, unique_key, unique_slot, limit_keys)
            VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, now() + make_interval(secs => coalesce($7::float8, 0)),
-                   $8, $9, $10, $11, $12)
+                   $8, $9, $10, $11, $12, nullif($13::text[], '{}'))
            ON CONFLICT DO NOTHING
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
                      progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
@@ -275,6 +277,7 @@ async fn insert(
         new.spec.queue,
         new.spec.unique_key,
         slot,
+        &new.spec.limit_keys,
     )
     .fetch_optional(&mut **tx)
     .await?;
@@ -487,6 +490,8 @@ struct Columns {
     delay_secs: Vec<Option<f64>>,
     trace_contexts: Vec<Option<String>>,
     queues: Vec<Option<String>>,
+    /// Each job's limit keys as a JSON array (`None` without any): arrays of arrays don't unnest.
+    limit_keys: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -500,6 +505,9 @@ impl Columns {
         self.delay_secs.push(spec.delay_secs);
         self.trace_contexts.push(trace_context.map(str::to_owned));
         self.queues.push(spec.queue.map(str::to_owned));
+        self.limit_keys.push(
+            (!spec.limit_keys.is_empty()).then(|| serde_json::to_string(&spec.limit_keys).expect("strings serialize")),
+        );
     }
 }
 
@@ -508,12 +516,14 @@ async fn insert_many(conn: &mut sqlx::PgConnection, c: &Columns, parent: Option<
     let rows = sqlx::query_as!(
         JobRow,
         r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after, trace_context,
-                             queue, parent_id)
+                             queue, parent_id, limit_keys)
            SELECT t.id, t.owner, t.function, t.priority, t.args::jsonb, 'queued', t.max_attempts,
-                  now() + make_interval(secs => coalesce(t.delay_secs, 0)), t.trace_context, t.queue, $10
+                  now() + make_interval(secs => coalesce(t.delay_secs, 0)), t.trace_context, t.queue, $10,
+                  CASE WHEN t.limit_keys IS NOT NULL
+                       THEN ARRAY(SELECT jsonb_array_elements_text(t.limit_keys::jsonb)) END
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
-                       $7::float8[], $8::text[], $9::text[])
-                AS t(id, owner, function, priority, args, max_attempts, delay_secs, trace_context, queue)
+                       $7::float8[], $8::text[], $9::text[], $11::text[])
+                AS t(id, owner, function, priority, args, max_attempts, delay_secs, trace_context, queue, limit_keys)
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
                      progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
                      parent_id, result, result_uri, error AS "error: Json<JobError>",
@@ -528,6 +538,7 @@ async fn insert_many(conn: &mut sqlx::PgConnection, c: &Columns, parent: Option<
         &c.trace_contexts as &[Option<String>],
         &c.queues as &[Option<String>],
         parent,
+        &c.limit_keys as &[Option<String>],
     )
     .fetch_all(conn)
     .await?;

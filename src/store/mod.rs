@@ -10,10 +10,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 mod history;
 mod jobs;
+pub mod limits;
 mod runs;
 
 pub use history::*;
 pub use jobs::*;
+pub use limits::{LimitedClaim, claim_limited};
 pub use runs::*;
 
 /// The migrations compiled into the binary.

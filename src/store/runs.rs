@@ -18,6 +18,8 @@ use crate::job::{ErrorKind, JobError, Priority, Status};
 #[derive(Debug)]
 pub struct Claimed {
     pub id: Uuid,
+    /// Who submitted it (its children belong to them too).
+    pub owner: String,
     pub function: String,
     pub args: Box<RawValue>,
     /// This run's number, 1-based.
@@ -25,6 +27,8 @@ pub struct Claimed {
     pub max_attempts: i32,
     /// Fences every later write of this run.
     pub claim_id: Uuid,
+    /// The limit keys it holds a slot of (`None` without limits).
+    pub limit_keys: Option<Vec<String>>,
 }
 
 pub(crate) fn secs(d: Duration) -> f64 {
@@ -33,20 +37,26 @@ pub(crate) fn secs(d: Duration) -> f64 {
 
 /// Claims a job for one run: one conditional UPDATE, committed durably, so two runs of a job
 /// can never overlap even across a database crash. `None` when the job isn't claimable
-/// (running, finished, cancelled, not due, out of attempts, or unknown).
+/// (running, finished, cancelled, not due, out of attempts, or unknown), when its queue or
+/// function is paused, or when it has limit keys: those are claimed by
+/// [`super::claim_limited`], so a job without limits pays nothing for them.
 pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) -> Result<Option<Claimed>, StoreError> {
     let row = sqlx::query!(
         r#"WITH claimed AS (
               UPDATE jobs SET status = 'running', attempt = attempt + 1, claim_id = gen_random_uuid(),
                      worker_id = $2, lease_until = now() + make_interval(secs => $3), started_at = now(),
-                     finished_at = NULL, updated_at = now()
+                     finished_at = NULL, updated_at = now(), held_on = NULL,
+                     message = CASE WHEN starts_with(message, 'held: ') THEN NULL ELSE message END
               WHERE id = $1 AND status = 'queued' AND run_after <= now() AND NOT cancel_requested
-                    AND attempt < max_attempts
-              RETURNING id, function, args, attempt, max_attempts, claim_id, worker_id),
+                    AND attempt < max_attempts AND limit_keys IS NULL
+                    AND NOT EXISTS (SELECT 1 FROM pauses p
+                                    WHERE (p.scope = 'function' AND p.name = jobs.function)
+                                       OR (p.scope = 'queue' AND p.name = coalesce(jobs.queue, jobs.priority)))
+              RETURNING id, owner, function, args, attempt, max_attempts, claim_id, worker_id),
            run AS (INSERT INTO job_runs (claim_id, job_id, attempt, worker_id)
                    SELECT claim_id, id, attempt, worker_id FROM claimed)
-           SELECT id AS "id!", function AS "function!", args AS "args!: Json<Box<RawValue>>", attempt AS "attempt!",
-                  max_attempts AS "max_attempts!", claim_id AS "claim_id!" FROM claimed"#,
+           SELECT id AS "id!", owner AS "owner!", function AS "function!", args AS "args!: Json<Box<RawValue>>",
+                  attempt AS "attempt!", max_attempts AS "max_attempts!", claim_id AS "claim_id!" FROM claimed"#,
         id,
         worker_id,
         secs(lease),
@@ -55,11 +65,13 @@ pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) ->
     .await?;
     Ok(row.map(|r| Claimed {
         id: r.id,
+        owner: r.owner,
         function: r.function,
         args: r.args.0,
         attempt: r.attempt,
         max_attempts: r.max_attempts,
         claim_id: r.claim_id,
+        limit_keys: None,
     }))
 }
 
@@ -74,13 +86,22 @@ pub struct Unclaimable {
     pub lease_live: bool,
     /// Whether a `queued` job is due.
     pub due: bool,
+    /// Its limit keys, if it has any.
+    pub limit_keys: Option<Vec<String>>,
+}
+
+impl Unclaimable {
+    /// Whether a claim would take it but for its limits or a pause.
+    pub fn claimable(&self) -> bool {
+        self.status == Status::Queued && self.due && !self.cancel_requested && self.attempt < self.max_attempts
+    }
 }
 
 /// Reads why `id` couldn't be claimed; `None` when there is no such job.
 pub async fn unclaimable(pool: &PgPool, id: Uuid) -> Result<Option<Unclaimable>, StoreError> {
     let row = sqlx::query!(
         r#"SELECT status AS "status: Status", attempt, max_attempts, cancel_requested,
-                  coalesce(lease_until > now(), false) AS "lease_live!", run_after <= now() AS "due!"
+                  coalesce(lease_until > now(), false) AS "lease_live!", run_after <= now() AS "due!", limit_keys
            FROM jobs WHERE id = $1"#,
         id
     )
@@ -93,6 +114,7 @@ pub async fn unclaimable(pool: &PgPool, id: Uuid) -> Result<Option<Unclaimable>,
         cancel_requested: r.cancel_requested,
         lease_live: r.lease_live,
         due: r.due,
+        limit_keys: r.limit_keys,
     }))
 }
 

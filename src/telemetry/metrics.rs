@@ -13,6 +13,8 @@ pub const RUNS: &str = "runq_job_runs_total";
 pub const RUN_SECONDS: &str = "runq_job_run_seconds";
 /// Deliveries acknowledged without a run (duplicate, running elsewhere, finished, cancelled), by queue.
 pub const CLAIM_CONFLICTS: &str = "runq_claim_conflicts_total";
+/// Deliveries held back (queued again, acknowledged) by a limit or a pause, by queue and reason.
+pub const HELD: &str = "runq_jobs_held_total";
 /// Messages published, and publishes that failed (the relay retries them), by priority.
 pub const PUBLISHED: &str = "runq_published_total";
 pub const PUBLISH_ERRORS: &str = "runq_publish_errors_total";

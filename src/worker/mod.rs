@@ -71,6 +71,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     crate::store::check_schema(&services.pool).await?;
+    crate::store::limits::declare(&services.pool, services.registry.limits()).await?;
     let verifier = settings.push.verifier(services.google_jwks.clone());
     let (tx, rx) = watch::channel(None);
     let state = WorkerState {

@@ -62,6 +62,49 @@ pub async fn push(State(state): State<WorkerState>, headers: HeaderMap, body: By
     }
 }
 
+/// The plain claim took nothing: the job may be paused or limited (held back here, or claimed
+/// under its limits), or simply not claimable (acknowledged and logged). `None`: nothing to run.
+async fn claim_held_back(state: &WorkerState, id: Uuid) -> Result<Option<store::Claimed>, StoreError> {
+    // Twice at most: a pause resumed between the claim and the hold is claimed again.
+    for _ in 0..2 {
+        let Some(u) = store::unclaimable(&state.pool, id).await? else {
+            tracing::info!("delivery for an unknown job; acknowledged");
+            return Ok(None);
+        };
+        if !u.claimable() {
+            metrics::counter!(crate::telemetry::metrics::CLAIM_CONFLICTS, "queue" => state.queue.clone()).increment(1);
+            tracing::info!(status = %u.status, attempt = u.attempt, max_attempts = u.max_attempts,
+                lease_live = u.lease_live, due = u.due, cancel_requested = u.cancel_requested,
+                "delivery for a job that can't be claimed now; acknowledged");
+            return Ok(None);
+        }
+        if let Some(pause) = store::limits::pause_of(&state.pool, id).await? {
+            if store::limits::hold_for_pause(&state.pool, id, &pause).await? {
+                metrics::counter!(crate::telemetry::metrics::HELD, "queue" => state.queue.clone(), "reason" => "pause")
+                    .increment(1);
+                tracing::info!(%pause, "held back by a pause; acknowledged");
+                return Ok(None);
+            }
+        } else if let Some(keys) = &u.limit_keys {
+            return match store::claim_limited(&state.pool, id, keys, &state.worker_id, state.lease).await? {
+                store::LimitedClaim::Claimed(claimed) => Ok(Some(claimed)),
+                store::LimitedClaim::Held { key, until, message } => {
+                    metrics::counter!(crate::telemetry::metrics::HELD, "queue" => state.queue.clone(), "reason" => "limit")
+                        .increment(1);
+                    tracing::info!(%key, ?until, %message, "held back by a limit; acknowledged");
+                    Ok(None)
+                }
+                store::LimitedClaim::Unclaimable => Ok(None),
+            };
+        }
+        match store::claim(&state.pool, id, &state.worker_id, state.lease).await? {
+            Some(claimed) => return Ok(Some(claimed)),
+            None => continue,
+        }
+    }
+    Ok(None)
+}
+
 /// Claims a job released this many times by workers without its function fail as
 /// `unknown_function`; between them it waits 10 s, then 20 s, for a worker that has it (a
 /// rolling deploy), instead of looping through redeliveries for hours.
@@ -85,15 +128,12 @@ enum Redeliver {
 
 async fn handle(state: &WorkerState, id: Uuid) -> Result<(), Redeliver> {
     let claimed_at = tokio::time::Instant::now();
-    let Some(claimed) = store::claim(&state.pool, id, &state.worker_id, state.lease).await? else {
-        metrics::counter!(crate::telemetry::metrics::CLAIM_CONFLICTS, "queue" => state.queue.clone()).increment(1);
-        match store::unclaimable(&state.pool, id).await? {
-            None => tracing::info!("delivery for an unknown job; acknowledged"),
-            Some(u) => tracing::info!(status = %u.status, attempt = u.attempt, max_attempts = u.max_attempts,
-                lease_live = u.lease_live, due = u.due, cancel_requested = u.cancel_requested,
-                "delivery for a job that can't be claimed now; acknowledged"),
-        }
-        return Ok(());
+    let claimed = match store::claim(&state.pool, id, &state.worker_id, state.lease).await? {
+        Some(claimed) => claimed,
+        None => match claim_held_back(state, id).await? {
+            Some(claimed) => claimed,
+            None => return Ok(()),
+        },
     };
     let Some(function) = state.registry.get(&claimed.function).cloned() else {
         // A worker of another version: give the job back, after a backoff, for one that knows

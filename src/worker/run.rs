@@ -204,6 +204,7 @@ pub async fn execute(
         registry: state.registry.clone(),
         outbox: state.outbox.clone(),
         claim_id: claimed.claim_id,
+        owner: claimed.owner.clone(),
     };
     let (ctx, mut control) = Context::for_run(
         claimed.id,
@@ -230,6 +231,9 @@ pub async fn execute(
     let final_message = control.progress.borrow().message.as_deref().map(without_nul);
     let function_name = claimed.function.clone();
     let recorded = record(state, &claimed, &policy, supervised, final_message.as_deref()).await;
+    if claimed.limit_keys.is_some() {
+        publish_released(state, claimed.id).await;
+    }
     let outcome = match &recorded {
         Ok(Recorded::Status(status)) => status.as_str(),
         Ok(Recorded::Fenced) => "fenced",
@@ -243,6 +247,21 @@ pub async fn execute(
     metrics::histogram!(crate::telemetry::metrics::RUN_SECONDS, "function" => function_name, "queue" => queue)
         .record(started.elapsed().as_secs_f64());
     recorded
+}
+
+/// Publishes at once the held jobs this run's end released (the slots it gave back), instead of
+/// leaving them to the next sweep; a failure here only leaves them to that sweep.
+async fn publish_released(state: &WorkerState, id: uuid::Uuid) {
+    match store::limits::take_released(&state.pool, id).await {
+        Ok(released) => {
+            if let Some(outbox) = &state.outbox {
+                for job in released {
+                    outbox.dispatch(job);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(job_id = %id, error = %e, "could not read the jobs this run released; the relay will"),
+    }
 }
 
 /// Text Postgres can store: NUL, which it refuses in `text` and `jsonb`, replaced.

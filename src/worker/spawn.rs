@@ -23,6 +23,8 @@ pub struct RunSpawner {
     pub registry: Arc<Registry>,
     pub outbox: Option<Outbox>,
     pub claim_id: Uuid,
+    /// The parent's owner, whose the children are (a per-owner limit keys them by it).
+    pub owner: String,
 }
 
 impl RunSpawner {
@@ -40,8 +42,10 @@ impl RunSpawner {
             .map_err(FunctionError::fatal)?;
         let mut specs = Vec::with_capacity(children.len());
         for (i, (child, args)) in children.iter().zip(&args).enumerate() {
-            let submission =
-                Submission { priority: child.priority.map(Priority::as_str), ..Submission::new(&child.function, args) };
+            let submission = Submission {
+                priority: child.priority.map(Priority::as_str),
+                ..Submission::new(&self.owner, &child.function, args)
+            };
             // No size limit: the API's is on request bodies, and children never had one.
             let spec = submit::validate(&self.registry, None, &submission)
                 .map_err(|e| FunctionError::Fatal(format!("child {i}: {e}")))?;

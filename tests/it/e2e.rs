@@ -592,6 +592,7 @@ async fn children_of_a_lost_claim_are_not_created(pool: PgPool) {
         delay_secs: None,
         unique_key: None,
         debounce_secs: None,
+        limit_keys: Vec::new(),
     };
     let parent = Uuid::from_u128(1);
     let stale =

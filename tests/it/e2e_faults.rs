@@ -300,6 +300,7 @@ async fn detached_runs_answer_the_push_at_once_and_finish_in_the_background(pool
         delay_secs: None,
         unique_key: None,
         debounce_secs: None,
+        limit_keys: Vec::new(),
     };
     let new = runq::store::NewJob { id, owner: "e2e", spec, trace_context: None, idempotency: None };
     runq::store::submit(&pool, &new, Duration::from_secs(60)).await.unwrap();

@@ -14,6 +14,7 @@ mod e2e;
 mod e2e_faults;
 mod faults;
 mod gcs;
+mod limits;
 mod operations;
 mod reliability;
 mod schedules;

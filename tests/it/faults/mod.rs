@@ -6,6 +6,7 @@
 
 mod cluster;
 mod emulator_state;
+mod limits;
 mod load;
 mod procs;
 mod proxy;

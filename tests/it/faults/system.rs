@@ -46,8 +46,24 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
+/// How many workers serve each queue, and how the API sweeps.
+pub struct Layout {
+    pub workers_per_queue: usize,
+    /// `RUNQ_SWEEP_WINDOW_SECS`: 0 sweeps once per firing (the fault suite fires every second).
+    pub sweep_window_secs: u64,
+}
+
+impl Layout {
+    /// The fault suite's: two workers per queue, one sweep pass per firing.
+    pub const FAULTS: Layout = Layout { workers_per_queue: 2, sweep_window_secs: 0 };
+}
+
 impl System {
     pub async fn start(dir: PathBuf) -> System {
+        Self::start_with(dir, Layout::FAULTS).await
+    }
+
+    pub async fn start_with(dir: PathBuf, layout: Layout) -> System {
         std::fs::create_dir_all(&dir).unwrap();
         let ledger = dir.join("ledger");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(40)).build().unwrap();
@@ -103,7 +119,7 @@ impl System {
                     ("RUNQ_DEAD_LETTER_AUDIENCE", dead_letter_url.clone()),
                     ("RUNQ_DEAD_LETTER_SERVICE_ACCOUNTS", pubsub::DEAD_LETTER_ACCOUNT.into()),
                     ("RUNQ_REDISPATCH_AFTER_SECS", "5".into()),
-                    ("RUNQ_SWEEP_WINDOW_SECS", "0".into()),
+                    ("RUNQ_SWEEP_WINDOW_SECS", layout.sweep_window_secs.to_string()),
                     ("RUNQ_SWEEP_EVERY_SECS", "1".into()),
                     ("RUNQ_SHUTDOWN_GRACE_SECS", "1".into()),
                     ("RUNQ_LOG", "warn".into()),
@@ -119,7 +135,7 @@ impl System {
         let mut subs = Vec::new();
         let hold = Duration::from_secs_f64(f64::from(pubsub::ACK_DEADLINE_SECS) * TIME_SCALE + 1.0);
         for queue in QUEUES {
-            for i in 0..2 {
+            for i in 0..layout.workers_per_queue {
                 let port = free_port();
                 let push_url = format!("http://127.0.0.1:{port}/push");
                 let proxy = Proxy::start(push_url.clone(), hold).await;
@@ -134,6 +150,9 @@ impl System {
                         ("RUNQ_PUSH_SERVICE_ACCOUNTS", pubsub::PUSH_ACCOUNT.into()),
                         ("RUNQ_OIDC_JWKS_URL", jwks.clone()),
                         ("RUNQ_LEASE_SECS", LEASE_SECS.to_string()),
+                        // As deployed: a worker publishes what its runs release and spawn.
+                        ("RUNQ_PUBSUB_PROJECT", pubsub::PROJECT.into()),
+                        ("PUBSUB_EMULATOR_HOST", emulator_host.clone()),
                         ("RUNQ_SHUTDOWN_GRACE_SECS", "1".into()),
                         ("RUNQ_LEDGER", ledger.display().to_string()),
                         ("RUNQ_LOG", "warn".into()),
@@ -198,16 +217,26 @@ impl System {
     /// Plays Cloud Scheduler: `POST /internal/schedules/runq.sweep` every second, with a token
     /// fetched again when the API refuses it (the emulator's key changes when it restarts empty).
     pub fn start_scheduler(&self, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<u64> {
+        self.start_scheduler_every(Duration::from_secs(1), stop)
+    }
+
+    /// Plays Cloud Scheduler firing the sweep every `period`.
+    pub fn start_scheduler_every(
+        &self,
+        period: Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<u64> {
         let (http, url) = (self.http.clone(), format!("{}/internal/schedules/runq.sweep", self.api_url));
         let (scheduler, token, host) =
             (self.scheduler.clone(), self.scheduler_token.clone(), self.emulator_host.clone());
         tokio::spawn(async move {
             let mut fired = 0;
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(period);
             while !*stop.borrow() {
                 tick.tick().await;
                 let bearer = token.read().await.clone();
-                let sent = http.post(&url).bearer_auth(bearer).timeout(Duration::from_secs(10)).send().await;
+                // Long enough for a sweep window (Cloud Scheduler's attempt deadline is minutes).
+                let sent = http.post(&url).bearer_auth(bearer).timeout(period + Duration::from_secs(10)).send().await;
                 fired += 1;
                 if let Ok(r) = sent
                     && r.status() == reqwest::StatusCode::UNAUTHORIZED
