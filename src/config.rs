@@ -57,7 +57,7 @@ pub struct LogArgs {
     #[arg(long = "log", env = "RUNQ_LOG", default_value = "info", value_name = "FILTER")]
     pub filter: String,
     /// `json` (Cloud Logging's structured lines) or `text`; `auto` is JSON unless stdout is a
-    /// terminal.
+    /// terminal (`runq dev`, run by a person: text).
     #[arg(long, env = "RUNQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
     /// The Google Cloud project: qualifies trace ids in logs, and is the Pub/Sub project when
@@ -70,6 +70,16 @@ impl LogArgs {
     /// Installs the global logger with these settings.
     pub fn install(&self) {
         crate::telemetry::init(&self.filter, self.log_format, self.google_cloud_project.clone());
+    }
+
+    /// Installs the global logger for `runq dev`, which a person runs: `auto` is text there,
+    /// whatever stdout is (`runq dev | tee dev.log` stays readable); JSON only when asked.
+    pub fn install_local(&self) {
+        let format = match self.log_format {
+            LogFormat::Auto => LogFormat::Text,
+            chosen => chosen,
+        };
+        crate::telemetry::init(&self.filter, format, self.google_cloud_project.clone());
     }
 }
 
@@ -266,6 +276,16 @@ pub struct OidcArgs {
     pub oidc_jwks_url: String,
 }
 
+/// Browsers on other origins (`runq api`, `runq dev`).
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "CORS")]
+pub struct CorsArgs {
+    /// Comma-separated browser origins allowed to call the API (`https://app.example.com`).
+    /// Default: none (no CORS).
+    #[arg(long, env = "RUNQ_CORS_ORIGINS", value_delimiter = ',', value_parser = origin, value_name = "ORIGINS")]
+    pub cors_origins: Vec<String>,
+}
+
 /// What only `runq api` reads.
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "API")]
@@ -281,10 +301,6 @@ pub struct ApiArgs {
     /// Seconds an `Idempotency-Key` is remembered.
     #[arg(long = "idempotency-retention-secs", env = "RUNQ_IDEMPOTENCY_RETENTION_SECS", default_value = "604800", value_parser = seconds)]
     pub idempotency_retention: Duration,
-    /// Comma-separated browser origins allowed to call the API (`https://app.example.com`).
-    /// Default: none (no CORS).
-    #[arg(long, env = "RUNQ_CORS_ORIGINS", value_delimiter = ',', value_parser = origin, value_name = "ORIGINS")]
-    pub cors_origins: Vec<String>,
     /// The audience of the dead-letter topic's push tokens; enables `/internal/dead-letter`.
     /// Default: none.
     #[arg(long, env = "RUNQ_DEAD_LETTER_AUDIENCE", value_name = "AUDIENCE")]
@@ -380,12 +396,23 @@ impl WorkerArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Dev")]
 pub struct DevArgs {
-    /// Where the API listens.
-    #[arg(long, env = "RUNQ_DEV_API_ADDR", default_value = "127.0.0.1:8080")]
-    pub api_addr: String,
+    /// Where the API listens. Default: 127.0.0.1 on PORT.
+    #[arg(long, env = "RUNQ_DEV_API_ADDR", value_name = "ADDR")]
+    pub api_addr: Option<String>,
+    /// The API's port on 127.0.0.1 when RUNQ_DEV_API_ADDR is unset (Cloud Run and most tools set
+    /// PORT).
+    #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
     /// Where the embedded Pub/Sub emulator listens.
     #[arg(long, env = "RUNQ_DEV_EMULATOR_ADDR", default_value = "127.0.0.1:8085")]
     pub emulator_addr: String,
+}
+
+impl DevArgs {
+    /// Where the API listens: RUNQ_DEV_API_ADDR, else 127.0.0.1 on PORT.
+    pub fn api_addr(&self) -> String {
+        self.api_addr.clone().unwrap_or_else(|| format!("127.0.0.1:{}", self.port))
+    }
 }
 
 /// The whole of `runq api`'s configuration.
@@ -405,6 +432,8 @@ pub struct ApiConfig {
     pub oidc: OidcArgs,
     #[command(flatten)]
     pub api: ApiArgs,
+    #[command(flatten)]
+    pub cors: CorsArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -437,6 +466,8 @@ pub struct DevConfig {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub cors: CorsArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]

@@ -194,7 +194,7 @@ impl App {
                 roles::worker(*config, self.registry, self.schedules).await.map_err(|e| e as _)
             }
             Command::Dev(config) => {
-                config.log.install();
+                config.log.install_local();
                 crate::dev::run(*config, self.registry, self.schedules).await.map_err(|e| e as _)
             }
             Command::Emulator(command) => {

@@ -55,11 +55,11 @@ pub async fn worker(config: WorkerConfig, registry: Registry, schedules: Schedul
 
 /// `runq api`.
 pub async fn api(config: ApiConfig, registry: Registry, schedules: Schedules) -> Result<(), StartError> {
-    let ApiConfig { server, database, auth, pubsub, storage, oidc, api: args, log } = config;
+    let ApiConfig { server, database, auth, pubsub, storage, oidc, api: args, cors, log } = config;
     let settings = ApiSettings {
         auth: auth.required()?,
         limits: Limits { max_args_bytes: args.max_args_bytes, idempotency_retention: args.idempotency_retention },
-        cors_origins: args.cors_origins.clone(),
+        cors_origins: cors.cors_origins,
         grace: server.shutdown_grace,
         auto_migrate: args.auto_migrate,
         dead_letter: args.dead_letter_callers().map(|callers| (callers, DeadLetterPolicy::default())),

@@ -66,6 +66,8 @@ pub struct DevOptions {
     /// GCS for the workers (an emulator's settings in dev and tests), and the results bucket.
     pub storage: Option<crate::storage::StorageSettings>,
     pub results_bucket: Option<String>,
+    /// Browser origins allowed to call the API (a frontend's dev server).
+    pub cors_origins: Vec<String>,
 }
 
 impl DevOptions {
@@ -87,6 +89,7 @@ impl DevOptions {
             external_workers: Vec::new(),
             storage: None,
             results_bucket: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -209,6 +212,7 @@ impl DevStack {
             dead_letter: Some((dead_letter_callers, options.dead_letter)),
             // Schedules fire here, through the same handler Cloud Scheduler calls over HTTP.
             local_schedules: Some(options.sweep_every),
+            cors_origins: options.cors_origins.clone(),
             ..ApiSettings::new(options.auth.clone())
         };
         let (api_services, api_stop) = (services.clone(), stopped(stop_rx.clone()));
@@ -338,10 +342,12 @@ pub async fn run(config: DevConfig, registry: Registry, schedules: Schedules) ->
     auth.hs256_secret = Some(secret.clone());
     let mut options = DevOptions::new(database_url, secret.clone());
     options.auth = auth.clone();
-    options.api_addr = config.dev.api_addr;
+    options.api_addr = config.dev.api_addr();
+    options.cors_origins = config.cors.cors_origins.clone();
     options.emulator_addr = config.dev.emulator_addr;
     options.storage = config.storage.settings();
     options.results_bucket = config.storage.results_bucket.clone();
+    let cors = options.cors_origins.join(", ");
     let stack = DevStack::start_with_schedules(options, registry, schedules).await?;
     let token = crate::auth::mint_hs256(
         &secret,
@@ -357,6 +363,9 @@ pub async fn run(config: DevConfig, registry: Registry, schedules: Schedules) ->
     println!("  API       {}", stack.api_url);
     println!("  Pub/Sub   export PUBSUB_EMULATOR_HOST={}", stack.emulator_host());
     println!("  token     export RUNQ_TOKEN={token}");
+    if !cors.is_empty() {
+        println!("  CORS      {cors}");
+    }
     println!("  try       runq submit sleep --args '{{\"seconds\": 5, \"steps\": 5}}' --wait");
     crate::server::shutdown_signal().await;
     println!("runq dev: shutting down");

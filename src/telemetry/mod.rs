@@ -33,9 +33,16 @@ pub enum LogFormat {
 }
 
 /// Installs the global logger: `filter` (an `EnvFilter`; `info` when it doesn't parse), JSON or
-/// text by `format`, trace ids qualified by the Google Cloud `project`.
+/// text by `format`, trace ids qualified by the Google Cloud `project`. Postgres's notices
+/// (`relation "_sqlx_migrations" already exists, skipping` at every start) are left out unless
+/// the filter names `sqlx`.
 pub fn init(filter: &str, format: LogFormat, project: Option<String>) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = if filter.to_string().contains("sqlx") {
+        filter
+    } else {
+        filter.add_directive("sqlx::postgres::notice=warn".parse().expect("a valid directive"))
+    };
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -46,7 +53,8 @@ pub fn init(filter: &str, format: LogFormat, project: Option<String>) {
         let format = CloudLogging { project };
         builder.fmt_fields(JsonFields::new()).event_format(format).try_init()
     } else {
-        builder.with_target(false).try_init()
+        // Colours on a terminal only: a log piped to a file stays plain text.
+        builder.with_target(false).with_ansi(std::io::stdout().is_terminal()).try_init()
     };
     // A second init (tests, an embedding app with its own logger) keeps the first.
     drop(result);

@@ -237,3 +237,93 @@ async fn api_without_auto_migrate_refuses_an_old_schema(pool: PgPool) {
     .unwrap();
     assert_eq!(tables, 3);
 }
+
+/// `runq dev` as a person runs it: its API on `PORT` (as Cloud Run and most tools set it) when
+/// `RUNQ_DEV_API_ADDR` is unset, readable text logs by default (not JSON lines, even piped into
+/// a file), and none of the production warnings (only the expected JWKS-over-http one).
+#[sqlx::test(migrations = false)]
+async fn runq_dev_listens_on_port_and_logs_readable_text(pool: PgPool) {
+    use tokio::io::AsyncBufReadExt;
+    let (api_port, emulator_port) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("runq-dev-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut dev = runq()
+        .env_remove("RUNQ_LOG_FORMAT")
+        .args(["dev", "--emulator-addr", &format!("127.0.0.1:{emulator_port}")])
+        .env("PORT", api_port.to_string())
+        .env("DATABASE_URL", database_url(&pool))
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let read_banner = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push(line.clone());
+            if let Some(t) = line.trim().strip_prefix("token     export RUNQ_TOKEN=") {
+                return t.to_owned();
+            }
+        }
+        panic!("runq dev exited before its banner");
+    };
+    let token = tokio::time::timeout(Duration::from_secs(30), read_banner).await.expect("runq dev printed its banner");
+    let base = format!("http://127.0.0.1:{api_port}");
+    assert!(seen.iter().any(|l| l.trim() == format!("API       {base}")), "the banner names PORT's URL: {seen:?}");
+
+    // A job through it, so the API, a worker and the emulator all log something.
+    let http = reqwest::Client::new();
+    let resp =
+        http.post(format!("{base}/jobs")).bearer_auth(&token).json(&json!({"function": "noop"})).send().await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
+    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let finished = async {
+        let mut etag: Option<String> = None;
+        loop {
+            let mut req = http.get(format!("{base}/jobs/{id}/status?wait=10")).bearer_auth(&token);
+            if let Some(tag) = &etag {
+                req = req.header("If-None-Match", tag);
+            }
+            let resp = req.send().await.unwrap();
+            if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+                continue;
+            }
+            etag = resp.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
+            let status: Value = resp.json().await.unwrap();
+            if status["status"] == "succeeded" {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), finished).await.expect("the job ran");
+
+    assert_eq!(send_sigterm(dev.id().unwrap() as i32), 0);
+    let rest = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push(line);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), rest).await.expect("stdout closes");
+    let exit = tokio::time::timeout(Duration::from_secs(20), dev.wait()).await.expect("dev stops on SIGTERM").unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let mut stderr = String::new();
+    use tokio::io::AsyncReadExt;
+    dev.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let logs: Vec<&String> =
+        seen.iter().filter(|l| l.contains(" INFO ") || l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    assert!(logs.iter().any(|l| l.contains(" INFO ") && l.contains("job submitted")), "text log lines: {seen:#?}");
+    assert!(
+        !seen.iter().chain(stderr.lines().map(str::to_owned).collect::<Vec<_>>().iter()).any(|l| l.starts_with('{')),
+        "no JSON lines: {seen:#?} {stderr}"
+    );
+    assert!(!seen.iter().any(|l| l.contains('\u{1b}')), "no terminal colours in a pipe: {seen:#?}");
+    let warnings: Vec<&&String> = logs
+        .iter()
+        .filter(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("JWKS fetched over plain http"))
+        .collect();
+    assert!(warnings.is_empty(), "runq dev warns only about what dev expects: {warnings:#?}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
+}

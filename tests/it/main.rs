@@ -5,6 +5,7 @@ mod api;
 mod architecture;
 mod auth;
 mod binary;
+mod browser;
 mod client;
 mod common;
 mod dashboard;
