@@ -117,6 +117,16 @@ pub fn openapi(registry: &Registry) -> Value {
                         "404": problem("No such job, or another owner's."),
                         "422": problem("The id is not a UUID.")
                     })))
+                },
+                "delete": {
+                    "summary": "Delete a finished job, its runs and its GCS result object",
+                    "parameters": [id_param()],
+                    "responses": auth_errors(map(json!({
+                        "204": { "description": "Deleted (the statement a bulk delete runs); its result object in GCS, if it had one, deleted after." },
+                        "404": problem("No such job, or another owner's."),
+                        "409": problem("The job is not finished (queued, retrying or running); nothing changed."),
+                        "422": problem("The id is not a UUID.")
+                    })))
                 }
             },
             "/jobs/{id}/status": {
@@ -175,6 +185,18 @@ pub fn openapi(registry: &Registry) -> Value {
                         "403": problem("A non-admin named another owner."),
                         "415": problem("Content-Type is not application/json."),
                         "422": problem("Unknown action or field, a status the action doesn't apply to, an unknown error kind, a bad time, created_after not before created_before, or a delete without a filter. Nothing was written.")
+                    })))
+                },
+                "get": {
+                    "summary": "List bulk operations, newest first",
+                    "description": "The caller's operations; an admin's: everyone's.",
+                    "parameters": [
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE } },
+                        { "name": "cursor", "in": "query", "schema": { "type": "string", "pattern": CURSOR_PATTERN }, "description": "`next_cursor` of the previous page." }
+                    ],
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "A page of operations.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/OperationList" } } } },
+                        "422": problem("Bad limit, bad cursor, or unknown parameter.")
                     })))
                 }
             },
@@ -341,9 +363,10 @@ pub fn openapi(registry: &Registry) -> Value {
                     }
                 },
                 "Operation": {
-                    "type": "object", "required": ["id", "action", "filter", "status", "matched", "done", "affected", "created_at", "updated_at"],
+                    "type": "object", "required": ["id", "owner", "action", "filter", "status", "matched", "done", "affected", "created_at", "updated_at"],
                     "properties": {
                         "id": { "type": "string", "format": "uuid" },
+                        "owner": { "type": "string", "description": "Who started it (the token's `sub`)." },
                         "action": { "type": "string", "enum": ["retry", "cancel", "delete"] },
                         "filter": { "$ref": "#/components/schemas/OperationFilter" },
                         "status": { "type": "string", "enum": ["running", "finished", "failed"] },
@@ -354,6 +377,13 @@ pub fn openapi(registry: &Registry) -> Value {
                         "created_at": { "type": "string", "format": "date-time" },
                         "updated_at": { "type": "string", "format": "date-time" },
                         "finished_at": { "type": ["string", "null"], "format": "date-time" }
+                    }
+                },
+                "OperationList": {
+                    "type": "object", "required": ["operations"],
+                    "properties": {
+                        "operations": { "type": "array", "items": { "$ref": "#/components/schemas/Operation" } },
+                        "next_cursor": { "type": ["string", "null"] }
                     }
                 },
                 "Problem": {

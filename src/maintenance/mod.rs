@@ -27,6 +27,7 @@ pub use dead_letters::DeadLetterOutcome;
 pub use relay::RelayReport;
 
 use crate::dispatch::Dispatcher;
+use crate::storage::BlobStore;
 use crate::store::StoreError;
 
 /// What one sweep (or one sweep window) did.
@@ -43,15 +44,17 @@ pub struct SweepReport {
     pub resumed: usize,
 }
 
-/// One sweep pass: the reaper, stale bulk operations, then the relay (when Pub/Sub is
+/// One sweep pass: the reaper, stale bulk operations (a delete's GCS results through `storage`),
+/// then the relay (when Pub/Sub is
 /// configured), which publishes what a bulk retry queued.
 pub async fn sweep_once(
     pool: &PgPool,
     dispatcher: Option<&Dispatcher>,
+    storage: Option<&BlobStore>,
     redispatch_after: Duration,
 ) -> Result<SweepReport, StoreError> {
     let reaped = reaper::run_once(pool).await?;
-    let resumed = operations::run_once(pool).await?;
+    let resumed = operations::run_once(pool, storage).await?;
     let relay = match dispatcher {
         Some(d) => relay::run_once(pool, d, redispatch_after).await?,
         None => RelayReport { promoted: retries::run_once(pool, 10 * relay::RELAY_BATCH).await?, ..Default::default() },

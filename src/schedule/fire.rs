@@ -87,8 +87,13 @@ impl Runner {
                 let deadline = Instant::now() + self.sweep_window;
                 let mut total = SweepReport::default();
                 loop {
-                    let r =
-                        maintenance::sweep_once(&self.pool, self.dispatcher.as_ref(), self.redispatch_after).await?;
+                    let r = maintenance::sweep_once(
+                        &self.pool,
+                        self.dispatcher.as_ref(),
+                        self.storage.as_deref(),
+                        self.redispatch_after,
+                    )
+                    .await?;
                     total.passes += 1;
                     total.reaped += r.reaped;
                     total.promoted += r.promoted;

@@ -390,43 +390,111 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// A client's cancel of a job (`POST /jobs/{id}/cancel`): one guarded UPDATE that cancels a
-/// queued or retrying job at once and flags a running one, whose run then stops and records it
-/// with [`super::finish_cancelled`]. A finished job is left untouched.
+/// A client's cancel of a job (`POST /jobs/{id}/cancel`): [`cancel_many`] on its id, which
+/// cancels a queued or retrying job at once and flags a running one, whose run then stops and
+/// records it with [`super::finish_cancelled`]. A finished job is left untouched.
 pub async fn request_cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
+    let acted = cancel_many(pool, &[id], owner).await?;
+    let Some(job) = get(pool, id, owner).await? else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    Ok(match acted.first() {
+        Some((_, Status::Cancelled)) => CancelOutcome::Cancelled(job),
+        Some(_) => CancelOutcome::Requested(job),
+        None => CancelOutcome::AlreadyFinished(job),
+    })
+}
+
+/// The one cancel statement, for a client's cancel of one job and a bulk cancel's batch alike:
+/// of the jobs among `ids` (of `owner`, when given) that are unfinished, the queued and retrying
+/// ones are cancelled at once and the running ones are asked to stop (`cancel_requested`).
+/// Returns the jobs it changed, with their status after it.
+pub async fn cancel_many(
+    conn: impl sqlx::PgExecutor<'_>,
+    ids: &[Uuid],
+    owner: Option<&str>,
+) -> Result<Vec<(Uuid, Status)>, StoreError> {
     let error = Json(JobError::permanent(ErrorKind::Cancelled, "cancelled before it ran"));
-    let row = sqlx::query_as!(
-        JobRow,
+    let rows = sqlx::query!(
         r#"UPDATE jobs SET
               status = CASE WHEN status IN ('queued', 'retrying') THEN 'cancelled' ELSE status END,
               finished_at = CASE WHEN status IN ('queued', 'retrying') THEN now() ELSE finished_at END,
-              error = CASE WHEN status IN ('queued', 'retrying')
-                           THEN $3::jsonb ELSE error END,
+              error = CASE WHEN status IN ('queued', 'retrying') THEN $3::jsonb ELSE error END,
               claim_id = CASE WHEN status IN ('queued', 'retrying') THEN NULL ELSE claim_id END,
               cancel_requested = true,
               updated_at = now()
-           WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status IN ('queued', 'retrying', 'running')
-           RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
-                     parent_id, result, result_uri, error AS "error: Json<JobError>",
-                     created_at, started_at, finished_at, updated_at"#,
-        id,
+           WHERE id = ANY($1) AND ($2::text IS NULL OR owner = $2) AND status IN ('queued', 'retrying', 'running')
+           RETURNING id, status AS "status: Status""#,
+        ids,
         owner,
         error as Json<JobError>,
     )
-    .fetch_optional(pool)
+    .fetch_all(conn)
     .await?;
-    if let Some(row) = row {
-        let job = row.into_job(Utc::now());
-        return Ok(if job.status.status == Status::Cancelled {
-            CancelOutcome::Cancelled(job)
-        } else {
-            CancelOutcome::Requested(job)
-        });
+    Ok(rows.into_iter().map(|r| (r.id, r.status)).collect())
+}
+
+/// A job [`delete_finished`] deleted; its result object, if it has one in GCS, is the caller's
+/// to delete.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    pub id: Uuid,
+    pub result_uri: Option<String>,
+}
+
+/// The one delete statement, for a client's delete of one job and a bulk delete's batch: the
+/// finished jobs among `ids` (of `owner`, when given) are deleted, their runs with them. Their
+/// idempotency keys outlive them by `key_retention`, as cleanup's do, so a late retry of their
+/// submit can't recreate them. Returns what it deleted, with the result URIs to delete in GCS.
+pub async fn delete_finished(
+    conn: impl sqlx::PgExecutor<'_>,
+    ids: &[Uuid],
+    owner: Option<&str>,
+    key_retention: Duration,
+) -> Result<Vec<Deleted>, StoreError> {
+    let rows = sqlx::query!(
+        r#"WITH acted AS (
+              DELETE FROM jobs
+              WHERE id = ANY($1) AND ($2::text IS NULL OR owner = $2) AND status IN ('succeeded', 'failed', 'cancelled')
+              RETURNING id, result_uri),
+           keys AS (
+              UPDATE idempotency_keys k
+              SET expires_at = greatest(k.expires_at, now() + make_interval(secs => $3))
+              FROM acted WHERE k.job_id = acted.id)
+           SELECT id AS "id!", result_uri FROM acted"#,
+        ids,
+        owner,
+        key_retention.as_secs_f64(),
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| Deleted { id: r.id, result_uri: r.result_uri }).collect())
+}
+
+/// What a client's delete of one job did.
+#[derive(Debug)]
+pub enum DeleteOutcome {
+    /// The job had finished and is gone (its result object, if any, is the caller's to delete).
+    Deleted(Deleted),
+    /// The job is not finished; nothing changed.
+    Unfinished(Box<Job>),
+    /// No such job for this owner.
+    NotFound,
+}
+
+/// A client's delete of a finished job (`DELETE /jobs/{id}`): [`delete_finished`] on its id.
+pub async fn delete(
+    pool: &PgPool,
+    id: Uuid,
+    owner: Option<&str>,
+    key_retention: Duration,
+) -> Result<DeleteOutcome, StoreError> {
+    if let Some(deleted) = delete_finished(pool, &[id], owner, key_retention).await?.pop() {
+        return Ok(DeleteOutcome::Deleted(deleted));
     }
     Ok(match get(pool, id, owner).await? {
-        Some(job) => CancelOutcome::AlreadyFinished(job),
-        None => CancelOutcome::NotFound,
+        Some(job) => DeleteOutcome::Unfinished(Box::new(job)),
+        None => DeleteOutcome::NotFound,
     })
 }
 
@@ -595,13 +663,29 @@ pub enum RetryOutcome {
     NotFound,
 }
 
-/// A client's retry of a failed or cancelled job (`POST /jobs/{id}/retry`): one guarded UPDATE
-/// back to `queued`, undispatched (so the relay publishes it), with the submitted attempt budget
-/// again. `attempt` keeps counting, so the new runs' numbers follow the old `job_runs` rows,
-/// which stay; `max_attempts - attempt_base` is the budget.
+/// A client's retry of a failed or cancelled job (`POST /jobs/{id}/retry`): [`retry_many`] on
+/// its id.
 pub async fn retry(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<RetryOutcome, StoreError> {
-    let row = sqlx::query_as!(
-        JobRow,
+    let retried = !retry_many(pool, &[id], owner).await?.is_empty();
+    Ok(match get(pool, id, owner).await? {
+        Some(job) if retried => RetryOutcome::Retried(job),
+        Some(job) => RetryOutcome::WrongStatus(job),
+        None => RetryOutcome::NotFound,
+    })
+}
+
+/// The one retry statement, for a client's retry of one job and a bulk retry's batch alike: the
+/// failed or cancelled jobs among `ids` (of `owner`, when given) go back to `queued`,
+/// undispatched (so the relay publishes them), with the submitted attempt budget again.
+/// `attempt` keeps counting, so the new runs' numbers follow the old `job_runs` rows, which stay;
+/// `max_attempts - attempt_base` is the budget. The unique key is given up: the key may have a
+/// newer live job. Returns the ids it retried.
+pub async fn retry_many(
+    conn: impl sqlx::PgExecutor<'_>,
+    ids: &[Uuid],
+    owner: Option<&str>,
+) -> Result<Vec<Uuid>, StoreError> {
+    let ids = sqlx::query_scalar!(
         r#"UPDATE jobs SET
               status = 'queued', max_attempts = attempt + (max_attempts - attempt_base), attempt_base = attempt,
               manual_retries = manual_retries + 1, run_after = now(), dispatched_at = NULL,
@@ -609,21 +693,12 @@ pub async fn retry(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Retry
               progress = 0, message = NULL, result = NULL, result_uri = NULL, error = NULL,
               started_at = NULL, finished_at = NULL, publish_failures = 0, unknown_function_rounds = 0,
               dead_letters = 0, unique_key = NULL, updated_at = now()
-           WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status IN ('failed', 'cancelled')
-           RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
-                     parent_id, result, result_uri, error AS "error: Json<JobError>",
-                     created_at, started_at, finished_at, updated_at"#,
-        id,
+           WHERE id = ANY($1) AND ($2::text IS NULL OR owner = $2) AND status IN ('failed', 'cancelled')
+           RETURNING id"#,
+        ids,
         owner,
     )
-    .fetch_optional(pool)
+    .fetch_all(conn)
     .await?;
-    if let Some(row) = row {
-        return Ok(RetryOutcome::Retried(row.into_job(Utc::now())));
-    }
-    Ok(match get(pool, id, owner).await? {
-        Some(job) => RetryOutcome::WrongStatus(job),
-        None => RetryOutcome::NotFound,
-    })
+    Ok(ids)
 }
