@@ -98,7 +98,7 @@ pub struct JobSpec<'a> {
     /// submit). Never a time from this process's clock, which may be skewed.
     pub delay_secs: Option<f64>,
     /// At most one live (queued, retrying or running) job per owner with this key: see
-    /// [`submit`]. Only [`submit`] honours it (not [`submit_many`] nor [`spawn_children`]).
+    /// [`submit`]; [`submit_many`] and [`spawn_children`] honour it too.
     pub unique_key: Option<&'a str>,
     /// With `unique_key`: a submit while the key's job is still queued replaces its args and
     /// pushes it back to this many seconds from now (`delay_secs` is then the same).
@@ -182,54 +182,11 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
         }
     }
     let Some(key) = new.spec.unique_key else {
-        let row = insert(&mut tx, new, 0).await?.ok_or(sqlx::Error::RowNotFound)?;
+        let row = insert(&mut tx, new, 0, None).await?.ok_or(sqlx::Error::RowNotFound)?;
         tx.commit().await?;
         return Ok(Submitted { job: row.into_job(Utc::now()), created: true, deduplicated: false });
     };
-    // Each statement below sees what committed before it began (read committed): a conflicting
-    // insert waits for the other submit's commit, and the next read sees its row. A few rounds
-    // settle any race with a job finishing or being claimed in between.
-    let mut outcome = None;
-    for _ in 0..4 {
-        if let Some(debounce) = new.spec.debounce_secs {
-            if let Some(row) = debounce_queued(&mut tx, new, key, debounce).await? {
-                outcome = Some((row, false));
-                break;
-            }
-            if let Some(row) = insert(&mut tx, new, 0).await? {
-                outcome = Some((row, true));
-                break;
-            }
-            if let Some(row) = debounce_queued(&mut tx, new, key, debounce).await? {
-                outcome = Some((row, false));
-                break;
-            }
-            // Slot 0's job runs (or waits to retry): the follow-up goes in slot 1.
-            if let Some(row) = insert(&mut tx, new, 1).await? {
-                outcome = Some((row, true));
-                break;
-            }
-        } else {
-            // Read first: a debounce's follow-up may hold the key in slot 1 with slot 0 free.
-            if let Some(row) = live_with_key(&mut tx, new.owner, key).await? {
-                outcome = Some((row, false));
-                break;
-            }
-            if let Some(row) = insert(&mut tx, new, 0).await? {
-                outcome = Some((row, true));
-                break;
-            }
-            if let Some(row) = live_with_key(&mut tx, new.owner, key).await? {
-                outcome = Some((row, false));
-                break;
-            }
-        }
-    }
-    let (row, created) = match outcome {
-        Some(found) => found,
-        // Debounced, both slots running or retrying: the newest live job is the answer.
-        None => (live_with_key(&mut tx, new.owner, key).await?.ok_or(sqlx::Error::RowNotFound)?, false),
-    };
+    let (row, created) = submit_unique(&mut tx, new, key, None).await?;
     if !created && new.idempotency.is_some() {
         // The key's replays answer with the job this submit was deduplicated to.
         sqlx::query!(
@@ -245,19 +202,66 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
     Ok(Submitted { job: row.into_job(Utc::now()), created, deduplicated: !created })
 }
 
-/// Inserts `new` (its unique key, if any, in `slot`); `None` when the key's slot is taken by a
-/// live job.
+/// A keyed submit inside `tx` (a submit's, a batch's or a spawn's): the key's live job, or
+/// `new` inserted (with `parent`, for a child job), or for a debounced submit the key's queued job
+/// pushed back with `new`'s args. Returns the row and whether it was created. The statements
+/// see what committed before each began (read committed) and what `tx` itself wrote, so the
+/// items of one batch are deduplicated against each other as against other submits.
+async fn submit_unique(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    new: &NewJob<'_>,
+    key: &str,
+    parent: Option<Uuid>,
+) -> Result<(JobRow, bool), StoreError> {
+    // Each statement below sees what committed before it began (read committed): a conflicting
+    // insert waits for the other submit's commit, and the next read sees its row. A few rounds
+    // settle any race with a job finishing or being claimed in between.
+    for _ in 0..4 {
+        if let Some(debounce) = new.spec.debounce_secs {
+            if let Some(row) = debounce_queued(tx, new, key, debounce).await? {
+                return Ok((row, false));
+            }
+            if let Some(row) = insert(tx, new, 0, parent).await? {
+                return Ok((row, true));
+            }
+            if let Some(row) = debounce_queued(tx, new, key, debounce).await? {
+                return Ok((row, false));
+            }
+            // Slot 0's job runs (or waits to retry): the follow-up goes in slot 1.
+            if let Some(row) = insert(tx, new, 1, parent).await? {
+                return Ok((row, true));
+            }
+        } else {
+            // Read first: a debounce's follow-up may hold the key in slot 1 with slot 0 free.
+            if let Some(row) = live_with_key(tx, new.owner, key).await? {
+                return Ok((row, false));
+            }
+            if let Some(row) = insert(tx, new, 0, parent).await? {
+                return Ok((row, true));
+            }
+            if let Some(row) = live_with_key(tx, new.owner, key).await? {
+                return Ok((row, false));
+            }
+        }
+    }
+    // Debounced, both slots running or retrying: the newest live job is the answer.
+    Ok((live_with_key(tx, new.owner, key).await?.ok_or(sqlx::Error::RowNotFound)?, false))
+}
+
+/// Inserts `new` (its unique key, if any, in `slot`; a child of `parent`, if given); `None` when
+/// the key's slot is taken by a live job.
 async fn insert(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     new: &NewJob<'_>,
     slot: i16,
+    parent: Option<Uuid>,
 ) -> Result<Option<JobRow>, StoreError> {
     let row = sqlx::query_as!(
         JobRow,
         r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after,
-                             trace_context, idempotency_key, queue, unique_key, unique_slot)
+                             trace_context, idempotency_key, queue, unique_key, unique_slot, parent_id)
            VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, now() + make_interval(secs => coalesce($7::float8, 0)),
-                   $8, $9, $10, $11, $12)
+                   $8, $9, $10, $11, $12, $13)
            ON CONFLICT DO NOTHING
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
                      progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
@@ -275,6 +279,7 @@ async fn insert(
         new.spec.queue,
         new.spec.unique_key,
         slot,
+        parent,
     )
     .fetch_optional(&mut **tx)
     .await?;
@@ -603,26 +608,61 @@ async fn insert_many(conn: &mut sqlx::PgConnection, c: &Columns, parent: Option<
     Ok(rows.into_iter().map(|r| r.into_job(now)).collect())
 }
 
-/// Inserts many jobs in one statement and one durable commit (`POST /jobs:batch`). All or
-/// nothing. Idempotency keys are not supported here (each job's key would need its own check).
-pub async fn submit_many(pool: &PgPool, jobs: &[NewJob<'_>]) -> Result<Vec<Job>, StoreError> {
+/// Inserts many jobs in one durable commit (`POST /jobs:batch`), all or nothing, answering in
+/// their order. The jobs without a unique key go in one statement. Each keyed one is submitted
+/// as [`submit`] does (deduplicated, or debounced), in the same transaction, so it is
+/// deduplicated against the live jobs and against the batch's earlier items with its key; the
+/// keyed items go in key order (a key's items in batch order), so concurrent batches take the
+/// keys' locks in one order and can't deadlock. Idempotency keys are not supported here.
+pub async fn submit_many(pool: &PgPool, jobs: &[NewJob<'_>]) -> Result<Vec<Submitted>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let answers = insert_keyed_and_plain(&mut tx, jobs, None).await?;
+    tx.commit().await?;
+    Ok(answers)
+}
+
+/// The insert of [`submit_many`] and [`spawn_children`], inside `tx`.
+async fn insert_keyed_and_plain(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    jobs: &[NewJob<'_>],
+    parent: Option<Uuid>,
+) -> Result<Vec<Submitted>, StoreError> {
+    let mut answers: Vec<Option<Submitted>> = jobs.iter().map(|_| None).collect();
+    let mut keyed: Vec<(&str, usize)> =
+        jobs.iter().enumerate().filter_map(|(i, j)| j.spec.unique_key.map(|k| (k, i))).collect();
+    keyed.sort_unstable();
+    let now = Utc::now();
+    for (key, i) in keyed {
+        let (row, created) = submit_unique(tx, &jobs[i], key, parent).await?;
+        answers[i] = Some(Submitted { job: row.into_job(now), created, deduplicated: !created });
+    }
     let mut columns = Columns::default();
-    for j in jobs {
+    let plain: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].spec.unique_key.is_none()).collect();
+    for &i in &plain {
+        let j = &jobs[i];
         columns.push(j.id, j.owner, &j.spec, j.trace_context);
     }
-    let mut conn = pool.acquire().await?;
-    insert_many(&mut conn, &columns, None).await
+    if !plain.is_empty() {
+        let mut inserted: std::collections::HashMap<Uuid, Job> =
+            insert_many(tx, &columns, parent).await?.into_iter().map(|j| (j.status.id, j)).collect();
+        for i in plain {
+            let job = inserted.remove(&jobs[i].id).ok_or(sqlx::Error::RowNotFound)?;
+            answers[i] = Some(Submitted { job, created: true, deduplicated: false });
+        }
+    }
+    Ok(answers.into_iter().map(|a| a.expect("every item answered")).collect())
 }
 
 /// Inserts child jobs of a running job, fenced by its claim: nothing is inserted unless the
-/// parent is still `running` under `claim_id`. Children belong to the parent's owner. `None`
-/// when the claim was lost.
+/// parent is still `running` under `claim_id`. Children belong to the parent's owner; a child
+/// with a unique key whose key has a live job of that owner is not inserted, and answers with
+/// that job (`deduplicated`; it may be another parent's child). `None` when the claim was lost.
 pub async fn spawn_children(
     pool: &PgPool,
     parent: Uuid,
     claim_id: Uuid,
     children: &[JobSpec<'_>],
-) -> Result<Option<Vec<Job>>, StoreError> {
+) -> Result<Option<Vec<Submitted>>, StoreError> {
     let mut tx = pool.begin().await?;
     let owner: Option<String> = sqlx::query_scalar!(
         "SELECT owner FROM jobs WHERE id = $1 AND claim_id = $2 AND status = 'running' FOR SHARE",
@@ -634,11 +674,11 @@ pub async fn spawn_children(
     let Some(owner) = owner else {
         return Ok(None);
     };
-    let mut columns = Columns::default();
-    for child in children {
-        columns.push(Uuid::now_v7(), &owner, child, None);
-    }
-    let children = insert_many(&mut tx, &columns, Some(parent)).await?;
+    let new: Vec<NewJob<'_>> = children
+        .iter()
+        .map(|spec| NewJob { id: Uuid::now_v7(), owner: &owner, spec: *spec, trace_context: None, idempotency: None })
+        .collect();
+    let children = insert_keyed_and_plain(&mut tx, &new, Some(parent)).await?;
     tx.commit().await?;
     Ok(Some(children))
 }

@@ -40,8 +40,11 @@ impl RunSpawner {
             .map_err(FunctionError::fatal)?;
         let mut specs = Vec::with_capacity(children.len());
         for (i, (child, args)) in children.iter().zip(&args).enumerate() {
-            let submission =
-                Submission { priority: child.priority.map(Priority::as_str), ..Submission::new(&child.function, args) };
+            let submission = Submission {
+                priority: child.priority.map(Priority::as_str),
+                unique_key: child.unique_key.as_deref(),
+                ..Submission::new(&child.function, args)
+            };
             // No size limit: the API's is on request bodies, and children never had one.
             let spec = submit::validate(&self.registry, None, &submission)
                 .map_err(|e| FunctionError::Fatal(format!("child {i}: {e}")))?;
@@ -53,13 +56,14 @@ impl RunSpawner {
             Err(e @ StoreError::Unavailable(_)) => return Err(FunctionError::retryable(e)),
             Err(e) => return Err(FunctionError::fatal(e)),
         };
-        for job in &jobs {
+        // A deduplicated child (its unique key's live job) was published when it was created.
+        for s in jobs.iter().filter(|s| s.created) {
             if let Some(outbox) = &self.outbox {
-                outbox.dispatch(store::Publication::of(job, None));
+                outbox.dispatch(store::Publication::of(&s.job, None));
             }
         }
         tracing::info!(parent = %parent, children = jobs.len(), "children spawned");
-        Ok(jobs.into_iter().map(|j| j.status.id).collect())
+        Ok(jobs.into_iter().map(|s| s.job.status.id).collect())
     }
 }
 
