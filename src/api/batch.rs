@@ -1,4 +1,6 @@
-//! `POST /jobs:batch`: many jobs in one statement and one durable commit, all or nothing.
+//! `POST /jobs:batch`: many jobs in one durable commit, all or nothing; the jobs without a
+//! `unique_key` in one statement, each keyed one deduplicated (or debounced) as `POST /jobs` does,
+//! against the live jobs and the batch's other items.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -34,7 +36,9 @@ pub struct BatchResponse {
     pub jobs: Vec<Job>,
 }
 
-/// `POST /jobs:batch`: up to 1000 jobs in one statement and one commit, all or nothing.
+/// `POST /jobs:batch`: up to 1000 jobs in one commit, all or nothing; `202` with the jobs in
+/// order, a deduplicated item's job marked `"deduplicated": true` (the key's live job, perhaps
+/// created by an earlier item of the same batch).
 pub(super) async fn submit_batch(
     State(state): State<ApiState>,
     caller: Caller,
@@ -58,22 +62,22 @@ pub(super) async fn submit_batch(
     let trace_context = crate::telemetry::traceparent(&headers);
     let mut new = Vec::with_capacity(req.jobs.len());
     for (i, (job, args)) in req.jobs.iter().zip(&args).enumerate() {
-        if job.unique_key.is_some() || job.debounce_seconds.is_some() {
-            let field = if job.unique_key.is_some() { "unique_key" } else { "debounce_seconds" };
-            return Err(ApiError::invalid(
-                field,
-                format!(
-                    "jobs[{i}]: batches don't take a unique_key or debounce_seconds; submit such jobs with POST /jobs"
-                ),
-            ));
-        }
         let spec = check(&state, &caller.0.sub, job, args, &format!("jobs[{i}]: "))?;
         new.push(NewJob { id: Uuid::now_v7(), owner: &caller.0.sub, spec, trace_context, idempotency: None });
     }
-    let jobs = store::submit_many(&state.pool, &new).await?;
-    tracing::info!(count = jobs.len(), "batch submitted");
-    for job in &jobs {
-        crate::dispatch::job_created(state.outbox.as_ref(), job, trace_context);
+    let submitted = store::submit_many(&state.pool, &new).await?;
+    let created = submitted.iter().filter(|s| s.created).count();
+    tracing::info!(count = submitted.len(), created, "batch submitted");
+    let mut jobs = Vec::with_capacity(submitted.len());
+    for s in submitted {
+        if s.created {
+            crate::dispatch::job_created(state.outbox.as_ref(), &s.job, trace_context);
+        }
+        let mut job = serde_json::to_value(&s.job).map_err(|_| ApiError::Internal)?;
+        if s.deduplicated {
+            job["deduplicated"] = true.into();
+        }
+        jobs.push(job);
     }
-    Ok((StatusCode::ACCEPTED, Json(BatchResponse { jobs })).into_response())
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "jobs": jobs }))).into_response())
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{ApiError, ApiState, Caller};
 use crate::job::{Job, Priority, Status};
-use crate::store::{self, CancelOutcome, JobSpec, ListFilter, NewJob, RetryOutcome};
+use crate::store::{self, CancelOutcome, DeleteOutcome, JobSpec, ListFilter, NewJob, RetryOutcome};
 use crate::submit::{self, Invalid, Submission};
 
 /// Page size of `GET /jobs` when `limit` is absent.
@@ -34,7 +34,7 @@ pub(super) fn router(body_limit: usize) -> Router<ApiState> {
             post(super::batch::submit_batch)
                 .layer(DefaultBodyLimit::max(super::batch::MAX_BATCH_BYTES.max(body_limit))),
         )
-        .route("/jobs/{id}", get(detail))
+        .route("/jobs/{id}", get(detail).delete(delete))
         .route("/jobs/{id}/status", get(status))
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/jobs/{id}/retry", post(retry))
@@ -334,6 +334,25 @@ async fn retry(State(state): State<ApiState>, caller: Caller, Path(id): Path<Str
     }
 }
 
+/// `DELETE /jobs/{id}`: a finished job deleted with its runs (`204`), and its result object in
+/// GCS when it has one; an unfinished one is a `409`. The statement is a bulk delete's.
+async fn delete(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match store::delete(&state.pool, id, caller.owner_filter(), state.limits.idempotency_retention).await? {
+        DeleteOutcome::Deleted(deleted) => {
+            tracing::info!(job_id = %id, "job deleted");
+            let deleted = [deleted];
+            crate::maintenance::cleanup::delete_results(state.storage.as_deref(), &deleted).await;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        DeleteOutcome::Unfinished(job) => Err(ApiError::Conflict(format!(
+            "job {id} is {}; only finished jobs (succeeded, failed, cancelled) can be deleted",
+            job.status.status
+        ))),
+        DeleteOutcome::NotFound => Err(ApiError::JobNotFound(id.to_string())),
+    }
+}
+
 /// Query parameters of `GET /jobs`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -355,13 +374,13 @@ pub struct JobList {
 }
 
 /// Cursors are the last id of a page, versioned and base64url-encoded: opaque to clients.
-fn encode_cursor(id: Uuid) -> String {
+pub(super) fn encode_cursor(id: Uuid) -> String {
     let mut raw = vec![1u8];
     raw.extend_from_slice(id.as_bytes());
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn decode_cursor(cursor: &str) -> Result<Uuid, ApiError> {
+pub(super) fn decode_cursor(cursor: &str) -> Result<Uuid, ApiError> {
     let bad = || ApiError::invalid("cursor", "invalid cursor: pass the next_cursor of a previous page");
     let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
     match raw.split_first() {

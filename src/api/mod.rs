@@ -1,5 +1,5 @@
-//! The public JSON API: `/jobs` (submit, status, detail, cancel, retry, list), `/operations`
-//! (bulk retry, cancel, delete), health and OpenAPI.
+//! The public JSON API: `/jobs` (submit, status, detail, cancel, retry, delete, list),
+//! `/operations` (bulk retry, cancel, delete, and their list), health and OpenAPI.
 //!
 //! [`run`] is the API server's one entry point: it builds the [`ApiState`] from the connected
 //! [`Services`] and the [`ApiSettings`], and serves [`router`] until its shutdown future resolves.
@@ -65,6 +65,8 @@ pub(crate) struct ApiState {
     pub watcher: Option<Watcher>,
     /// Verifiers of the `/internal/*` callers; `None` disables those routes.
     pub internal: Option<Arc<internal::Internal>>,
+    /// GCS, to delete the result objects of deleted jobs; `None` leaves them in place.
+    pub storage: Option<Arc<crate::storage::BlobStore>>,
 }
 
 /// How the API server behaves: everything `runq api` reads from its configuration, and what
@@ -161,6 +163,7 @@ pub async fn run(
         outbox: services.outbox(),
         watcher: Some(Watcher::start(services.pool.clone())),
         internal: Some(Arc::new(internal)),
+        storage: services.storage.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let local = settings
@@ -205,7 +208,7 @@ fn router(state: ApiState, cors_origins: &[String]) -> Router {
     router.layer(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
-            .allow_methods([Method::GET, Method::POST])
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,

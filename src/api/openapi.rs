@@ -121,18 +121,19 @@ pub fn openapi(registry: &Registry) -> Value {
             "/jobs:batch": {
                 "post": {
                     "summary": "Submit up to 1000 jobs in one commit, all or nothing",
+                    "description": "Jobs with a unique_key (and debounce_seconds) are deduplicated as in POST /jobs: against the caller's live jobs and against the batch's other items with the same key, as if submitted one by one in order. A deduplicated item's job is the key's live job, marked `\"deduplicated\": true`.",
                     "parameters": [traceparent_param()],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": {
                         "type": "object", "required": ["jobs"], "additionalProperties": false,
                         "properties": { "jobs": { "type": "array", "minItems": 1, "maxItems": 1000,
                                                   "items": { "$ref": "#/components/schemas/SubmitRequest" } } } } } } },
                     "responses": auth_errors(map(json!({
-                        "202": { "description": "Created, in request order.", "content": { "application/json": { "schema": {
+                        "202": { "description": "The jobs, in request order: created, or (marked `deduplicated`) the live job of the item's unique_key.", "content": { "application/json": { "schema": {
                             "type": "object", "properties": { "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } } } } } } },
                         "400": problem("Malformed JSON."),
                         "413": problem("Body or some job's args over the limit."),
                         "415": problem("Content-Type is not application/json."),
-                        "422": problem("Empty or over 1000 jobs, an Idempotency-Key, a job with unique_key or debounce_seconds (submit those with POST /jobs), or an invalid job (the detail names it: jobs[i]).")
+                        "422": problem("Empty or over 1000 jobs, an Idempotency-Key, or an invalid job (the detail names it: jobs[i]). Nothing was written.")
                     })))
                 }
             },
@@ -143,6 +144,16 @@ pub fn openapi(registry: &Registry) -> Value {
                     "responses": auth_errors(map(json!({
                         "200": job_response("The job."),
                         "404": problem("No such job, or another owner's."),
+                        "422": problem("The id is not a UUID.")
+                    })))
+                },
+                "delete": {
+                    "summary": "Delete a finished job, its runs and its GCS result object",
+                    "parameters": [id_param()],
+                    "responses": auth_errors(map(json!({
+                        "204": { "description": "Deleted (the statement a bulk delete runs); its result object in GCS, if it had one, deleted after." },
+                        "404": problem("No such job, or another owner's."),
+                        "409": problem("The job is not finished (queued, retrying or running); nothing changed."),
                         "422": problem("The id is not a UUID.")
                     })))
                 }
@@ -203,6 +214,18 @@ pub fn openapi(registry: &Registry) -> Value {
                         "403": problem("A non-admin named another owner."),
                         "415": problem("Content-Type is not application/json."),
                         "422": problem("Unknown action or field, a status the action doesn't apply to, an unknown error kind, a bad time, created_after not before created_before, or a delete without a filter. Nothing was written.")
+                    })))
+                },
+                "get": {
+                    "summary": "List bulk operations, newest first",
+                    "description": "The caller's operations; an admin's: everyone's.",
+                    "parameters": [
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE } },
+                        { "name": "cursor", "in": "query", "schema": { "type": "string", "pattern": CURSOR_PATTERN }, "description": "`next_cursor` of the previous page." }
+                    ],
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "A page of operations.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/OperationList" } } } },
+                        "422": problem("Bad limit, bad cursor, or unknown parameter.")
                     })))
                 }
             },
@@ -313,7 +336,7 @@ pub fn openapi(registry: &Registry) -> Value {
                         "max_attempts": { "type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT },
                         "delay_seconds": { "type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS },
                         "unique_key": { "type": "string", "minLength": 1, "maxLength": MAX_UNIQUE_KEY, "pattern": "^[!-~]+$",
-                                        "description": "At most one queued, retrying or running job of the caller with this key: a submit while one lives answers 200 with it (`deduplicated`) and writes nothing. Free again once that job finishes. Not accepted in POST /jobs:batch." },
+                                        "description": "At most one queued, retrying or running job of the caller with this key: a submit while one lives answers 200 with it (`deduplicated`) and writes nothing. Free again once that job finishes. In POST /jobs:batch, also deduplicated against the batch's other items." },
                         "debounce_seconds": { "type": "number", "exclusiveMinimum": 0, "maximum": MAX_DEBOUNCE_SECONDS,
                                               "description": "Needs unique_key; not with delay_seconds. Run once, this many seconds after the key's submits stopped, with the last submit's args: a submit while the key's job is queued replaces its args and moves its run_after to now + debounce_seconds; while it runs, one follow-up job is queued (and debounced in turn)." }
                     }
@@ -352,7 +375,7 @@ pub fn openapi(registry: &Registry) -> Value {
                             "idempotency_key": { "type": ["string", "null"] },
                             "unique_key": { "type": ["string", "null"] },
                             "deduplicated": { "type": "boolean", "const": true,
-                                              "description": "Only in POST /jobs's 200: the submit's unique_key had this live job, so nothing new was created." },
+                                              "description": "Only in POST /jobs's 200 and POST /jobs:batch's items: the submit's unique_key had this live job, so nothing new was created." },
                             "children": { "type": "object", "additionalProperties": { "type": "integer" },
                                           "description": "GET /jobs/{id} of a fan-out parent: its children by status." }
                         }
@@ -418,9 +441,10 @@ pub fn openapi(registry: &Registry) -> Value {
                     }
                 },
                 "Operation": {
-                    "type": "object", "required": ["id", "action", "filter", "status", "matched", "done", "affected", "created_at", "updated_at"],
+                    "type": "object", "required": ["id", "owner", "action", "filter", "status", "matched", "done", "affected", "created_at", "updated_at"],
                     "properties": {
                         "id": { "type": "string", "format": "uuid" },
+                        "owner": { "type": "string", "description": "Who started it (the token's `sub`)." },
                         "action": { "type": "string", "enum": ["retry", "cancel", "delete"] },
                         "filter": { "$ref": "#/components/schemas/OperationFilter" },
                         "status": { "type": "string", "enum": ["running", "finished", "failed"] },
@@ -431,6 +455,13 @@ pub fn openapi(registry: &Registry) -> Value {
                         "created_at": { "type": "string", "format": "date-time" },
                         "updated_at": { "type": "string", "format": "date-time" },
                         "finished_at": { "type": ["string", "null"], "format": "date-time" }
+                    }
+                },
+                "OperationList": {
+                    "type": "object", "required": ["operations"],
+                    "properties": {
+                        "operations": { "type": "array", "items": { "$ref": "#/components/schemas/Operation" } },
+                        "next_cursor": { "type": ["string", "null"] }
                     }
                 },
                 "Problem": {

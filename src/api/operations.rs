@@ -1,15 +1,15 @@
-//! `/operations`: bulk retry, cancel and delete by filter (or a dry run's count), and their
-//! progress. The work itself is `maintenance::operations`'.
+//! `/operations`: bulk retry, cancel and delete by filter (or a dry run's count), their progress
+//! and their list. The work itself is `maintenance::operations`'.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, ApiState, Caller};
@@ -17,7 +17,7 @@ use crate::job::{ErrorKind, Status};
 use crate::maintenance::operations::{self, Action, Filter, NewOperation, Operation};
 
 pub(super) fn router() -> Router<ApiState> {
-    Router::new().route("/operations", post(create)).route("/operations/{id}", get(show))
+    Router::new().route("/operations", post(create).get(list)).route("/operations/{id}", get(show))
 }
 
 /// The body of `POST /operations`.
@@ -159,7 +159,7 @@ async fn create(
     };
     let (op, runner) = operations::create(&state.pool, &new).await?;
     tracing::info!(operation_id = %op.id, action = action.as_str(), "bulk operation started");
-    operations::spawn(state.pool.clone(), op.id, runner);
+    operations::spawn(state.pool.clone(), state.storage.clone(), op.id, runner);
     let location = HeaderValue::from_str(&format!("/operations/{}", op.id)).map_err(|_| ApiError::Internal)?;
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(op)).into_response())
 }
@@ -175,4 +175,44 @@ async fn show(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::OperationNotFound(parsed.to_string()))
+}
+
+/// Query parameters of `GET /operations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// A page of `GET /operations`, newest first.
+#[derive(Debug, Serialize)]
+pub struct OperationList {
+    pub operations: Vec<Operation>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /operations`: the caller's operations (an admin's: everyone's), newest first, paged with
+/// a cursor like `GET /jobs`.
+async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<OperationList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(super::jobs::DEFAULT_PAGE);
+    if !(1..=super::jobs::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be between 1 and {}", super::jobs::MAX_PAGE)));
+    }
+    let before = query.cursor.as_deref().map(super::jobs::decode_cursor).transpose()?;
+    // One extra row tells whether another page exists.
+    let mut ops = operations::list(&state.pool, caller.owner_filter(), before, i64::from(limit) + 1).await?;
+    let next_cursor = if ops.len() > limit as usize {
+        ops.truncate(limit as usize);
+        ops.last().map(|o| super::jobs::encode_cursor(o.id))
+    } else {
+        None
+    };
+    Ok(Json(OperationList { operations: ops, next_cursor }))
 }

@@ -95,6 +95,25 @@ impl App {
         self
     }
 
+    /// [`App::schedule`] with unique jobs ([`Schedule::unique`]): a firing while the last
+    /// firing's job is still queued, retrying or running submits nothing, so a job slower than
+    /// its schedule (or a backlog) never piles up.
+    pub fn schedule_unique(
+        mut self,
+        name: &str,
+        cron: &str,
+        time_zone: &str,
+        function: &str,
+        args: serde_json::Value,
+        priority: Priority,
+    ) -> Self {
+        let action = Action::Submit { function: function.into(), args, priority };
+        if let Err(e) = Schedule::new(name, cron, time_zone, action).and_then(|s| self.schedules.add(s.unique())) {
+            self.errors.push(e.to_string());
+        }
+        self
+    }
+
     /// Declares a queue of its own (a topic, push subscription and worker service), for the
     /// functions whose [`Function::queue`] names it: `App::new().queue(QueueSpec::custom("heavy"))`.
     pub fn queue(mut self, spec: crate::infra::QueueSpec) -> Self {
@@ -387,7 +406,9 @@ mod tests {
         let mut tree: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
         for sub in cli.get_subcommands() {
             let name = sub.get_name();
-            let reader = if ["submit", "status", "cancel", "retry", "wait", "jobs", "bulk"].contains(&name) {
+            let reader = if ["submit", "status", "cancel", "retry", "wait", "jobs", "bulk", "limits", "pause", "resume"]
+                .contains(&name)
+            {
                 "CLI"
             } else {
                 name

@@ -267,6 +267,16 @@ impl ApiClient {
         json_body(&url, response).await
     }
 
+    /// `GET /operations` with `limit`/`cursor`: `{"operations": [...], "next_cursor"}`.
+    pub async fn operations(&self, query: &[(&str, String)]) -> Result<Value, ClientError> {
+        let mut url = self.url(&["operations"]);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        let response = check(self.send(&url, self.request(Method::GET, &url)?).await?).await?;
+        json_body(&url, response).await
+    }
+
     /// `GET /jobs` with the given filters: `{"jobs": [...], "next_cursor"}`.
     pub async fn list(&self, query: &[(&str, String)]) -> Result<Value, ClientError> {
         let mut url = self.url(&["jobs"]);

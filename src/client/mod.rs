@@ -37,8 +37,9 @@ pub enum ClientCommand {
     Cancel(IdArgs),
     /// Retry a failed or cancelled job with its attempt budget again (its runs are kept).
     Retry(IdArgs),
-    /// Retry, cancel or delete every job a filter matches, in the background (or count them).
-    Bulk(BulkArgs),
+    /// Retry, cancel or delete every job a filter matches, in the background (or count them);
+    /// `bulk list`: your operations, newest first.
+    Bulk(Box<BulkArgs>),
     /// Follow a job to the end with a progress bar (same as `status --wait`).
     Wait(IdArgs),
     /// Show the limits and their use; admins change them at run time (`set`, `reset`).
@@ -197,8 +198,9 @@ pub struct PauseArgs {
 /// `runq bulk`.
 #[derive(Args, Debug)]
 pub struct BulkArgs {
-    /// retry (failed/cancelled jobs), cancel (queued/retrying/running) or delete (finished).
-    #[arg(value_parser = ["retry", "cancel", "delete"])]
+    /// retry (failed/cancelled jobs), cancel (queued/retrying/running) or delete (finished);
+    /// list: the operations started so far (an admin's: everyone's), newest first.
+    #[arg(value_parser = ["retry", "cancel", "delete", "list"])]
     pub action: String,
     /// Only jobs of this function.
     #[arg(long)]
@@ -224,8 +226,37 @@ pub struct BulkArgs {
     /// Follow the operation to its end; exit 0 if it finishes, 1 if it fails.
     #[arg(long)]
     pub wait: bool,
+    /// list: at most this many operations [API default: 50].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// list: continue after a previous page (the cursor it printed).
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// list: print the API's JSON page instead of a table.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub connection: Connection,
+}
+
+impl BulkArgs {
+    /// Refuses the options of the other form: a filter, `--dry-run` or `--wait` with `list`, or
+    /// `--limit`, `--cursor` or `--json` with an action.
+    fn check(&self) -> Result<(), ClientError> {
+        let filter =
+            [&self.function, &self.status, &self.error_kind, &self.created_after, &self.created_before, &self.owner];
+        let listing = self.action == "list";
+        if listing && (filter.iter().any(|f| f.is_some()) || self.dry_run || self.wait) {
+            return Err(ClientError::Usage(
+                "`runq bulk list` takes only --limit, --cursor and --json; filters are for retry, cancel and delete"
+                    .into(),
+            ));
+        }
+        if !listing && (self.limit.is_some() || self.cursor.is_some() || self.json) {
+            return Err(ClientError::Usage("--limit, --cursor and --json are for `runq bulk list`".into()));
+        }
+        Ok(())
+    }
 }
 
 /// The `POST /operations` body from the command line.
@@ -318,7 +349,26 @@ async fn execute(command: ClientCommand) -> Result<u8, ClientError> {
             print_json(&a.connection.client()?.retry(&a.id).await?);
             Ok(EXIT_SUCCEEDED)
         }
+        ClientCommand::Bulk(a) if a.action == "list" => {
+            a.check()?;
+            let api = a.connection.client()?;
+            let query: Vec<(&str, String)> = [("limit", a.limit.map(|l| l.to_string())), ("cursor", a.cursor.clone())]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect();
+            let page = api.operations(&query).await?;
+            if a.json {
+                print_json(&page);
+            } else {
+                print!("{}", operations_table(&page));
+            }
+            if let Some(cursor) = page.get("next_cursor").and_then(Value::as_str) {
+                eprintln!("more operations: add --cursor {cursor}");
+            }
+            Ok(EXIT_SUCCEEDED)
+        }
         ClientCommand::Bulk(a) => {
+            a.check()?;
             let api = a.connection.client()?;
             let answer = api.start_operation(&bulk_body(&a)).await?;
             if a.dry_run {
@@ -438,6 +488,27 @@ pub(crate) fn print_json(value: &Value) {
 }
 
 /// A page of `GET /jobs` as an aligned table, one job per line.
+/// `runq bulk list`'s table.
+fn operations_table(page: &Value) -> String {
+    let ops = page.get("operations").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let text = |op: &Value, field: &str| op.get(field).and_then(Value::as_str).unwrap_or("-").to_owned();
+    let number =
+        |op: &Value, field: &str| op.get(field).and_then(Value::as_i64).map_or("?".to_owned(), |n| n.to_string());
+    let mut rows = vec![["ID", "ACTION", "STATUS", "DONE", "AFFECTED", "OWNER", "CREATED"].map(str::to_owned)];
+    for op in ops {
+        rows.push([
+            text(op, "id"),
+            text(op, "action"),
+            text(op, "status"),
+            format!("{}/{}", number(op, "done"), number(op, "matched")),
+            number(op, "affected"),
+            text(op, "owner"),
+            text(op, "created_at"),
+        ]);
+    }
+    table(&rows)
+}
+
 fn jobs_table(page: &Value) -> String {
     let jobs = page.get("jobs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let text = |job: &Value, field: &str| job.get(field).and_then(Value::as_str).unwrap_or("-").to_owned();
@@ -452,14 +523,19 @@ fn jobs_table(page: &Value) -> String {
             text(job, "created_at"),
         ]);
     }
-    let mut widths = [0; 5];
-    for row in &rows {
+    table(&rows)
+}
+
+/// Rows as aligned columns, two spaces apart.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let cells: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');

@@ -25,12 +25,21 @@ pub struct ChildJob {
     pub args: serde_json::Value,
     /// The function's default queue when `None`.
     pub priority: Option<crate::job::Priority>,
+    /// At most one live job of the parent's owner with this key, as a submit's `unique_key`: a
+    /// child whose key has a live job is not created and `spawn` answers with that job's id.
+    pub unique_key: Option<String>,
 }
 
 impl ChildJob {
     /// A child running `function` with `args` on the function's default queue.
     pub fn new(function: impl Into<String>, args: serde_json::Value) -> Self {
-        Self { function: function.into(), args, priority: None }
+        Self { function: function.into(), args, priority: None, unique_key: None }
+    }
+
+    /// This child with a unique key (see [`ChildJob::unique_key`]).
+    pub fn unique(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
     }
 }
 
@@ -142,7 +151,8 @@ impl Context {
     /// Submits child jobs of this job (a fan-out), in one statement. They belong to this job's
     /// owner, carry it as `parent_id` (`GET /jobs?parent=ID` lists them) and are created only
     /// while this run still holds its claim: a stale run gets [`super::FunctionError::Cancelled`].
-    /// An unknown function or invalid args is a fatal error of this run.
+    /// An unknown function or invalid args is a fatal error of this run. A child with a
+    /// [`ChildJob::unique_key`] whose key has a live job is not created: its id is that job's.
     pub async fn spawn(&self, children: Vec<ChildJob>) -> Result<Vec<Uuid>, super::FunctionError> {
         let spawner =
             self.shared.spawner.as_ref().ok_or_else(|| {

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::storage::BlobStore;
+pub use crate::store::Deleted;
 use crate::store::StoreError;
 
 /// How long finished jobs are kept, per status.
@@ -54,15 +54,7 @@ pub async fn run_once(
             delete_expired_jobs(pool, retention.succeeded, retention.failed, retention.cancelled, key_retention, BATCH)
                 .await?;
         report.jobs_deleted += deleted.len();
-        for uri in deleted.iter().filter_map(|d| d.result_uri.as_deref()) {
-            match storage {
-                Some(storage) => match storage.delete(uri).await {
-                    Ok(()) => report.results_deleted += 1,
-                    Err(e) => tracing::warn!(%uri, error = %e, "could not delete a result object; it is orphaned"),
-                },
-                None => tracing::warn!(%uri, "no GCS access configured; result object left in place"),
-            }
-        }
+        report.results_deleted += delete_results(storage, &deleted).await;
         if (deleted.len() as i64) < BATCH {
             break;
         }
@@ -71,11 +63,24 @@ pub async fn run_once(
     Ok(report)
 }
 
-/// A deleted job whose result may still be in GCS.
-#[derive(Debug)]
-pub struct Deleted {
-    pub id: Uuid,
-    pub result_uri: Option<String>,
+/// Deletes the GCS result objects of deleted jobs (cleanup's, a bulk delete's, a client's
+/// delete of one job), after their rows' delete committed. Best effort, like the rest of
+/// cleanup: an object that can't be deleted is logged and left orphaned. Returns how many were
+/// deleted (an object already gone counts: [`BlobStore::delete`]).
+pub async fn delete_results(storage: Option<&BlobStore>, deleted: &[Deleted]) -> usize {
+    let mut count = 0;
+    for (id, uri) in deleted.iter().filter_map(|d| d.result_uri.as_deref().map(|u| (d.id, u))) {
+        match storage {
+            Some(storage) => match storage.delete(uri).await {
+                Ok(()) => count += 1,
+                Err(e) => {
+                    tracing::warn!(job_id = %id, %uri, error = %e, "could not delete a result object; it is orphaned")
+                }
+            },
+            None => tracing::warn!(job_id = %id, %uri, "no GCS access configured; result object left in place"),
+        }
+    }
+    count
 }
 
 /// Deletes up to `limit` finished jobs older than their status's retention. Their idempotency

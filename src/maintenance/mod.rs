@@ -27,6 +27,7 @@ pub use dead_letters::DeadLetterOutcome;
 pub use relay::RelayReport;
 
 use crate::dispatch::Dispatcher;
+use crate::storage::BlobStore;
 use crate::store::StoreError;
 
 /// What one sweep (or one sweep window) did.
@@ -59,15 +60,17 @@ pub async fn until_next_pass(pool: &PgPool, every: Duration) -> Duration {
     }
 }
 
-/// One sweep pass: the reaper, stale bulk operations, held jobs with room, then the relay (when Pub/Sub is
+/// One sweep pass: the reaper, stale bulk operations (a delete's GCS results through `storage`),
+/// held jobs with room, then the relay (when Pub/Sub is
 /// configured), which publishes what a bulk retry queued.
 pub async fn sweep_once(
     pool: &PgPool,
     dispatcher: Option<&Dispatcher>,
+    storage: Option<&BlobStore>,
     redispatch_after: Duration,
 ) -> Result<SweepReport, StoreError> {
     let reaped = reaper::run_once(pool).await?;
-    let resumed = operations::run_once(pool).await?;
+    let resumed = operations::run_once(pool, storage).await?;
     let released = crate::store::limits::release_stuck(pool).await?;
     if released > 0 {
         tracing::warn!(released, "held jobs released by the sweep (their key had free slots)");

@@ -4,22 +4,24 @@
 //! The API [`create`]s the operation holding its lease and [`drive`]s it at once in the
 //! background. Driving first freezes the matched jobs into `operation_jobs` (one statement,
 //! bounded by the operation's `created_at`, so jobs submitted later are never swept in), then
-//! works batches: each batch is one statement that deletes up to [`BATCH`] rows of
-//! `operation_jobs`, acts on their jobs with the action's status-guarded UPDATE (or DELETE) and
-//! counts them on the operation, fenced by the lease holder. A batch commits whole or not at all,
-//! so a re-run after a crash can't act on a job twice. If the process dies, the lease goes
+//! works batches: each batch is one transaction that deletes up to [`BATCH`] rows of
+//! `operation_jobs`, acts on their jobs with the action's status-guarded UPDATE (or DELETE), the
+//! same statement over an id array that a client's action on one job runs, and counts them on
+//! the operation, fenced by the lease holder. A batch commits whole or not at all, so a re-run
+//! after a crash can't act on a job twice; a bulk delete then deletes the jobs' GCS results. If the process dies, the lease goes
 //! stale and [`run_once`] (in every `runq.sweep`) takes the operation over where it stopped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::job::{ErrorKind, JobError, Status};
-use crate::store::StoreError;
+use crate::job::{ErrorKind, Status};
+use crate::storage::BlobStore;
+use crate::store::{self, StoreError};
 
 /// Jobs acted on per batch statement.
 pub const BATCH: i64 = 1000;
@@ -112,6 +114,8 @@ pub async fn count(pool: &PgPool, filter: &Filter) -> Result<i64, StoreError> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Operation {
     pub id: Uuid,
+    /// Who started it (the token's `sub`).
+    pub owner: String,
     pub action: String,
     pub filter: serde_json::Value,
     /// `running`, `finished` or `failed`.
@@ -167,6 +171,7 @@ pub async fn create(pool: &PgPool, new: &NewOperation<'_>) -> Result<(Operation,
     .await?;
     let op = Operation {
         id,
+        owner: new.requester.to_owned(),
         action: new.action.as_str().to_owned(),
         filter: new.shown.clone(),
         status: "running".into(),
@@ -193,6 +198,7 @@ pub async fn get(pool: &PgPool, id: Uuid, requester: Option<&str>) -> Result<Opt
     .await?;
     Ok(row.filter(|r| requester.is_none_or(|o| r.owner == o)).map(|r| Operation {
         id: r.id,
+        owner: r.owner,
         action: r.action,
         filter: r.filter,
         status: r.status,
@@ -204,6 +210,64 @@ pub async fn get(pool: &PgPool, id: Uuid, requester: Option<&str>) -> Result<Opt
         updated_at: r.updated_at,
         finished_at: r.finished_at,
     }))
+}
+
+/// An `operations` row as [`list`] reads it.
+#[derive(sqlx::FromRow)]
+struct OperationRow {
+    id: Uuid,
+    owner: String,
+    action: String,
+    filter: serde_json::Value,
+    status: String,
+    frozen: bool,
+    matched: i64,
+    done: i64,
+    affected: i64,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+/// Operations newest first, at most `limit`: `requester`'s (`None` = admin, everyone's), older
+/// than `before` (the keyset cursor). Built per filter so each query stays on its index
+/// (`operations_owner_id`, or the primary key).
+pub async fn list(
+    pool: &PgPool,
+    requester: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Operation>, StoreError> {
+    let mut q = QueryBuilder::new(
+        "SELECT id, owner, action, filter, status, frozen, matched, done, affected, error, created_at, updated_at, \
+         finished_at FROM operations WHERE true",
+    );
+    if let Some(owner) = requester {
+        q.push(" AND owner = ").push_bind(owner);
+    }
+    if let Some(before) = before {
+        q.push(" AND id < ").push_bind(before);
+    }
+    q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    let rows: Vec<OperationRow> = q.build_query_as().fetch_all(pool).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Operation {
+            id: r.id,
+            owner: r.owner,
+            action: r.action,
+            filter: r.filter,
+            status: r.status,
+            matched: r.frozen.then_some(r.matched),
+            done: r.done,
+            affected: r.affected,
+            error: r.error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+        })
+        .collect())
 }
 
 /// Freezes the matched jobs into `operation_jobs`, once: a no-op (`false`) when already frozen
@@ -256,120 +320,68 @@ pub async fn freeze(pool: &PgPool, id: Uuid, runner: Uuid) -> Result<bool, Store
     Ok(true)
 }
 
-/// One batch: up to `limit` of the frozen jobs acted on and counted, in one statement fenced by
-/// `runner`. Returns how many were processed; `None` when the lease is lost (or the operation is
-/// no longer running).
-pub async fn step(pool: &PgPool, id: Uuid, runner: Uuid, limit: i64) -> Result<Option<i64>, StoreError> {
-    let action = sqlx::query_scalar!(
-        "SELECT action FROM operations WHERE id = $1 AND runner = $2 AND status = 'running' AND frozen",
+/// One batch: up to `limit` of the frozen jobs acted on and counted, in one transaction fenced
+/// by `runner` (the operation's row locked first): their `operation_jobs` rows deleted, the
+/// action's one statement over their ids ([`store::retry_many`], [`store::cancel_many`],
+/// [`store::delete_finished`], the same statements a client's retry, cancel or delete of one job
+/// runs), the counts added. It commits whole or not at all, so no job is acted on twice. A
+/// delete then removes the deleted jobs' result objects from GCS (`storage`), as cleanup does.
+/// Returns how many were processed; `None` when the lease is lost (or the operation is no longer
+/// running).
+pub async fn step(
+    pool: &PgPool,
+    storage: Option<&BlobStore>,
+    id: Uuid,
+    runner: Uuid,
+    limit: i64,
+) -> Result<Option<i64>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let op = sqlx::query!(
+        "SELECT action, key_retention_secs FROM operations
+         WHERE id = $1 AND runner = $2 AND status = 'running' AND frozen FOR UPDATE",
         id,
         runner
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    let Some(action) = action.as_deref().and_then(Action::parse) else {
+    let Some((action, key_retention)) = op.and_then(|op| Some((Action::parse(&op.action)?, op.key_retention_secs)))
+    else {
         return Ok(None);
     };
-    let lease = LEASE.as_secs_f64();
-    let processed = match action {
-        Action::Retry => {
-            sqlx::query_scalar!(
-                r#"WITH op AS (
-                      SELECT id FROM operations WHERE id = $1 AND runner = $2 AND status = 'running' FOR UPDATE),
-                   batch AS (
-                      DELETE FROM operation_jobs WHERE operation_id = (SELECT id FROM op) AND job_id IN (
-                          SELECT job_id FROM operation_jobs WHERE operation_id = $1 ORDER BY job_id LIMIT $3)
-                      RETURNING job_id),
-                   acted AS (
-                      UPDATE jobs SET
-                          status = 'queued', max_attempts = attempt + (max_attempts - attempt_base),
-                          attempt_base = attempt, manual_retries = manual_retries + 1, run_after = now(),
-                          dispatched_at = NULL, cancel_requested = false, claim_id = NULL, worker_id = NULL,
-                          lease_until = NULL, progress = 0, message = NULL, result = NULL, result_uri = NULL,
-                          error = NULL, started_at = NULL, finished_at = NULL, publish_failures = 0,
-                          unknown_function_rounds = 0, dead_letters = 0, unique_key = NULL, updated_at = now()
-                      FROM batch WHERE jobs.id = batch.job_id AND jobs.status IN ('failed', 'cancelled')
-                      RETURNING jobs.id)
-                   UPDATE operations SET done = done + (SELECT count(*) FROM batch),
-                          affected = affected + (SELECT count(*) FROM acted),
-                          lease_until = now() + make_interval(secs => $4), updated_at = now()
-                   WHERE id = (SELECT id FROM op)
-                   RETURNING (SELECT count(*) FROM batch) AS "processed!""#,
-                id,
-                runner,
-                limit,
-                lease,
-            )
-            .fetch_optional(pool)
-            .await?
-        }
-        Action::Cancel => {
-            let error = Json(JobError::permanent(ErrorKind::Cancelled, "cancelled before it ran"));
-            sqlx::query_scalar!(
-                r#"WITH op AS (
-                      SELECT id FROM operations WHERE id = $1 AND runner = $2 AND status = 'running' FOR UPDATE),
-                   batch AS (
-                      DELETE FROM operation_jobs WHERE operation_id = (SELECT id FROM op) AND job_id IN (
-                          SELECT job_id FROM operation_jobs WHERE operation_id = $1 ORDER BY job_id LIMIT $3)
-                      RETURNING job_id),
-                   acted AS (
-                      UPDATE jobs SET
-                          status = CASE WHEN status IN ('queued', 'retrying') THEN 'cancelled' ELSE status END,
-                          finished_at = CASE WHEN status IN ('queued', 'retrying') THEN now() ELSE finished_at END,
-                          error = CASE WHEN status IN ('queued', 'retrying') THEN $5::jsonb ELSE error END,
-                          claim_id = CASE WHEN status IN ('queued', 'retrying') THEN NULL ELSE claim_id END,
-                          cancel_requested = true,
-                          updated_at = now()
-                      FROM batch WHERE jobs.id = batch.job_id AND jobs.status IN ('queued', 'retrying', 'running')
-                      RETURNING jobs.id)
-                   UPDATE operations SET done = done + (SELECT count(*) FROM batch),
-                          affected = affected + (SELECT count(*) FROM acted),
-                          lease_until = now() + make_interval(secs => $4), updated_at = now()
-                   WHERE id = (SELECT id FROM op)
-                   RETURNING (SELECT count(*) FROM batch) AS "processed!""#,
-                id,
-                runner,
-                limit,
-                lease,
-                error as Json<JobError>,
-            )
-            .fetch_optional(pool)
-            .await?
-        }
+    let batch: Vec<Uuid> = sqlx::query_scalar!(
+        "DELETE FROM operation_jobs WHERE operation_id = $1 AND job_id IN (
+             SELECT job_id FROM operation_jobs WHERE operation_id = $1 ORDER BY job_id LIMIT $2)
+         RETURNING job_id",
+        id,
+        limit
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    // The owner was applied when the matches were frozen.
+    let (affected, deleted) = match action {
+        Action::Retry => (store::retry_many(&mut *tx, &batch, None).await?.len(), Vec::new()),
+        Action::Cancel => (store::cancel_many(&mut *tx, &batch, None).await?.len(), Vec::new()),
         Action::Delete => {
-            // As cleanup does: the deleted jobs' idempotency keys outlive them by the retention,
-            // so a late retry of their submit can't recreate them.
-            sqlx::query_scalar!(
-                r#"WITH op AS (
-                      SELECT id, key_retention_secs FROM operations
-                      WHERE id = $1 AND runner = $2 AND status = 'running' FOR UPDATE),
-                   batch AS (
-                      DELETE FROM operation_jobs WHERE operation_id = (SELECT id FROM op) AND job_id IN (
-                          SELECT job_id FROM operation_jobs WHERE operation_id = $1 ORDER BY job_id LIMIT $3)
-                      RETURNING job_id),
-                   acted AS (
-                      DELETE FROM jobs USING batch
-                      WHERE jobs.id = batch.job_id AND jobs.status IN ('succeeded', 'failed', 'cancelled')
-                      RETURNING jobs.id),
-                   keys AS (
-                      UPDATE idempotency_keys k
-                      SET expires_at = greatest(k.expires_at, now() + make_interval(secs => (SELECT key_retention_secs FROM op)))
-                      FROM acted WHERE k.job_id = acted.id)
-                   UPDATE operations SET done = done + (SELECT count(*) FROM batch),
-                          affected = affected + (SELECT count(*) FROM acted),
-                          lease_until = now() + make_interval(secs => $4), updated_at = now()
-                   WHERE id = (SELECT id FROM op)
-                   RETURNING (SELECT count(*) FROM batch) AS "processed!""#,
-                id,
-                runner,
-                limit,
-                lease,
-            )
-            .fetch_optional(pool)
-            .await?
+            let retention = Duration::try_from_secs_f64(key_retention).unwrap_or_default();
+            let deleted = store::delete_finished(&mut *tx, &batch, None, retention).await?;
+            (deleted.len(), deleted)
         }
     };
-    Ok(processed)
+    sqlx::query!(
+        "UPDATE operations SET done = done + $3, affected = affected + $4,
+                lease_until = now() + make_interval(secs => $5), updated_at = now()
+         WHERE id = $1 AND runner = $2",
+        id,
+        runner,
+        batch.len() as i64,
+        affected as i64,
+        LEASE.as_secs_f64(),
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    crate::maintenance::cleanup::delete_results(storage, &deleted).await;
+    Ok(Some(batch.len() as i64))
 }
 
 /// Marks the operation finished once nothing is left; `false` when the lease is lost.
@@ -389,10 +401,10 @@ async fn finish(pool: &PgPool, id: Uuid, runner: Uuid) -> Result<bool, StoreErro
 
 /// Works the operation to its end while `runner` holds its lease: freeze, batches, finish.
 /// Returns `false` when the lease was lost to another runner.
-pub async fn drive(pool: &PgPool, id: Uuid, runner: Uuid) -> Result<bool, StoreError> {
+pub async fn drive(pool: &PgPool, storage: Option<&BlobStore>, id: Uuid, runner: Uuid) -> Result<bool, StoreError> {
     freeze(pool, id, runner).await?;
     loop {
-        match step(pool, id, runner, BATCH).await? {
+        match step(pool, storage, id, runner, BATCH).await? {
             None => return Ok(false),
             Some(0) => return finish(pool, id, runner).await,
             Some(_) => {}
@@ -403,7 +415,7 @@ pub async fn drive(pool: &PgPool, id: Uuid, runner: Uuid) -> Result<bool, StoreE
 /// Takes over up to a few operations whose runner stopped renewing its lease (the API process
 /// died) and works each to its end. One that has been taken over too often is marked `failed`.
 /// Returns how many were resumed.
-pub async fn run_once(pool: &PgPool) -> Result<usize, StoreError> {
+pub async fn run_once(pool: &PgPool, storage: Option<&BlobStore>) -> Result<usize, StoreError> {
     sqlx::query!(
         "UPDATE operations SET status = 'failed', error = 'given up after too many takeovers', runner = NULL,
                 lease_until = NULL, finished_at = now(), updated_at = now()
@@ -426,16 +438,16 @@ pub async fn run_once(pool: &PgPool) -> Result<usize, StoreError> {
     .await?;
     for op in &claimed {
         tracing::info!(operation_id = %op.id, "resuming a bulk operation whose runner stopped");
-        drive(pool, op.id, op.runner).await?;
+        drive(pool, storage, op.id, op.runner).await?;
     }
     Ok(claimed.len())
 }
 
 /// Drives a just-created operation in the background (the API's answer doesn't wait for it).
 /// On an error the lease lapses and [`run_once`] resumes it.
-pub fn spawn(pool: PgPool, id: Uuid, runner: Uuid) -> tokio::task::JoinHandle<()> {
+pub fn spawn(pool: PgPool, storage: Option<Arc<BlobStore>>, id: Uuid, runner: Uuid) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        match drive(&pool, id, runner).await {
+        match drive(&pool, storage.as_deref(), id, runner).await {
             Ok(true) => tracing::info!(operation_id = %id, "bulk operation finished"),
             Ok(false) => tracing::info!(operation_id = %id, "bulk operation taken over by another runner"),
             Err(e) => tracing::warn!(operation_id = %id, error = %e, "bulk operation stopped; runq.sweep resumes it"),

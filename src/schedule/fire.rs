@@ -43,6 +43,9 @@ pub enum Fired {
     Job {
         job: Box<Job>,
         created: bool,
+        /// A unique schedule's firing while its last job is still live: that job, nothing new.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        deduplicated: bool,
     },
     Sweep {
         report: SweepReport,
@@ -87,8 +90,13 @@ impl Runner {
                 let deadline = Instant::now() + self.sweep_window;
                 let mut total = SweepReport::default();
                 loop {
-                    let r =
-                        maintenance::sweep_once(&self.pool, self.dispatcher.as_ref(), self.redispatch_after).await?;
+                    let r = maintenance::sweep_once(
+                        &self.pool,
+                        self.dispatcher.as_ref(),
+                        self.storage.as_deref(),
+                        self.redispatch_after,
+                    )
+                    .await?;
                     total.passes += 1;
                     total.reaped += r.reaped;
                     total.promoted += r.promoted;
@@ -120,8 +128,9 @@ impl Runner {
             Action::Submit { function, args, priority } => {
                 let raw = serde_json::value::to_raw_value(args).expect("a Value serializes");
                 let owner = schedule.owner();
-                let spec =
-                    super::submit_spec(&self.registry, &owner, function, &raw, *priority).map_err(|e| match e {
+                let unique_key = schedule.unique_key();
+                let spec = super::submit_spec(&self.registry, &owner, function, &raw, *priority, unique_key.as_deref())
+                    .map_err(|e| match e {
                         Invalid::UnknownFunction(f) => FireError::UnknownFunction(f),
                         e => FireError::Invalid(e),
                     })?;
@@ -140,10 +149,19 @@ impl Runner {
                 if submitted.created {
                     tracing::info!(schedule = %schedule.name, job_id = %submitted.job.status.id, scheduled = %at, "schedule fired");
                     dispatch::job_created(self.outbox.as_ref(), &submitted.job, None);
+                } else if submitted.deduplicated {
+                    tracing::info!(
+                        schedule = %schedule.name, job_id = %submitted.job.status.id, scheduled = %at,
+                        "schedule fired while its last job is still live; nothing submitted"
+                    );
                 } else {
                     tracing::info!(schedule = %schedule.name, scheduled = %at, "schedule already fired for this time");
                 }
-                Ok(Fired::Job { job: Box::new(submitted.job), created: submitted.created })
+                Ok(Fired::Job {
+                    job: Box::new(submitted.job),
+                    created: submitted.created,
+                    deduplicated: submitted.deduplicated,
+                })
             }
         }
     }

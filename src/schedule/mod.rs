@@ -50,6 +50,9 @@ pub struct Schedule {
     parsed: Cron,
     pub time_zone: Tz,
     pub action: Action,
+    /// A submitting schedule's jobs are unique ([`Schedule::unique`]): a firing while the last
+    /// firing's job is still queued, retrying or running submits nothing and answers with it.
+    pub unique: bool,
 }
 
 /// A schedule that can't be declared, naming it.
@@ -94,7 +97,21 @@ impl Schedule {
         let parsed = parse_cron(name, cron)?;
         let time_zone =
             Tz::from_str(time_zone).map_err(|_| ScheduleError::TimeZone { name: name.into(), tz: time_zone.into() })?;
-        Ok(Self { name: name.into(), cron: cron.into(), parsed, time_zone, action })
+        Ok(Self { name: name.into(), cron: cron.into(), parsed, time_zone, action, unique: false })
+    }
+
+    /// This schedule with unique jobs: a firing while the job of an earlier firing is still live
+    /// (queued, retrying or running: a slow run, a backlog, an outage) doesn't pile another one
+    /// up; it answers with the live job. The key is [`Schedule::unique_key`].
+    pub fn unique(mut self) -> Self {
+        self.unique = true;
+        self
+    }
+
+    /// The unique key of this schedule's jobs, when it has unique jobs: `schedule:{name}` (keys are
+    /// per owner, and the schedule's jobs have an owner of their own, [`Schedule::owner`]).
+    pub fn unique_key(&self) -> Option<String> {
+        self.unique.then(|| format!("schedule:{}", self.name))
     }
 
     /// The latest scheduled time at or before `now` (what a firing without a schedule-time
@@ -168,7 +185,9 @@ impl Schedules {
             if let Action::Submit { function, args, priority } = &s.action {
                 let target = |reason: String| ScheduleError::Target { name: s.name.clone(), reason };
                 let raw = serde_json::value::to_raw_value(args).map_err(|e| target(e.to_string()))?;
-                submit_spec(registry, &s.owner(), function, &raw, *priority).map_err(|e| target(e.to_string()))?;
+                let key = s.unique_key();
+                submit_spec(registry, &s.owner(), function, &raw, *priority, key.as_deref())
+                    .map_err(|e| target(e.to_string()))?;
             }
         }
         Ok(())
@@ -183,11 +202,12 @@ fn submit_spec<'a>(
     function: &'a str,
     args: &'a RawValue,
     priority: Priority,
+    unique_key: Option<&'a str>,
 ) -> Result<JobSpec<'a>, Invalid> {
     submit::validate(
         registry,
         None,
-        &Submission { priority: Some(priority.as_str()), ..Submission::new(owner, function, args) },
+        &Submission { priority: Some(priority.as_str()), unique_key, ..Submission::new(owner, function, args) },
     )
 }
 
@@ -218,6 +238,9 @@ pub fn listing(schedules: &Schedules, now: DateTime<Utc>, count: usize) -> Vec<L
                 }
             }
             let action = match &s.action {
+                Action::Submit { function, priority, .. } if s.unique => {
+                    format!("submit {function} ({priority}), unique while live")
+                }
                 Action::Submit { function, priority, .. } => format!("submit {function} ({priority})"),
                 Action::Sweep => "relay + reaper".into(),
                 Action::Cleanup => "delete finished jobs past retention".into(),
@@ -299,6 +322,13 @@ mod tests {
             second,
             chrono_tz::America::New_York.with_ymd_and_hms(2026, 11, 2, 1, 30, 0).unwrap().with_timezone(&Utc)
         );
+    }
+
+    #[test]
+    fn unique_schedules_key_their_jobs_by_name() {
+        let s = Schedule::new("paris", "0 9 * * *", "Europe/Paris", submit()).unwrap();
+        assert_eq!(s.unique_key(), None);
+        assert_eq!(s.unique().unique_key().as_deref(), Some("schedule:paris"));
     }
 
     #[test]

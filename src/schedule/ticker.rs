@@ -59,8 +59,9 @@ pub async fn run_locally(
                     _ = stop.wait_for(|s| *s) => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
-                let dispatcher = runner.dispatcher.as_ref();
-                if let Err(e) = crate::maintenance::sweep_once(&runner.pool, dispatcher, runner.redispatch_after).await
+                let (dispatcher, storage) = (runner.dispatcher.as_ref(), runner.storage.as_deref());
+                if let Err(e) =
+                    crate::maintenance::sweep_once(&runner.pool, dispatcher, storage, runner.redispatch_after).await
                 {
                     tracing::warn!(error = %e, "sweep failed");
                 }

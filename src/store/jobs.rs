@@ -98,7 +98,7 @@ pub struct JobSpec<'a> {
     /// submit). Never a time from this process's clock, which may be skewed.
     pub delay_secs: Option<f64>,
     /// At most one live (queued, retrying or running) job per owner with this key: see
-    /// [`submit`]. Only [`submit`] honours it (not [`submit_many`] nor [`spawn_children`]).
+    /// [`submit`]; [`submit_many`] and [`spawn_children`] honour it too.
     pub unique_key: Option<&'a str>,
     /// With `unique_key`: a submit while the key's job is still queued replaces its args and
     /// pushes it back to this many seconds from now (`delay_secs` is then the same).
@@ -184,54 +184,11 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
         }
     }
     let Some(key) = new.spec.unique_key else {
-        let row = insert(&mut tx, new, 0).await?.ok_or(sqlx::Error::RowNotFound)?;
+        let row = insert(&mut tx, new, 0, None).await?.ok_or(sqlx::Error::RowNotFound)?;
         tx.commit().await?;
         return Ok(Submitted { job: row.into_job(Utc::now()), created: true, deduplicated: false });
     };
-    // Each statement below sees what committed before it began (read committed): a conflicting
-    // insert waits for the other submit's commit, and the next read sees its row. A few rounds
-    // settle any race with a job finishing or being claimed in between.
-    let mut outcome = None;
-    for _ in 0..4 {
-        if let Some(debounce) = new.spec.debounce_secs {
-            if let Some(row) = debounce_queued(&mut tx, new, key, debounce).await? {
-                outcome = Some((row, false));
-                break;
-            }
-            if let Some(row) = insert(&mut tx, new, 0).await? {
-                outcome = Some((row, true));
-                break;
-            }
-            if let Some(row) = debounce_queued(&mut tx, new, key, debounce).await? {
-                outcome = Some((row, false));
-                break;
-            }
-            // Slot 0's job runs (or waits to retry): the follow-up goes in slot 1.
-            if let Some(row) = insert(&mut tx, new, 1).await? {
-                outcome = Some((row, true));
-                break;
-            }
-        } else {
-            // Read first: a debounce's follow-up may hold the key in slot 1 with slot 0 free.
-            if let Some(row) = live_with_key(&mut tx, new.owner, key).await? {
-                outcome = Some((row, false));
-                break;
-            }
-            if let Some(row) = insert(&mut tx, new, 0).await? {
-                outcome = Some((row, true));
-                break;
-            }
-            if let Some(row) = live_with_key(&mut tx, new.owner, key).await? {
-                outcome = Some((row, false));
-                break;
-            }
-        }
-    }
-    let (row, created) = match outcome {
-        Some(found) => found,
-        // Debounced, both slots running or retrying: the newest live job is the answer.
-        None => (live_with_key(&mut tx, new.owner, key).await?.ok_or(sqlx::Error::RowNotFound)?, false),
-    };
+    let (row, created) = submit_unique(&mut tx, new, key, None).await?;
     if !created && new.idempotency.is_some() {
         // The key's replays answer with the job this submit was deduplicated to.
         sqlx::query!(
@@ -247,19 +204,66 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>, key_retention: Duration) ->
     Ok(Submitted { job: row.into_job(Utc::now()), created, deduplicated: !created })
 }
 
-/// Inserts `new` (its unique key, if any, in `slot`); `None` when the key's slot is taken by a
-/// live job.
+/// A keyed submit inside `tx` (a submit's, a batch's or a spawn's): the key's live job, or
+/// `new` inserted (with `parent`, for a child job), or for a debounced submit the key's queued job
+/// pushed back with `new`'s args. Returns the row and whether it was created. The statements
+/// see what committed before each began (read committed) and what `tx` itself wrote, so the
+/// items of one batch are deduplicated against each other as against other submits.
+async fn submit_unique(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    new: &NewJob<'_>,
+    key: &str,
+    parent: Option<Uuid>,
+) -> Result<(JobRow, bool), StoreError> {
+    // Each statement below sees what committed before it began (read committed): a conflicting
+    // insert waits for the other submit's commit, and the next read sees its row. A few rounds
+    // settle any race with a job finishing or being claimed in between.
+    for _ in 0..4 {
+        if let Some(debounce) = new.spec.debounce_secs {
+            if let Some(row) = debounce_queued(tx, new, key, debounce).await? {
+                return Ok((row, false));
+            }
+            if let Some(row) = insert(tx, new, 0, parent).await? {
+                return Ok((row, true));
+            }
+            if let Some(row) = debounce_queued(tx, new, key, debounce).await? {
+                return Ok((row, false));
+            }
+            // Slot 0's job runs (or waits to retry): the follow-up goes in slot 1.
+            if let Some(row) = insert(tx, new, 1, parent).await? {
+                return Ok((row, true));
+            }
+        } else {
+            // Read first: a debounce's follow-up may hold the key in slot 1 with slot 0 free.
+            if let Some(row) = live_with_key(tx, new.owner, key).await? {
+                return Ok((row, false));
+            }
+            if let Some(row) = insert(tx, new, 0, parent).await? {
+                return Ok((row, true));
+            }
+            if let Some(row) = live_with_key(tx, new.owner, key).await? {
+                return Ok((row, false));
+            }
+        }
+    }
+    // Debounced, both slots running or retrying: the newest live job is the answer.
+    Ok((live_with_key(tx, new.owner, key).await?.ok_or(sqlx::Error::RowNotFound)?, false))
+}
+
+/// Inserts `new` (its unique key, if any, in `slot`; a child of `parent`, if given); `None` when
+/// the key's slot is taken by a live job.
 async fn insert(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     new: &NewJob<'_>,
     slot: i16,
+    parent: Option<Uuid>,
 ) -> Result<Option<JobRow>, StoreError> {
     let row = sqlx::query_as!(
         JobRow,
         r#"INSERT INTO jobs (id, owner, function, priority, args, status, max_attempts, run_after,
-                             trace_context, idempotency_key, queue, unique_key, unique_slot, limit_keys)
+                             trace_context, idempotency_key, queue, unique_key, unique_slot, parent_id, limit_keys)
            VALUES ($1, $2, $3, $4, $5::text::jsonb, 'queued', $6, now() + make_interval(secs => coalesce($7::float8, 0)),
-                   $8, $9, $10, $11, $12, nullif($13::text[], '{}'))
+                   $8, $9, $10, $11, $12, $13, nullif($14::text[], '{}'))
            ON CONFLICT DO NOTHING
            RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
                      progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
@@ -277,6 +281,7 @@ async fn insert(
         new.spec.queue,
         new.spec.unique_key,
         slot,
+        parent,
         &new.spec.limit_keys,
     )
     .fetch_optional(&mut **tx)
@@ -393,43 +398,111 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// A client's cancel of a job (`POST /jobs/{id}/cancel`): one guarded UPDATE that cancels a
-/// queued or retrying job at once and flags a running one, whose run then stops and records it
-/// with [`super::finish_cancelled`]. A finished job is left untouched.
+/// A client's cancel of a job (`POST /jobs/{id}/cancel`): [`cancel_many`] on its id, which
+/// cancels a queued or retrying job at once and flags a running one, whose run then stops and
+/// records it with [`super::finish_cancelled`]. A finished job is left untouched.
 pub async fn request_cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
+    let acted = cancel_many(pool, &[id], owner).await?;
+    let Some(job) = get(pool, id, owner).await? else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    Ok(match acted.first() {
+        Some((_, Status::Cancelled)) => CancelOutcome::Cancelled(job),
+        Some(_) => CancelOutcome::Requested(job),
+        None => CancelOutcome::AlreadyFinished(job),
+    })
+}
+
+/// The one cancel statement, for a client's cancel of one job and a bulk cancel's batch alike:
+/// of the jobs among `ids` (of `owner`, when given) that are unfinished, the queued and retrying
+/// ones are cancelled at once and the running ones are asked to stop (`cancel_requested`).
+/// Returns the jobs it changed, with their status after it.
+pub async fn cancel_many(
+    conn: impl sqlx::PgExecutor<'_>,
+    ids: &[Uuid],
+    owner: Option<&str>,
+) -> Result<Vec<(Uuid, Status)>, StoreError> {
     let error = Json(JobError::permanent(ErrorKind::Cancelled, "cancelled before it ran"));
-    let row = sqlx::query_as!(
-        JobRow,
+    let rows = sqlx::query!(
         r#"UPDATE jobs SET
               status = CASE WHEN status IN ('queued', 'retrying') THEN 'cancelled' ELSE status END,
               finished_at = CASE WHEN status IN ('queued', 'retrying') THEN now() ELSE finished_at END,
-              error = CASE WHEN status IN ('queued', 'retrying')
-                           THEN $3::jsonb ELSE error END,
+              error = CASE WHEN status IN ('queued', 'retrying') THEN $3::jsonb ELSE error END,
               claim_id = CASE WHEN status IN ('queued', 'retrying') THEN NULL ELSE claim_id END,
               cancel_requested = true,
               updated_at = now()
-           WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status IN ('queued', 'retrying', 'running')
-           RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
-                     parent_id, result, result_uri, error AS "error: Json<JobError>",
-                     created_at, started_at, finished_at, updated_at"#,
-        id,
+           WHERE id = ANY($1) AND ($2::text IS NULL OR owner = $2) AND status IN ('queued', 'retrying', 'running')
+           RETURNING id, status AS "status: Status""#,
+        ids,
         owner,
         error as Json<JobError>,
     )
-    .fetch_optional(pool)
+    .fetch_all(conn)
     .await?;
-    if let Some(row) = row {
-        let job = row.into_job(Utc::now());
-        return Ok(if job.status.status == Status::Cancelled {
-            CancelOutcome::Cancelled(job)
-        } else {
-            CancelOutcome::Requested(job)
-        });
+    Ok(rows.into_iter().map(|r| (r.id, r.status)).collect())
+}
+
+/// A job [`delete_finished`] deleted; its result object, if it has one in GCS, is the caller's
+/// to delete.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    pub id: Uuid,
+    pub result_uri: Option<String>,
+}
+
+/// The one delete statement, for a client's delete of one job and a bulk delete's batch: the
+/// finished jobs among `ids` (of `owner`, when given) are deleted, their runs with them. Their
+/// idempotency keys outlive them by `key_retention`, as cleanup's do, so a late retry of their
+/// submit can't recreate them. Returns what it deleted, with the result URIs to delete in GCS.
+pub async fn delete_finished(
+    conn: impl sqlx::PgExecutor<'_>,
+    ids: &[Uuid],
+    owner: Option<&str>,
+    key_retention: Duration,
+) -> Result<Vec<Deleted>, StoreError> {
+    let rows = sqlx::query!(
+        r#"WITH acted AS (
+              DELETE FROM jobs
+              WHERE id = ANY($1) AND ($2::text IS NULL OR owner = $2) AND status IN ('succeeded', 'failed', 'cancelled')
+              RETURNING id, result_uri),
+           keys AS (
+              UPDATE idempotency_keys k
+              SET expires_at = greatest(k.expires_at, now() + make_interval(secs => $3))
+              FROM acted WHERE k.job_id = acted.id)
+           SELECT id AS "id!", result_uri FROM acted"#,
+        ids,
+        owner,
+        key_retention.as_secs_f64(),
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| Deleted { id: r.id, result_uri: r.result_uri }).collect())
+}
+
+/// What a client's delete of one job did.
+#[derive(Debug)]
+pub enum DeleteOutcome {
+    /// The job had finished and is gone (its result object, if any, is the caller's to delete).
+    Deleted(Deleted),
+    /// The job is not finished; nothing changed.
+    Unfinished(Box<Job>),
+    /// No such job for this owner.
+    NotFound,
+}
+
+/// A client's delete of a finished job (`DELETE /jobs/{id}`): [`delete_finished`] on its id.
+pub async fn delete(
+    pool: &PgPool,
+    id: Uuid,
+    owner: Option<&str>,
+    key_retention: Duration,
+) -> Result<DeleteOutcome, StoreError> {
+    if let Some(deleted) = delete_finished(pool, &[id], owner, key_retention).await?.pop() {
+        return Ok(DeleteOutcome::Deleted(deleted));
     }
     Ok(match get(pool, id, owner).await? {
-        Some(job) => CancelOutcome::AlreadyFinished(job),
-        None => CancelOutcome::NotFound,
+        Some(job) => DeleteOutcome::Unfinished(Box::new(job)),
+        None => DeleteOutcome::NotFound,
     })
 }
 
@@ -546,26 +619,61 @@ async fn insert_many(conn: &mut sqlx::PgConnection, c: &Columns, parent: Option<
     Ok(rows.into_iter().map(|r| r.into_job(now)).collect())
 }
 
-/// Inserts many jobs in one statement and one durable commit (`POST /jobs:batch`). All or
-/// nothing. Idempotency keys are not supported here (each job's key would need its own check).
-pub async fn submit_many(pool: &PgPool, jobs: &[NewJob<'_>]) -> Result<Vec<Job>, StoreError> {
+/// Inserts many jobs in one durable commit (`POST /jobs:batch`), all or nothing, answering in
+/// their order. The jobs without a unique key go in one statement. Each keyed one is submitted
+/// as [`submit`] does (deduplicated, or debounced), in the same transaction, so it is
+/// deduplicated against the live jobs and against the batch's earlier items with its key; the
+/// keyed items go in key order (a key's items in batch order), so concurrent batches take the
+/// keys' locks in one order and can't deadlock. Idempotency keys are not supported here.
+pub async fn submit_many(pool: &PgPool, jobs: &[NewJob<'_>]) -> Result<Vec<Submitted>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let answers = insert_keyed_and_plain(&mut tx, jobs, None).await?;
+    tx.commit().await?;
+    Ok(answers)
+}
+
+/// The insert of [`submit_many`] and [`spawn_children`], inside `tx`.
+async fn insert_keyed_and_plain(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    jobs: &[NewJob<'_>],
+    parent: Option<Uuid>,
+) -> Result<Vec<Submitted>, StoreError> {
+    let mut answers: Vec<Option<Submitted>> = jobs.iter().map(|_| None).collect();
+    let mut keyed: Vec<(&str, usize)> =
+        jobs.iter().enumerate().filter_map(|(i, j)| j.spec.unique_key.map(|k| (k, i))).collect();
+    keyed.sort_unstable();
+    let now = Utc::now();
+    for (key, i) in keyed {
+        let (row, created) = submit_unique(tx, &jobs[i], key, parent).await?;
+        answers[i] = Some(Submitted { job: row.into_job(now), created, deduplicated: !created });
+    }
     let mut columns = Columns::default();
-    for j in jobs {
+    let plain: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].spec.unique_key.is_none()).collect();
+    for &i in &plain {
+        let j = &jobs[i];
         columns.push(j.id, j.owner, &j.spec, j.trace_context);
     }
-    let mut conn = pool.acquire().await?;
-    insert_many(&mut conn, &columns, None).await
+    if !plain.is_empty() {
+        let mut inserted: std::collections::HashMap<Uuid, Job> =
+            insert_many(tx, &columns, parent).await?.into_iter().map(|j| (j.status.id, j)).collect();
+        for i in plain {
+            let job = inserted.remove(&jobs[i].id).ok_or(sqlx::Error::RowNotFound)?;
+            answers[i] = Some(Submitted { job, created: true, deduplicated: false });
+        }
+    }
+    Ok(answers.into_iter().map(|a| a.expect("every item answered")).collect())
 }
 
 /// Inserts child jobs of a running job, fenced by its claim: nothing is inserted unless the
-/// parent is still `running` under `claim_id`. Children belong to the parent's owner. `None`
-/// when the claim was lost.
+/// parent is still `running` under `claim_id`. Children belong to the parent's owner; a child
+/// with a unique key whose key has a live job of that owner is not inserted, and answers with
+/// that job (`deduplicated`; it may be another parent's child). `None` when the claim was lost.
 pub async fn spawn_children(
     pool: &PgPool,
     parent: Uuid,
     claim_id: Uuid,
     children: &[JobSpec<'_>],
-) -> Result<Option<Vec<Job>>, StoreError> {
+) -> Result<Option<Vec<Submitted>>, StoreError> {
     let mut tx = pool.begin().await?;
     let owner: Option<String> = sqlx::query_scalar!(
         "SELECT owner FROM jobs WHERE id = $1 AND claim_id = $2 AND status = 'running' FOR SHARE",
@@ -577,11 +685,17 @@ pub async fn spawn_children(
     let Some(owner) = owner else {
         return Ok(None);
     };
-    let mut columns = Columns::default();
-    for child in children {
-        columns.push(Uuid::now_v7(), &owner, child, None);
-    }
-    let children = insert_many(&mut tx, &columns, Some(parent)).await?;
+    let new: Vec<NewJob<'_>> = children
+        .iter()
+        .map(|spec| NewJob {
+            id: Uuid::now_v7(),
+            owner: &owner,
+            spec: spec.clone(),
+            trace_context: None,
+            idempotency: None,
+        })
+        .collect();
+    let children = insert_keyed_and_plain(&mut tx, &new, Some(parent)).await?;
     tx.commit().await?;
     Ok(Some(children))
 }
@@ -606,13 +720,29 @@ pub enum RetryOutcome {
     NotFound,
 }
 
-/// A client's retry of a failed or cancelled job (`POST /jobs/{id}/retry`): one guarded UPDATE
-/// back to `queued`, undispatched (so the relay publishes it), with the submitted attempt budget
-/// again. `attempt` keeps counting, so the new runs' numbers follow the old `job_runs` rows,
-/// which stay; `max_attempts - attempt_base` is the budget.
+/// A client's retry of a failed or cancelled job (`POST /jobs/{id}/retry`): [`retry_many`] on
+/// its id.
 pub async fn retry(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<RetryOutcome, StoreError> {
-    let row = sqlx::query_as!(
-        JobRow,
+    let retried = !retry_many(pool, &[id], owner).await?.is_empty();
+    Ok(match get(pool, id, owner).await? {
+        Some(job) if retried => RetryOutcome::Retried(job),
+        Some(job) => RetryOutcome::WrongStatus(job),
+        None => RetryOutcome::NotFound,
+    })
+}
+
+/// The one retry statement, for a client's retry of one job and a bulk retry's batch alike: the
+/// failed or cancelled jobs among `ids` (of `owner`, when given) go back to `queued`,
+/// undispatched (so the relay publishes them), with the submitted attempt budget again.
+/// `attempt` keeps counting, so the new runs' numbers follow the old `job_runs` rows, which stay;
+/// `max_attempts - attempt_base` is the budget. The unique key is given up: the key may have a
+/// newer live job. Returns the ids it retried.
+pub async fn retry_many(
+    conn: impl sqlx::PgExecutor<'_>,
+    ids: &[Uuid],
+    owner: Option<&str>,
+) -> Result<Vec<Uuid>, StoreError> {
+    let ids = sqlx::query_scalar!(
         r#"UPDATE jobs SET
               status = 'queued', max_attempts = attempt + (max_attempts - attempt_base), attempt_base = attempt,
               manual_retries = manual_retries + 1, run_after = now(), dispatched_at = NULL,
@@ -620,21 +750,12 @@ pub async fn retry(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Retry
               progress = 0, message = NULL, result = NULL, result_uri = NULL, error = NULL,
               started_at = NULL, finished_at = NULL, publish_failures = 0, unknown_function_rounds = 0,
               dead_letters = 0, unique_key = NULL, updated_at = now()
-           WHERE id = $1 AND ($2::text IS NULL OR owner = $2) AND status IN ('failed', 'cancelled')
-           RETURNING id, owner, function, priority AS "priority: Priority", queue, args, status AS "status: Status",
-                     progress, message, attempt, max_attempts, run_after, cancel_requested, idempotency_key, unique_key,
-                     parent_id, result, result_uri, error AS "error: Json<JobError>",
-                     created_at, started_at, finished_at, updated_at"#,
-        id,
+           WHERE id = ANY($1) AND ($2::text IS NULL OR owner = $2) AND status IN ('failed', 'cancelled')
+           RETURNING id"#,
+        ids,
         owner,
     )
-    .fetch_optional(pool)
+    .fetch_all(conn)
     .await?;
-    if let Some(row) = row {
-        return Ok(RetryOutcome::Retried(row.into_job(Utc::now())));
-    }
-    Ok(match get(pool, id, owner).await? {
-        Some(job) => RetryOutcome::WrongStatus(job),
-        None => RetryOutcome::NotFound,
-    })
+    Ok(ids)
 }

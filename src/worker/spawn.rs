@@ -44,6 +44,7 @@ impl RunSpawner {
         for (i, (child, args)) in children.iter().zip(&args).enumerate() {
             let submission = Submission {
                 priority: child.priority.map(Priority::as_str),
+                unique_key: child.unique_key.as_deref(),
                 ..Submission::new(&self.owner, &child.function, args)
             };
             // No size limit: the API's is on request bodies, and children never had one.
@@ -57,13 +58,14 @@ impl RunSpawner {
             Err(e @ StoreError::Unavailable(_)) => return Err(FunctionError::retryable(e)),
             Err(e) => return Err(FunctionError::fatal(e)),
         };
-        for job in &jobs {
+        // A deduplicated child (its unique key's live job) was published when it was created.
+        for s in jobs.iter().filter(|s| s.created) {
             if let Some(outbox) = &self.outbox {
-                outbox.dispatch(store::Publication::of(job, None));
+                outbox.dispatch(store::Publication::of(&s.job, None));
             }
         }
         tracing::info!(parent = %parent, children = jobs.len(), "children spawned");
-        Ok(jobs.into_iter().map(|j| j.status.id).collect())
+        Ok(jobs.into_iter().map(|s| s.job.status.id).collect())
     }
 }
 

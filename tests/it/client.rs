@@ -420,3 +420,50 @@ async fn retry_and_bulk_through_the_cli(pool: PgPool) {
     assert_eq!(op["action"], "cancel");
     assert!(op["id"].is_string());
 }
+
+#[sqlx::test]
+async fn bulk_list_through_the_cli(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    let mut ids = Vec::new();
+    for function in ["one", "two", "three"] {
+        let out = run(&api.base, &["bulk", "retry", "--function", function, "--wait"]).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        ids.push(stdout_json(&out)["id"].as_str().unwrap().to_owned());
+    }
+
+    // A table, newest first.
+    let out = run(&api.base, &["bulk", "list"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID") && lines[0].contains("ACTION") && lines[0].contains("DONE"), "{table}");
+    let listed: Vec<&str> = lines[1..].iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str(), ids[0].as_str()], "{table}");
+    assert!(lines[1].contains("retry") && lines[1].contains("finished") && lines[1].contains("alice"), "{table}");
+
+    // Pages: the cursor printed on stderr continues the list.
+    let out = run(&api.base, &["bulk", "list", "--limit", "2", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let page = stdout_json(&out);
+    assert_eq!(page["operations"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    assert!(text(&out.stderr).contains(&format!("--cursor {cursor}")), "{}", text(&out.stderr));
+    let out = run(&api.base, &["bulk", "list", "--json", "--cursor", &cursor]).await;
+    let page = stdout_json(&out);
+    assert_eq!(page["operations"][0]["id"].as_str(), Some(ids[0].as_str()));
+    assert_eq!(page["next_cursor"], Value::Null);
+
+    // The options of the other form are refused before any request.
+    for args in
+        [&["bulk", "list", "--function", "x"][..], &["bulk", "list", "--dry-run"], &["bulk", "retry", "--limit", "2"]]
+    {
+        let out = run(&api.base, args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains("bulk list"), "{args:?}: {}", text(&out.stderr));
+    }
+    let out = run(&api.base, &["bulk", "list", "--cursor", "garbage"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cursor"), "{}", text(&out.stderr));
+    let ops: i64 = sqlx::query_scalar("SELECT count(*) FROM operations").fetch_one(&pool).await.unwrap();
+    assert_eq!(ops, 3, "the refused commands started nothing");
+}

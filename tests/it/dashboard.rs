@@ -1,6 +1,7 @@
 //! The dashboard: `/jobs/{id}/runs` (with a real retried job), `/dashboard/stats` against a known
-//! data set, and the page with its security headers. With `RUNQ_TEST_CHROMIUM` set, headless
-//! Chromium also renders the page over real data and screenshots it.
+//! data set, and the page with its security headers and its actions. With `RUNQ_TEST_CHROMIUM`
+//! set, headless Chromium also renders the page over real data (a bulk action's dry run, the
+//! operations list with hostile strings) and screenshots it.
 
 use std::time::Duration;
 
@@ -188,11 +189,44 @@ async fn the_page_is_self_contained_and_locked_down(pool: PgPool) {
     for banned in ["http://", "https://", "src=", "@import", "url(", "innerHTML", "outerHTML", "insertAdjacentHTML"] {
         assert!(!html.contains(banned), "the page contains {banned:?}");
     }
-    // The endpoints it calls are in the OpenAPI description.
-    let spec: Value = api.http.get(api.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    for path in ["/jobs/{id}/runs", "/dashboard", "/dashboard/stats"] {
-        assert!(spec["paths"][path]["get"].is_object(), "{path} is described");
+    // The actions it offers: on one job, and on a filter with a dry run first and the recent
+    // operations.
+    for control in [
+        "id=\"cancel\"",
+        "id=\"retry\"",
+        "id=\"delete\"",
+        "id=\"bulk-form\"",
+        "id=\"b-error-kind\"",
+        "id=\"b-after\"",
+        "id=\"bulk-start\"",
+        "id=\"operations\"",
+        "dry_run: true",
+        "id=\"limits\"",
+        "id=\"pauses\"",
+        "getJson('limits')",
+    ] {
+        assert!(html.contains(control), "the page has {control}");
     }
+    // The endpoints it calls are in the OpenAPI description, and the error kinds it offers come
+    // from there.
+    let spec: Value = api.http.get(api.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    for (path, method) in [
+        ("/jobs/{id}/runs", "get"),
+        ("/dashboard", "get"),
+        ("/dashboard/stats", "get"),
+        ("/jobs/{id}/cancel", "post"),
+        ("/jobs/{id}/retry", "post"),
+        ("/jobs/{id}", "delete"),
+        ("/operations", "post"),
+        ("/operations", "get"),
+        ("/operations/{id}", "get"),
+        ("/limits", "get"),
+        ("/pauses", "get"),
+    ] {
+        assert!(spec["paths"][path][method].is_object(), "{method} {path} is described");
+    }
+    let kinds = &spec["components"]["schemas"]["OperationFilter"]["properties"]["error_kind"]["enum"];
+    assert!(kinds.as_array().is_some_and(|k| k.iter().any(|k| k == "timeout")), "{kinds}");
 }
 
 /// Renders the dashboard in headless Chromium over real jobs and writes screenshots to
@@ -242,6 +276,58 @@ async fn chromium_renders_the_dashboard(pool: PgPool) {
     assert!(hostile_view.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{hostile_view}");
     assert!(hostile_view.contains("<title>runq dashboard</title>"), "the args' onerror ran");
     s.dev.shutdown().await;
+}
+
+/// Headless Chromium (with `RUNQ_TEST_CHROMIUM`, like the test above): a bulk action opened from
+/// a link shows its dry run's count before anything changes, and the recent operations list
+/// shows a hostile filter as text.
+#[sqlx::test]
+async fn chromium_previews_a_bulk_action_and_lists_operations_as_text(pool: PgPool) {
+    let Ok(browser) = std::env::var("RUNQ_TEST_CHROMIUM") else {
+        eprintln!("skipped: set RUNQ_TEST_CHROMIUM to run it");
+        return;
+    };
+    let browser = if browser == "1" { "chromium".to_owned() } else { browser };
+    let out = std::env::var("RUNQ_TEST_CHROMIUM_OUT").map_or_else(|_| std::env::temp_dir(), std::path::PathBuf::from);
+    let api = start_api(pool.clone()).await;
+    sqlx::query(
+        "INSERT INTO jobs (id, owner, function, priority, args, status, attempt, max_attempts, finished_at, error)
+         SELECT gen_random_uuid(), 'alice', 'report', 'low', '{}', 'failed', 3, 3, now(),
+                '{\"kind\": \"timeout\", \"message\": \"slow\", \"retryable\": true}'
+         FROM generate_series(1, 3)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let root = admin_token("root");
+    let hostile = "<img src=x onerror=\"document.title='pwned'\">";
+    let resp = api
+        .http
+        .post(api.url("/operations"))
+        .bearer_auth(&root)
+        .json(&json!({"action": "retry", "filter": {"function": hostile}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let fragment = format!("bulk?action=retry&function=report&error_kind=timeout&token={root}");
+    let base = api.base.clone();
+    let dom = tokio::task::spawn_blocking(move || {
+        screenshot(&browser, &out.join("runq-dashboard-bulk.png"), &base, &fragment)
+    })
+    .await
+    .unwrap();
+    assert!(dom.contains("3 jobs match now"), "the dry run's count: {dom}");
+    assert!(dom.contains("retry 3 jobs"), "the confirmation names what it will do");
+    assert!(dom.contains("function = &lt;img src=x onerror="), "the hostile filter is text");
+    assert!(!dom.contains("<img src=\"x\""), "the filter became markup");
+    assert!(dom.contains("<title>runq dashboard</title>"), "the filter's onerror ran");
+    // Only a dry run so far: the jobs are untouched.
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'failed' AND manual_retries = 0")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(failed, 3);
 }
 
 /// Opens `{base}/dashboard#{fragment}` in headless Chromium, writes a screenshot to `png` and

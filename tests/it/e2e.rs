@@ -83,6 +83,23 @@ impl Function for Playlist {
     }
 }
 
+/// Fans out like [`Playlist`], each child unique by its item: `video:{item}`.
+struct UniquePlaylist;
+impl Function for UniquePlaylist {
+    type Args = Vec<String>;
+    type Output = Vec<Uuid>;
+    fn name(&self) -> &'static str {
+        "unique_playlist"
+    }
+    async fn run(&self, ctx: Context, videos: Vec<String>) -> Result<Vec<Uuid>, FunctionError> {
+        let children = videos
+            .into_iter()
+            .map(|v| runq::function::ChildJob::new("echo", json!({"value": v})).unique(format!("video:{v}")))
+            .collect();
+        ctx.spawn(children).await
+    }
+}
+
 /// A long function: detached from the push request (its hard limit is over Pub/Sub's deadline).
 pub struct Long;
 impl Function for Long {
@@ -215,6 +232,7 @@ fn registry(counter: &CountingNoop) -> Registry {
     r.register(PanicOnce).unwrap();
     r.register(Big).unwrap();
     r.register(Playlist).unwrap();
+    r.register(UniquePlaylist).unwrap();
     r.register(Long).unwrap();
     r.register(Transcode).unwrap();
     r.register(Aloof).unwrap();

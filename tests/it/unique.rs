@@ -1,6 +1,8 @@
 //! Unique jobs and debounce over the real API and Postgres: one live job per owner and
 //! `unique_key` under concurrent submits, the key freed when its job finishes, debounced submits
-//! replacing the queued job's args and pushing it back, and one follow-up while the job runs.
+//! replacing the queued job's args and pushing it back, and one follow-up while the job runs;
+//! the same keys in `POST /jobs:batch` items (against live jobs and each other), in unique
+//! schedules' firings and in `Context::spawn` children.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -162,9 +164,20 @@ async fn bad_unique_and_debounce_input_is_refused_writing_nothing(pool: PgPool) 
         let problem: Value = resp.json().await.unwrap();
         assert!(problem.to_string().contains(field), "{body}: {problem}");
     }
-    let batch = json!({"jobs": [{"function": "noop"}, {"function": "noop", "unique_key": "k"}]});
-    let resp = api.http.post(api.url("/jobs:batch")).bearer_auth(token("alice")).json(&batch).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // In a batch, one bad item refuses the whole batch, naming the item; nothing is written.
+    for bad in [
+        json!({"unique_key": "a b"}),
+        json!({"debounce_seconds": 5}),
+        json!({"unique_key": "k", "debounce_seconds": 0}),
+    ] {
+        let mut item = json!({"function": "noop"});
+        item.as_object_mut().unwrap().extend(bad.as_object().unwrap().clone());
+        let batch = json!({"jobs": [{"function": "noop", "unique_key": "fine"}, item]});
+        let resp = api.http.post(api.url("/jobs:batch")).bearer_auth(token("alice")).json(&batch).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{batch}");
+        let problem: Value = resp.json().await.unwrap();
+        assert!(problem["detail"].as_str().unwrap().starts_with("jobs[1]: "), "{problem}");
+    }
     assert_eq!(counts(&pool).await, (0, 0));
 }
 
@@ -252,4 +265,252 @@ async fn debounce_while_running_queues_one_follow_up(pool: PgPool) {
         submit(&api, "alice", json!({"function": "echo", "args": {"value": 1}, "unique_key": "r"})).await;
     assert_eq!((status, job["id"].as_str().unwrap()), (StatusCode::OK, follow_up.as_str()));
     assert_eq!(keyed(&pool, "r").await.len(), 2);
+}
+
+async fn batch(api: &TestApi, who: &str, jobs: Value) -> (StatusCode, Value) {
+    let body = json!({ "jobs": jobs });
+    let resp = api.http.post(api.url("/jobs:batch")).bearer_auth(token(who)).json(&body).send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap())
+}
+
+fn item_ids(answer: &Value) -> Vec<String> {
+    answer["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect()
+}
+
+fn deduplicated(answer: &Value) -> Vec<bool> {
+    answer["jobs"].as_array().unwrap().iter().map(|j| j["deduplicated"] == true).collect()
+}
+
+#[sqlx::test]
+async fn batch_items_are_deduplicated_against_live_jobs_and_each_other(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    let (status, live) =
+        submit(&api, "alice", json!({"function": "echo", "args": {"value": 0}, "unique_key": "old"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let items = json!([
+        {"function": "echo", "args": {"value": 1}, "unique_key": "k"},
+        {"function": "noop"},
+        {"function": "echo", "args": {"value": 2}, "unique_key": "k"},
+        {"function": "echo", "args": {"value": 3}, "unique_key": "old"},
+        {"function": "noop", "unique_key": "other"},
+        {"function": "noop"},
+    ]);
+    let (status, answer) = batch(&api, "alice", items.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let ids = item_ids(&answer);
+    assert_eq!(ids[2], ids[0], "the batch's second `k` item is its first's job");
+    assert_eq!(ids[3], live["id"].as_str().unwrap(), "`old` has a live job already");
+    assert_eq!(deduplicated(&answer), [false, false, true, true, false, false]);
+    assert_eq!(answer["jobs"][0]["args"], json!({"value": 1}), "deduplicated, not debounced: the first args stay");
+    assert_eq!(answer["jobs"][0]["unique_key"], "k");
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 5);
+    assert_eq!(counts(&pool).await, (5, 0), "the live job and four new ones");
+
+    // The same batch again: every keyed item is deduplicated, the plain ones are new.
+    let (status, again) = batch(&api, "alice", items.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(deduplicated(&again), [true, false, true, true, true, false]);
+    let again_ids = item_ids(&again);
+    assert_eq!((&again_ids[0], &again_ids[4]), (&ids[0], &ids[4]));
+    assert_eq!(counts(&pool).await, (7, 0));
+    // Another owner's keys are other keys.
+    let (_, bobs) = batch(&api, "bob", items).await;
+    assert_eq!(deduplicated(&bobs), [false, false, true, false, false, false]);
+
+    // Once `k`'s job finished, a batch creates the key's next one.
+    set_status(&pool, &ids[0], "succeeded").await;
+    let (_, next) = batch(&api, "alice", json!([{"function": "echo", "args": {"value": 4}, "unique_key": "k"}])).await;
+    assert_eq!(deduplicated(&next), [false]);
+    assert_ne!(item_ids(&next)[0], ids[0]);
+}
+
+#[sqlx::test]
+async fn fifty_concurrent_batches_with_one_key_create_one_job(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    // Every batch has the shared key and, half of them in the other order, a second shared key:
+    // concurrent batches take the keys in one order, so none deadlocks.
+    let answers = futures::future::join_all((0..50).map(|i| {
+        let a = json!({"function": "echo", "args": {"value": i}, "unique_key": "shared"});
+        let b = json!({"function": "echo", "args": {"value": i}, "unique_key": "second"});
+        let mine = json!({"function": "noop", "args": {}});
+        let items = if i % 2 == 0 { json!([a, mine, b]) } else { json!([b, mine, a]) };
+        let api = &api;
+        async move { (i, batch(api, "alice", items).await) }
+    }))
+    .await;
+    let mut shared = HashSet::new();
+    let mut second = HashSet::new();
+    let mut created = (0, 0);
+    for (i, (status, answer)) in &answers {
+        assert_eq!(*status, StatusCode::ACCEPTED, "{answer}");
+        let (a, b) = if i % 2 == 0 { (0, 2) } else { (2, 0) };
+        let jobs = &answer["jobs"];
+        shared.insert(jobs[a]["id"].as_str().unwrap().to_owned());
+        second.insert(jobs[b]["id"].as_str().unwrap().to_owned());
+        created.0 += usize::from(jobs[a]["deduplicated"] != true);
+        created.1 += usize::from(jobs[b]["deduplicated"] != true);
+    }
+    assert_eq!((shared.len(), second.len()), (1, 1), "every batch names the same job per key");
+    assert_eq!(created, (1, 1), "one batch created each key's job");
+    let keyed: Vec<(Option<String>, i64)> =
+        sqlx::query_as("SELECT unique_key, count(*) FROM jobs GROUP BY unique_key ORDER BY unique_key")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(keyed, [(Some("second".into()), 1), (Some("shared".into()), 1), (None, 50)]);
+}
+
+#[sqlx::test]
+async fn debounced_batch_items_push_one_job_back_with_the_last_args(pool: PgPool) {
+    let api = start_api(pool.clone()).await;
+    let item = |v: i32| json!({"function": "echo", "args": {"value": v}, "unique_key": "d", "debounce_seconds": 60});
+    let (status, answer) = batch(&api, "alice", json!([item(1), item(2), item(3)])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(item_ids(&answer).iter().collect::<HashSet<_>>().len(), 1);
+    assert_eq!(deduplicated(&answer), [false, true, true]);
+    let rows = keyed(&pool, "d").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].1.as_str(), rows[0].3.clone()), ("queued", json!({"value": 3})), "the last item's args");
+    assert!((rows[0].4 - 60.0).abs() < 0.5, "due 60 s after the last item: {}", rows[0].4);
+    // A later batch pushes the same job back again.
+    let (_, later) = batch(&api, "alice", json!([item(4)])).await;
+    assert_eq!((item_ids(&later), deduplicated(&later)), (item_ids(&answer)[..1].to_vec(), vec![true]));
+    assert_eq!(keyed(&pool, "d").await[0].3, json!({"value": 4}));
+}
+
+#[sqlx::test]
+async fn a_unique_schedule_does_not_pile_up_while_its_job_is_live(pool: PgPool) {
+    use runq::job::Priority;
+    use runq::schedule::{Action, Schedule, Schedules};
+    let action = |value: &str| Action::Submit {
+        function: "echo".into(),
+        args: json!({"value": value}),
+        priority: Priority::Low,
+    };
+    let mut schedules = Schedules::builtin();
+    schedules.add(Schedule::new("unique-report", "*/5 * * * *", "Etc/UTC", action("u")).unwrap().unique()).unwrap();
+    schedules.add(Schedule::new("plain-report", "*/5 * * * *", "Etc/UTC", action("p")).unwrap()).unwrap();
+    let runner = runq::schedule::Runner {
+        pool: pool.clone(),
+        registry: std::sync::Arc::new(runq::function::Registry::builtin()),
+        outbox: None,
+        dispatcher: None,
+        storage: None,
+        retention: runq::maintenance::Retention::default(),
+        key_retention: Duration::from_secs(3600),
+        redispatch_after: Duration::from_secs(60),
+        sweep_window: Duration::ZERO,
+        sweep_every: Duration::from_millis(10),
+    };
+    let at =
+        |m: u32| "2026-12-02T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + chrono::Duration::minutes(i64::from(m));
+    let fire = |name: &'static str, slot: u32| {
+        let (runner, schedules) = (&runner, &schedules);
+        async move {
+            match runner.fire(schedules.get(name).unwrap(), at(slot)).await.unwrap() {
+                runq::schedule::Fired::Job { job, created, deduplicated } => (job.status.id, created, deduplicated),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let (first, created, _) = fire("unique-report", 0).await;
+    assert!(created);
+    // The next slots fire while the first job is still queued (then running): nothing new.
+    for (slot, status) in [(5, "queued"), (10, "running")] {
+        sqlx::query("UPDATE jobs SET status = $2 WHERE id = $1").bind(first).bind(status).execute(&pool).await.unwrap();
+        assert_eq!(fire("unique-report", slot).await, (first, false, true), "slot {slot}, {status}");
+    }
+    // A doubled firing of a deduplicated slot still answers with that job.
+    assert_eq!(fire("unique-report", 10).await.0, first);
+    // The plain schedule piles up, one job per slot.
+    let plain: HashSet<Uuid> = futures::future::join_all([0, 5, 10].map(|slot| fire("plain-report", slot)))
+        .await
+        .into_iter()
+        .map(|(id, created, deduplicated)| {
+            assert!(created && !deduplicated);
+            id
+        })
+        .collect();
+    assert_eq!(plain.len(), 3);
+    // Once the job finished, the next slot submits the next one.
+    set_status(&pool, &first.to_string(), "succeeded").await;
+    let (next, created, deduplicated) = fire("unique-report", 15).await;
+    assert!(created && !deduplicated);
+    assert_ne!(next, first);
+    let unique_jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE owner = 'schedule:unique-report'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(unique_jobs, 2);
+}
+
+#[sqlx::test]
+async fn spawned_children_with_a_unique_key_are_not_duplicated(pool: PgPool) {
+    let s = crate::e2e::stack(&pool).await;
+    // `unique_playlist` spawns one `echo` child per item with the key `video:{item}`.
+    let first = s.submit(json!({"function": "unique_playlist", "args": ["a", "a", "b"]})).await;
+    let first = s.finished(first["id"].as_str().unwrap()).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    let ids: Vec<String> = serde_json::from_value(first["result"].clone()).unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(ids[0], ids[1], "the second `a` is the first's job");
+    assert_ne!(ids[0], ids[2]);
+    let children: Vec<(Uuid, Option<String>)> =
+        sqlx::query_as("SELECT id, unique_key FROM jobs WHERE parent_id = $1 ORDER BY unique_key")
+            .bind(first["id"].as_str().unwrap().parse::<Uuid>().unwrap())
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(children.iter().map(|c| c.1.clone().unwrap()).collect::<Vec<_>>(), ["video:a", "video:b"]);
+    for id in &ids {
+        assert_eq!(s.finished(id).await["status"], "succeeded", "the children ran");
+    }
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn spawned_children_dedup_against_live_jobs_of_the_owner(pool: PgPool) {
+    // A running parent (claim 0xaa) of owner `a`; `a` already has a live job keyed `video:x`.
+    sqlx::query(
+        "INSERT INTO jobs (id, owner, function, priority, args, status, attempt, max_attempts, claim_id)
+         VALUES ('00000000-0000-0000-0000-000000000001', 'a', 'playlist', 'low', '[]', 'running', 1, 3,
+                 '00000000-0000-0000-0000-0000000000aa'),
+                ('00000000-0000-0000-0000-000000000002', 'a', 'echo', 'low', '{}', 'queued', 0, 3, NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE jobs SET unique_key = 'video:x' WHERE id = '00000000-0000-0000-0000-000000000002'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let args = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+    let spec = |key: Option<&'static str>| runq::store::JobSpec {
+        function: "echo",
+        priority: runq::job::Priority::Low,
+        queue: None,
+        args: &args,
+        max_attempts: 3,
+        delay_secs: None,
+        unique_key: key,
+        debounce_secs: None,
+        limit_keys: Vec::new(),
+    };
+    let (parent, claim) = (Uuid::from_u128(1), Uuid::from_u128(0xaa));
+    let children = [spec(Some("video:x")), spec(None), spec(Some("video:y")), spec(Some("video:y"))];
+    let spawned = runq::store::spawn_children(&pool, parent, claim, &children).await.unwrap().unwrap();
+    let ids: Vec<Uuid> = spawned.iter().map(|s| s.job.status.id).collect();
+    assert_eq!(ids[0], Uuid::from_u128(2), "the owner's live `video:x` job");
+    assert_eq!(ids[2], ids[3]);
+    assert_eq!(spawned.iter().map(|s| s.created).collect::<Vec<_>>(), [false, true, true, false]);
+    assert_eq!(spawned[2].job.parent_id, Some(parent));
+    let (jobs, kids): (i64, i64) = sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE parent_id = $1) FROM jobs")
+        .bind(parent)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((jobs, kids), (4, 2));
+    // A stale claim spawns nothing, keyed or not.
+    assert!(runq::store::spawn_children(&pool, parent, Uuid::from_u128(0xbb), &children).await.unwrap().is_none());
 }

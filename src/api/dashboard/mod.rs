@@ -1,6 +1,7 @@
 //! The dashboard (what Flower is to Celery), served by `runq api`: one self-contained page at
 //! `/dashboard`, the admin-only counts at `/dashboard/stats`, and each job's run history at
-//! `/jobs/{id}/runs`. Reads only; the page acts through the public `/jobs` API.
+//! `/jobs/{id}/runs`. Reads only; the page acts through the public API: `/jobs` (cancel, retry,
+//! delete) and `/operations` (a bulk action's dry run, start and progress, the recent ones).
 
 mod page;
 mod stats;

@@ -7,6 +7,10 @@ const PAGE_SIZE = 25;
 const REFRESH_MS = 5000;
 const FINISHED = ['succeeded', 'failed', 'cancelled'];
 const STATUSES = ['queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'];
+const RETRYABLE = ['failed', 'cancelled'];
+// The statuses each bulk action applies to (the API refuses a status filter outside them).
+const ACTION_STATUSES = { retry: RETRYABLE, cancel: ['queued', 'retrying', 'running'], delete: FINISHED };
+const OPERATIONS_SHOWN = 10;
 
 const $ = (id) => document.getElementById(id);
 
@@ -214,6 +218,7 @@ function closeJob() {
   $('job').hidden = true;
   $('jobs').hidden = false;
   $('stats').hidden = false;
+  $('bulk').hidden = false;
 }
 
 async function openJob(id) {
@@ -222,6 +227,7 @@ async function openJob(id) {
   view = v;
   $('jobs').hidden = true;
   $('stats').hidden = true;
+  $('bulk').hidden = true;
   $('job').hidden = false;
   $('cancel-result').textContent = '';
   try {
@@ -244,6 +250,12 @@ async function loadJob(v) {
 
 /** Follows the job until it finishes: each long-poll answers when the ETag changes (or 304 after 25 s). */
 async function follow(v) {
+  if (v.following) return;
+  v.following = true;
+  try { await followLoop(v); } finally { v.following = false; }
+}
+
+async function followLoop(v) {
   const path = 'jobs/' + encodeURIComponent(v.id) + '/status';
   while (view === v) {
     try {
@@ -271,6 +283,8 @@ function renderProgress(st) {
   $('job-bar').style.width = (100 * (st.progress || 0)) + '%';
   $('job-message').textContent = Math.round(100 * (st.progress || 0)) + '%' + (st.message ? ' · ' + st.message : '');
   $('cancel').disabled = FINISHED.includes(st.status);
+  $('retry').disabled = !RETRYABLE.includes(st.status);
+  $('delete').disabled = !FINISHED.includes(st.status);
 }
 
 function json(value) { return value === null || value === undefined ? '—' : JSON.stringify(value, null, 2); }
@@ -374,23 +388,219 @@ function renderRuns(job, runs) {
   if (!runs.length) table.appendChild(el('tr', null, el('td', { class: 'muted', colspan: '8' }, 'not run yet')));
 }
 
+/** A refusal's problem detail (or the status it left the job in), as text. */
+async function detailOf(resp) {
+  try { const b = await resp.json(); return b.detail || (b.status ? 'now ' + b.status : ''); } catch (_) { return ''; }
+}
+
 async function cancelJob() {
   if (!view || !confirm('Cancel job ' + view.id + '?')) return;
   const v = view;
   const resp = await api('jobs/' + encodeURIComponent(v.id) + '/cancel', { method: 'POST' });
-  let detail = '';
-  try { const b = await resp.json(); detail = b.detail || (b.status ? 'now ' + b.status : ''); } catch (_) { /* empty */ }
+  const detail = await detailOf(resp);
   $('cancel-result').textContent = resp.status === 202 ? 'cancel requested: the run stops when it notices'
     : resp.ok ? 'cancelled' : 'refused (' + resp.status + '): ' + detail;
   if (view === v) await loadJob(v);
+}
+
+/** Retries a failed or cancelled job (a fresh attempt budget, its runs kept), then follows it again. */
+async function retryJob() {
+  if (!view || !confirm('Retry job ' + view.id + '?')) return;
+  const v = view;
+  const resp = await api('jobs/' + encodeURIComponent(v.id) + '/retry', { method: 'POST' });
+  const detail = resp.ok ? '' : await detailOf(resp);
+  $('cancel-result').textContent = resp.ok ? 'queued again' : 'refused (' + resp.status + '): ' + detail;
+  if (view !== v) return;
+  await loadJob(v);
+  v.etag = null;
+  follow(v);
+}
+
+/** Deletes a finished job (its runs and GCS result with it), then goes back to the list. */
+async function deleteJob() {
+  if (!view || !confirm('Delete job ' + view.id + ' and its runs? This cannot be undone.')) return;
+  const v = view;
+  const resp = await api('jobs/' + encodeURIComponent(v.id), { method: 'DELETE' });
+  if (resp.status === 204) { if (view === v) location.hash = ''; return; }
+  $('cancel-result').textContent = 'refused (' + resp.status + '): ' + await detailOf(resp);
+}
+
+// ---- bulk operations: the dry run's count first, then the operation and its progress ----
+
+let pendingBulk = null; // the request the confirmation would start
+let followedOp = null; // the id of the operation whose progress is shown
+
+function fillBulkStatuses() {
+  const sel = $('b-status');
+  const keep = sel.value;
+  while (sel.options.length > 1) sel.remove(1);
+  const allowed = ACTION_STATUSES[$('b-action').value] || [];
+  for (const st of allowed) sel.appendChild(el('option', { value: st }, st));
+  sel.value = allowed.includes(keep) ? keep : '';
+}
+
+/** The error kinds the API knows, from its own OpenAPI description (so they never drift). */
+async function loadErrorKinds() {
+  try {
+    const resp = await fetch('openapi.json', { credentials: 'omit', cache: 'no-store' });
+    const spec = await resp.json();
+    const kinds = spec.components.schemas.OperationFilter.properties.error_kind.enum || [];
+    const sel = $('b-error-kind');
+    const keep = sel.value;
+    while (sel.options.length > 1) sel.remove(1);
+    for (const k of kinds) sel.appendChild(el('option', { value: k }, k));
+    selectKind(keep);
+  } catch (_) { /* the filter then offers "any" only */ }
+}
+
+/** Selects an error kind, adding it if the list doesn't have it (yet). */
+function selectKind(kind) {
+  const sel = $('b-error-kind');
+  if (kind && ![...sel.options].some((o) => o.value === kind)) sel.appendChild(el('option', { value: kind }, kind));
+  sel.value = kind || '';
+}
+
+/** A datetime-local input (the browser's time zone) as an RFC 3339 UTC time, or undefined. */
+function isoOf(input) {
+  if (!input.value) return undefined;
+  const d = new Date(input.value);
+  return Number.isNaN(d.getTime()) ? undefined : d.toISOString();
+}
+
+function bulkRequest() {
+  const filter = {};
+  const fn = $('b-function').value.trim();
+  if (fn) filter.function = fn;
+  if ($('b-status').value) filter.status = $('b-status').value;
+  if ($('b-error-kind').value) filter.error_kind = $('b-error-kind').value;
+  const after = isoOf($('b-after'));
+  if (after) filter.created_after = after;
+  const before = isoOf($('b-before'));
+  if (before) filter.created_before = before;
+  return { action: $('b-action').value, filter };
+}
+
+function describeFilter(filter) {
+  const parts = Object.entries(filter || {}).map(([k, v]) => k + ' = ' + v);
+  return parts.length ? parts.join(', ') : 'all jobs the action applies to';
+}
+
+function plural(n, what) { return n.toLocaleString() + ' ' + what + (n === 1 ? '' : 's'); }
+
+async function postOperation(req) {
+  const resp = await api('operations', {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(req),
+  });
+  return body(resp);
+}
+
+/** Step one: a dry run, whose count the confirmation shows. Nothing changes yet. */
+async function previewBulk() {
+  const req = bulkRequest();
+  pendingBulk = null;
+  $('bulk-confirm').hidden = true;
+  const answer = await postOperation(Object.assign({}, req, { dry_run: true }));
+  pendingBulk = req;
+  $('bulk-count').textContent = plural(answer.count, 'job') + ' match now (' + describeFilter(req.filter) + ').';
+  $('bulk-start').textContent = req.action + ' ' + plural(answer.count, 'job');
+  $('bulk-start').disabled = answer.count === 0;
+  $('bulk-confirm').hidden = false;
+}
+
+/** Step two, on confirmation: starts the operation and follows its progress. */
+async function startBulk() {
+  const req = pendingBulk;
+  if (!req) return;
+  pendingBulk = null;
+  $('bulk-confirm').hidden = true;
+  const op = await postOperation(req);
+  await followOperation(op);
+}
+
+function renderOperationProgress(op) {
+  $('bulk-progress').hidden = false;
+  const matched = op.matched === null || op.matched === undefined ? null : op.matched;
+  $('bulk-bar').style.width = (matched ? 100 * op.done / matched : (op.status === 'running' ? 0 : 100)) + '%';
+  $('bulk-status').textContent = op.action + ' ' + op.status + ': ' + op.done.toLocaleString() + ' of ' +
+    (matched === null ? '?' : matched.toLocaleString()) + ' done, ' + op.affected.toLocaleString() + ' changed' +
+    (op.error ? ' · ' + op.error : '');
+}
+
+async function followOperation(op) {
+  followedOp = op.id;
+  while (followedOp === op.id) {
+    renderOperationProgress(op);
+    if (op.status !== 'running') break;
+    await sleep(1000);
+    op = await getJson('operations/' + encodeURIComponent(op.id));
+  }
+  await refreshOperations();
+  if (!view && list.cursor === null) await loadJobs(null, []);
+}
+
+async function refreshOperations() {
+  const page = await getJson('operations?limit=' + OPERATIONS_SHOWN);
+  const tbody = clear($('operations').tBodies[0]);
+  for (const op of page.operations) {
+    tbody.appendChild(el('tr', { title: op.id },
+      el('td', null, fmtTime(op.created_at)),
+      el('td', null, op.action),
+      el('td', { class: 'filter' }, describeFilter(op.filter)),
+      el('td', null, op.owner),
+      el('td', null, op.status === 'running' ? badge('running') : op.status === 'failed' ? badge('failed') : op.status),
+      el('td', { class: 'num' }, op.done.toLocaleString() + ' / ' + (op.matched === null ? '?' : op.matched.toLocaleString())),
+      el('td', { class: 'num' }, op.affected.toLocaleString()),
+      el('td', { title: op.error || '' }, op.error ? 'failed: ' + op.error : fmtTime(op.finished_at))));
+  }
+  if (!page.operations.length) tbody.appendChild(el('tr', null, el('td', { class: 'muted', colspan: '8' }, 'no operations yet')));
+}
+
+/** The limits with their use now, and the pauses (any token may read them). */
+async function refreshFlow() {
+  const [limits, pauses] = await Promise.all([getJson('limits'), getJson('pauses')]);
+  const lbody = clear($('limits').tBodies[0]);
+  for (const l of limits.limits) {
+    const rate = l.rate_per_second === null ? '—' : l.rate_per_second + '/s (burst ' + l.burst + ')';
+    const keys = l.keys.map((k) => k[0] + ': ' + k[1] + ' running, ' + k[2] + ' held').join('; ');
+    lbody.appendChild(el('tr', null,
+      el('td', null, l.name),
+      el('td', null, l.key_by),
+      el('td', null, l.functions.join(', ')),
+      el('td', { class: 'num' }, l.concurrency === null ? '—' : String(l.concurrency)),
+      el('td', null, rate),
+      el('td', { class: 'num' }, l.running.toLocaleString()),
+      el('td', { class: 'num' }, l.held.toLocaleString()),
+      el('td', { class: 'filter' }, keys || '—'),
+      el('td', null, l.overridden_by ? 'set by ' + l.overridden_by + ' ' + fmtTime(l.overridden_at) : 'as declared')));
+  }
+  if (!limits.limits.length) lbody.appendChild(el('tr', null, el('td', { class: 'muted', colspan: '9' }, 'no limits declared')));
+  const pbody = clear($('pauses').tBodies[0]);
+  for (const p of pauses.pauses) {
+    pbody.appendChild(el('tr', null, el('td', null, p.scope), el('td', null, p.name), el('td', null, p.paused_by),
+      el('td', null, fmtTime(p.paused_at)), el('td', { class: 'num' }, p.held.toLocaleString())));
+  }
+  if (!pauses.pauses.length) pbody.appendChild(el('tr', null, el('td', { class: 'muted', colspan: '5' }, 'nothing paused')));
+}
+
+/** `#bulk?action=retry&function=f&status=...`: the form filled from a link, and its dry run shown. */
+function openBulk(query) {
+  const q = new URLSearchParams(query);
+  if (ACTION_STATUSES[q.get('action')]) $('b-action').value = q.get('action');
+  fillBulkStatuses();
+  if (q.get('function')) $('b-function').value = q.get('function');
+  if (q.get('status')) $('b-status').value = q.get('status');
+  if (q.get('error_kind')) selectKind(q.get('error_kind'));
+  $('bulk').scrollIntoView();
+  previewBulk().catch((e) => showError('bulk: ' + e.message));
 }
 
 // ---- wiring ----
 
 function route() {
   const m = location.hash.match(/^#job\/(.+)$/);
+  const bulk = location.hash.match(/^#bulk\?(.*)$/);
   if (m) openJob(decodeURIComponent(m[1]));
-  else { closeJob(); tick(); }
+  else { closeJob(); tick(); if (bulk) openBulk(bulk[1]); }
 }
 
 let ticking = false;
@@ -401,6 +611,8 @@ async function tick() {
   try {
     await refreshStats();
     if (!view && list.cursor === null) await loadJobs(null, []);
+    if (!view) await refreshOperations();
+    if (!view) await refreshFlow();
     $('refreshed').textContent = 'updated ' + new Date().toLocaleTimeString();
     showError('');
   } catch (e) {
@@ -414,6 +626,8 @@ function start() {
   $('login').hidden = true;
   $('app').hidden = false;
   $('forget').hidden = false;
+  fillBulkStatuses();
+  loadErrorKinds();
   route();
 }
 
@@ -435,6 +649,14 @@ $('prev').addEventListener('click', () => {
 $('first').addEventListener('click', () => loadJobs(null, []).catch((e) => showError(e.message)));
 $('back').addEventListener('click', (ev) => { ev.preventDefault(); location.hash = ''; });
 $('cancel').addEventListener('click', () => cancelJob().catch((e) => showError(e.message)));
+$('retry').addEventListener('click', () => retryJob().catch((e) => showError(e.message)));
+$('delete').addEventListener('click', () => deleteJob().catch((e) => showError(e.message)));
+$('b-action').addEventListener('change', () => { fillBulkStatuses(); pendingBulk = null; $('bulk-confirm').hidden = true; });
+// A changed filter must be previewed again before it can be started.
+$('bulk-form').addEventListener('input', () => { pendingBulk = null; $('bulk-confirm').hidden = true; });
+$('bulk-form').addEventListener('submit', (ev) => { ev.preventDefault(); previewBulk().catch((e) => showError('bulk: ' + e.message)); });
+$('bulk-start').addEventListener('click', () => startBulk().catch((e) => showError('bulk: ' + e.message)));
+$('bulk-abort').addEventListener('click', () => { pendingBulk = null; $('bulk-confirm').hidden = true; });
 window.addEventListener('hashchange', () => { if (token()) route(); });
 setInterval(tick, REFRESH_MS);
 
