@@ -10,8 +10,8 @@ use tokio::process::{Child, Command};
 
 /// The `ledger` example's binary: `RUNQ_TEST_LEDGER_BIN`, else the one cargo built next to this
 /// test binary (`target/<profile>/examples/ledger`: cargo and nextest build examples with the
-/// tests), else (missing, or older than its source) built now with `cargo build --example ledger`
-/// into the same target directory.
+/// tests), brought up to date first with `cargo build --locked --example ledger` into the same
+/// target directory.
 pub async fn ledger_bin() -> PathBuf {
     static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
     if let Ok(p) = std::env::var("RUNQ_TEST_LEDGER_BIN") {
@@ -21,17 +21,14 @@ pub async fn ledger_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_owned();
     let path = profile_dir.join("examples").join("ledger");
-    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ledger.rs");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if path.exists() && modified(&path) >= modified(&source) {
-        return path;
-    }
+    // Built once per test process, always: the binary links the library, so a check of
+    // examples/ledger.rs alone would run a stale library (cargo is quick when nothing changed).
     let mut built = BUILT.lock().unwrap();
     if built.is_none() {
         let profile = profile_dir.file_name().and_then(|s| s.to_str()).unwrap_or("debug").to_owned();
         let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         let target_dir = profile_dir.parent().expect("target dir");
-        cmd.args(["build", "--example", "ledger", "--target-dir"])
+        cmd.args(["build", "--locked", "--example", "ledger", "--target-dir"])
             .arg(target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         match profile.as_str() {
