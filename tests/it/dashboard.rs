@@ -204,6 +204,9 @@ async fn the_page_is_self_contained_and_locked_down(pool: PgPool) {
         "id=\"limits\"",
         "id=\"pauses\"",
         "getJson('limits')",
+        "id=\"limit-form\"",
+        "id=\"pause-form\"",
+        "'/' + verb",
     ] {
         assert!(html.contains(control), "the page has {control}");
     }
@@ -222,6 +225,10 @@ async fn the_page_is_self_contained_and_locked_down(pool: PgPool) {
         ("/operations/{id}", "get"),
         ("/limits", "get"),
         ("/pauses", "get"),
+        ("/limits/{name}", "put"),
+        ("/limits/{name}", "delete"),
+        ("/queues/{name}/pause", "post"),
+        ("/functions/{name}/resume", "post"),
     ] {
         assert!(spec["paths"][path][method].is_object(), "{method} {path} is described");
     }

@@ -574,12 +574,39 @@ async function refreshFlow() {
       el('td', null, l.overridden_by ? 'set by ' + l.overridden_by + ' ' + fmtTime(l.overridden_at) : 'as declared')));
   }
   if (!limits.limits.length) lbody.appendChild(el('tr', null, el('td', { class: 'muted', colspan: '9' }, 'no limits declared')));
+  const select = $('l-name');
+  const chosen = select.value;
+  clear(select);
+  for (const l of limits.limits) select.appendChild(el('option', { value: l.name }, l.name));
+  if (chosen) select.value = chosen;
   const pbody = clear($('pauses').tBodies[0]);
   for (const p of pauses.pauses) {
     pbody.appendChild(el('tr', null, el('td', null, p.scope), el('td', null, p.name), el('td', null, p.paused_by),
       el('td', null, fmtTime(p.paused_at)), el('td', { class: 'num' }, p.held.toLocaleString())));
   }
   if (!pauses.pauses.length) pbody.appendChild(el('tr', null, el('td', { class: 'muted', colspan: '5' }, 'nothing paused')));
+}
+
+/** PUT (or DELETE, back to the declared values) of the chosen limit, then the panel again. */
+async function changeLimit(reset) {
+  const name = $('l-name').value;
+  if (!name) return;
+  const num = (id) => ($(id).value === '' ? null : Number($(id).value));
+  const opts = reset ? { method: 'DELETE' } : {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ concurrency: num('l-concurrency'), rate_per_second: num('l-rate'), burst: num('l-burst') || 1 }),
+  };
+  await body(await api('limits/' + encodeURIComponent(name), opts));
+  await refreshFlow();
+}
+
+/** POST .../pause or .../resume of the named queue or function, then the panel again. */
+async function togglePause(verb) {
+  const name = $('p-name').value.trim();
+  if (!name) return;
+  await body(await api($('p-scope').value + '/' + encodeURIComponent(name) + '/' + verb, { method: 'POST' }));
+  await refreshFlow();
 }
 
 /** `#bulk?action=retry&function=f&status=...`: the form filled from a link, and its dry run shown. */
@@ -657,6 +684,10 @@ $('bulk-form').addEventListener('input', () => { pendingBulk = null; $('bulk-con
 $('bulk-form').addEventListener('submit', (ev) => { ev.preventDefault(); previewBulk().catch((e) => showError('bulk: ' + e.message)); });
 $('bulk-start').addEventListener('click', () => startBulk().catch((e) => showError('bulk: ' + e.message)));
 $('bulk-abort').addEventListener('click', () => { pendingBulk = null; $('bulk-confirm').hidden = true; });
+$('limit-form').addEventListener('submit', (ev) => { ev.preventDefault(); changeLimit(false).catch((e) => showError('limit: ' + e.message)); });
+$('l-reset').addEventListener('click', () => changeLimit(true).catch((e) => showError('limit: ' + e.message)));
+$('pause-form').addEventListener('submit', (ev) => { ev.preventDefault(); togglePause('pause').catch((e) => showError('pause: ' + e.message)); });
+$('p-resume').addEventListener('click', () => togglePause('resume').catch((e) => showError('resume: ' + e.message)));
 window.addEventListener('hashchange', () => { if (token()) route(); });
 setInterval(tick, REFRESH_MS);
 
