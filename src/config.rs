@@ -64,22 +64,47 @@ pub struct LogArgs {
     /// RUNQ_PUBSUB_PROJECT is unset. Default: none.
     #[arg(long, env = "GOOGLE_CLOUD_PROJECT", value_name = "PROJECT")]
     pub google_cloud_project: Option<String>,
+    /// Export OpenTelemetry traces over OTLP/gRPC to this collector (`http://localhost:4317` for a
+    /// sidecar collector on Cloud Run). Default: no traces.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL", value_parser = otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans. Default: `runq-` and the role (`runq-api`,
+    /// `runq-worker-high`, `runq-dev`).
+    #[arg(long, env = "OTEL_SERVICE_NAME", value_name = "NAME")]
+    pub otel_service_name: Option<String>,
+}
+
+/// An OTLP endpoint: an `http://` or `https://` URL with a host.
+fn otlp_endpoint(value: &str) -> Result<String, String> {
+    match value.parse::<http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => Ok(value.to_owned()),
+        _ => Err(format!("`{value}` is not an http:// or https:// URL of an OTLP/gRPC collector")),
+    }
 }
 
 impl LogArgs {
-    /// Installs the global logger with these settings.
-    pub fn install(&self) {
-        crate::telemetry::init(&self.filter, self.log_format, self.google_cloud_project.clone());
+    /// Installs the global logger (and the trace exporter, when configured) with these
+    /// settings; `role` names the service in traces unless OTEL_SERVICE_NAME does.
+    pub fn install(&self, role: &str) -> Result<(), crate::telemetry::OtlpError> {
+        self.install_as(self.log_format, role)
     }
 
     /// Installs the global logger for `runq dev`, which a person runs: `auto` is text there,
     /// whatever stdout is (`runq dev | tee dev.log` stays readable); JSON only when asked.
-    pub fn install_local(&self) {
+    pub fn install_local(&self) -> Result<(), crate::telemetry::OtlpError> {
         let format = match self.log_format {
             LogFormat::Auto => LogFormat::Text,
             chosen => chosen,
         };
-        crate::telemetry::init(&self.filter, format, self.google_cloud_project.clone());
+        self.install_as(format, "dev")
+    }
+
+    fn install_as(&self, format: LogFormat, role: &str) -> Result<(), crate::telemetry::OtlpError> {
+        let otlp = self.otlp_endpoint.as_ref().map(|endpoint| crate::telemetry::OtlpSettings {
+            endpoint: endpoint.clone(),
+            service: self.otel_service_name.clone().unwrap_or_else(|| format!("runq-{role}")),
+        });
+        crate::telemetry::init(&self.filter, format, self.google_cloud_project.clone(), otlp.as_ref())
     }
 }
 

@@ -11,11 +11,13 @@ use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::job::Priority;
 use crate::store::{self, Publication};
 use crate::telemetry::metrics as metrics_names;
+use crate::telemetry::otel;
 
 /// Topic names start with this unless `RUNQ_TOPIC_PREFIX` says otherwise.
 pub const DEFAULT_TOPIC_PREFIX: &str = "runq";
@@ -193,16 +195,38 @@ impl Dispatcher {
     }
 
     async fn publish_with(&self, job: &Publication, batching: Batching) -> Result<(), DispatchError> {
+        let queue = job.queue_name();
+        let span = tracing::info_span!("publish", otel.name = %format!("publish {queue}"), otel.kind = "producer",
+            messaging.system = "gcp_pubsub", messaging.destination.name = %queue, job_id = %job.id,
+            function = %job.function, attempt = job.attempt, otel.status_code = tracing::field::Empty);
+        // A trace context is worth less than the job: Pub/Sub refuses a whole message over one
+        // bad attribute, so one that isn't a valid W3C traceparent is left out (the API stores
+        // only valid ones; rows written before it checked may hold anything).
+        let stored = job
+            .trace_context
+            .as_deref()
+            .filter(|tp| tp.len() <= MAX_ATTRIBUTE_BYTES && crate::telemetry::parse_traceparent(tp).is_some());
+        otel::set_remote_parent(&span, stored);
+        // The message carries this publish's context when traces are exported (the push is its
+        // child), else the stored one as it is (logs still join on the trace id).
+        let traceparent = otel::traceparent_of(&span).or_else(|| stored.map(str::to_owned));
+        let result = self.publish_once(job, batching, traceparent).instrument(span.clone()).await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn publish_once(
+        &self,
+        job: &Publication,
+        batching: Batching,
+        traceparent: Option<String>,
+    ) -> Result<(), DispatchError> {
         let data = crate::message::JobMessage { job_id: job.id, attempt: job.attempt }.encode();
         let mut attributes = vec![("function", job.function.clone()), ("priority", job.priority.as_str().to_owned())];
-        // Pub/Sub refuses a whole message over one bad attribute; a trace context is worth
-        // less than the job, so one that isn't a valid W3C traceparent is left out (the API
-        // stores only valid ones; rows written before it checked may hold anything).
-        if let Some(tp) = &job.trace_context
-            && tp.len() <= MAX_ATTRIBUTE_BYTES
-            && crate::telemetry::parse_traceparent(tp).is_some()
-        {
-            attributes.push(("traceparent", tp.clone()));
+        if let Some(tp) = traceparent {
+            attributes.push(("traceparent", tp));
         }
         let message = Message::new().set_data(data).set_attributes(attributes);
         let publisher = self.publisher_for(job.queue_name(), batching).await?;

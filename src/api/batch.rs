@@ -59,7 +59,8 @@ pub(super) async fn submit_batch(
     }
     let empty = empty_args();
     let args: Vec<&RawValue> = req.jobs.iter().map(|j| j.args.as_deref().unwrap_or(&empty)).collect();
-    let trace_context = crate::telemetry::traceparent(&headers);
+    let trace_context = crate::telemetry::job_trace_context(&headers);
+    let trace_context = trace_context.as_deref();
     let mut new = Vec::with_capacity(req.jobs.len());
     for (i, (job, args)) in req.jobs.iter().zip(&args).enumerate() {
         let spec = check(&state, &caller.0.sub, job, args, &format!("jobs[{i}]: "))?;

@@ -176,7 +176,8 @@ async fn submit(
         Some(key) => Some((key, request_hash(&req, spec.priority, args)?)),
         None => None,
     };
-    let trace_context = crate::telemetry::traceparent(&headers);
+    let trace_context = crate::telemetry::job_trace_context(&headers);
+    let trace_context = trace_context.as_deref();
     let new = NewJob { id: Uuid::now_v7(), owner: &caller.0.sub, spec, trace_context, idempotency };
     let result = store::submit(&state.pool, &new, state.limits.idempotency_retention).await?;
     let job = result.job;

@@ -184,10 +184,15 @@ impl App {
                 return ExitCode::FAILURE;
             }
         };
-        match runtime.block_on(self.run_command(cli.command)) {
+        let result = runtime.block_on(self.run_command(cli.command));
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "exiting");
+        }
+        // The spans still buffered go out while the runtime (the exporter's channel) still runs.
+        crate::telemetry::otel::shutdown();
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(error = %e, "exiting");
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
@@ -197,11 +202,11 @@ impl App {
     async fn run_command(self, command: Command) -> Result<(), Box<dyn std::error::Error>> {
         match command {
             Command::Api(config) => {
-                config.log.install();
+                config.log.install("api")?;
                 roles::api(*config, self.registry, self.schedules).await.map_err(|e| e as _)
             }
             Command::Migrate(config) => {
-                config.log.install();
+                config.log.install("migrate")?;
                 let url = config.database.url()?;
                 let pool = store::connect_lazy(url, 1, Duration::from_secs(10))?;
                 store::migrate(&pool).await?;
@@ -209,15 +214,15 @@ impl App {
                 Ok(())
             }
             Command::Worker(config) => {
-                config.log.install();
+                config.log.install(&format!("worker-{}", config.worker.queue))?;
                 roles::worker(*config, self.registry, self.schedules).await.map_err(|e| e as _)
             }
             Command::Dev(config) => {
-                config.log.install_local();
+                config.log.install_local()?;
                 crate::dev::run(*config, self.registry, self.schedules).await.map_err(|e| e as _)
             }
             Command::Emulator(command) => {
-                command.log.install();
+                command.log.install("emulator")?;
                 Ok(crate::emulator::run(command.emulator, crate::server::shutdown_signal()).await?)
             }
             Command::Token(args) => {

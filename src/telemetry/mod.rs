@@ -1,9 +1,12 @@
 //! Logs and trace ids: JSON lines in the Cloud Logging format when stdout is not a terminal
 //! (or `RUNQ_LOG_FORMAT=json`), readable text on a terminal; a request middleware that joins
 //! each request's logs to the caller's trace (`X-Cloud-Trace-Context` or `traceparent`);
-//! Prometheus metrics ([`metrics`]).
+//! Prometheus metrics ([`metrics`]); OpenTelemetry traces over OTLP when configured ([`otel`]).
 
 pub mod metrics;
+pub mod otel;
+
+pub use otel::{OtlpError, OtlpSettings};
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -16,10 +19,12 @@ use axum::response::Response;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Instrument, Level, Subscriber};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// How log lines are written.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +40,15 @@ pub enum LogFormat {
 /// Installs the global logger: `filter` (an `EnvFilter`; `info` when it doesn't parse), JSON or
 /// text by `format`, trace ids qualified by the Google Cloud `project`. Postgres's notices
 /// (`relation "_sqlx_migrations" already exists, skipping` at every start) are left out unless
-/// the filter names `sqlx`.
-pub fn init(filter: &str, format: LogFormat, project: Option<String>) {
+/// the filter names `sqlx`. With `otlp`, runq's spans are also exported as OpenTelemetry
+/// traces ([`otel`]); they are `info` spans, so a filter that puts `runq` below `info` drops
+/// them too. Call inside the tokio runtime, and [`otel::shutdown`] before it ends.
+pub fn init(
+    filter: &str,
+    format: LogFormat,
+    project: Option<String>,
+    otlp: Option<&OtlpSettings>,
+) -> Result<(), OtlpError> {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let filter = if filter.to_string().contains("sqlx") {
         filter
@@ -48,16 +60,20 @@ pub fn init(filter: &str, format: LogFormat, project: Option<String>) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = if json {
+    let logs: Box<dyn Layer<Layered<EnvFilter, Registry>> + Send + Sync> = if json {
         let format = CloudLogging { project };
-        builder.fmt_fields(JsonFields::new()).event_format(format).try_init()
+        tracing_subscriber::fmt::layer().fmt_fields(JsonFields::new()).event_format(format).boxed()
     } else {
         // Colours on a terminal only: a log piped to a file stays plain text.
-        builder.with_target(false).with_ansi(std::io::stdout().is_terminal()).try_init()
+        tracing_subscriber::fmt::layer().with_target(false).with_ansi(std::io::stdout().is_terminal()).boxed()
     };
+    let traces = otlp.map(otel::layer).transpose()?;
+    // One global filter. (With the filter on the log layer alone, beside the exporter's own
+    // filter, spans went missing from both: the submit's request span and the run span.)
+    let result = tracing_subscriber::registry().with(filter).with(logs).with(traces).try_init();
     // A second init (tests, an embedding app with its own logger) keeps the first.
     drop(result);
+    Ok(())
 }
 
 /// Formats events as Cloud Logging structured JSON: `severity`, `message`, `time`, the event's
@@ -164,6 +180,12 @@ pub fn traceparent(headers: &HeaderMap) -> Option<&str> {
     headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|tp| parse_traceparent(tp).is_some())
 }
 
+/// The trace context stored with a job submitted by this request, which its publish joins:
+/// the request's own span when traces are exported, else the caller's `traceparent`.
+pub fn job_trace_context(headers: &HeaderMap) -> Option<String> {
+    otel::traceparent_of(&tracing::Span::current()).or_else(|| traceparent(headers).map(str::to_owned))
+}
+
 /// The trace and span ids a request belongs to, from `traceparent` (W3C) or Google's
 /// `X-Cloud-Trace-Context: TRACE/SPAN;o=1`.
 pub fn trace_ids(headers: &HeaderMap) -> Option<(String, Option<String>)> {
@@ -190,11 +212,28 @@ pub async fn trace_request(request: Request, next: Next) -> Response {
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let span = tracing::info_span!("request", %method, %path, trace_id, span_id);
+    // A push delivery's own span (`push`, in the worker) is the server span of that request: the
+    // request span around it is for logs only, so it isn't exported as a trace of its own.
+    let span = if route == "/push" {
+        tracing::info_span!("push_request", %method, %path, trace_id, span_id)
+    } else {
+        let name = format!("{method} {route}");
+        tracing::info_span!("request", otel.name = %name, otel.kind = "server", http.request.method = %method,
+            http.route = %route, http.response.status_code = tracing::field::Empty, %path, trace_id, span_id)
+    };
+    otel::set_remote_parent(&span, traceparent(request.headers()));
+    if trace_id.is_none()
+        && let Some(tp) = otel::traceparent_of(&span)
+        && let Some((trace, _)) = parse_traceparent(&tp)
+    {
+        // No trace from the caller: the logs join the trace this request starts.
+        span.record("trace_id", trace);
+    }
     let started = Instant::now();
     async move {
         let response = next.run(request).await;
         let status = response.status().as_u16();
+        tracing::Span::current().record("http.response.status_code", status);
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let labels = [("method", method.to_string()), ("route", route), ("status", status.to_string())];
         ::metrics::counter!(metrics::HTTP_REQUESTS, &labels).increment(1);

@@ -3,6 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::WorkerState;
@@ -45,18 +46,22 @@ pub async fn push(State(state): State<WorkerState>, headers: HeaderMap, body: By
         }
     };
     let id = message.job_id;
-    let span = tracing::info_span!("push", job_id = %id, message_id = envelope.message.message_id.as_deref().unwrap_or(""),
-        delivery_attempt = envelope.delivery_attempt, trace_id = tracing::field::Empty);
-    if let Some(tp) = envelope.message.attributes.get("traceparent")
-        && let Some((trace, _)) = crate::telemetry::parse_traceparent(tp)
-    {
+    let traceparent = envelope.message.attributes.get("traceparent").map(String::as_str);
+    let function = envelope.message.attributes.get("function").map_or("", String::as_str);
+    let span = tracing::info_span!("push", otel.name = %format!("push {function}"), otel.kind = "consumer",
+        messaging.system = "gcp_pubsub", job_id = %id, function,
+        message_id = envelope.message.message_id.as_deref().unwrap_or(""),
+        delivery_attempt = envelope.delivery_attempt, trace_id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty);
+    if let Some((trace, _)) = traceparent.and_then(crate::telemetry::parse_traceparent) {
         span.record("trace_id", trace);
     }
-    let _enter = span.enter();
-    match handle(&state, id).await {
+    crate::telemetry::otel::set_remote_parent(&span, traceparent);
+    match handle(&state, id).instrument(span.clone()).await {
         Ok(()) => StatusCode::NO_CONTENT,
         Err(e) => {
-            tracing::error!(error = %e, "asking Pub/Sub to redeliver");
+            span.in_scope(|| tracing::error!(error = %e, "asking Pub/Sub to redeliver"));
+            span.record("otel.status_code", "ERROR");
             StatusCode::SERVICE_UNAVAILABLE
         }
     }
@@ -155,15 +160,18 @@ async fn handle(state: &WorkerState, id: Uuid) -> Result<(), Redeliver> {
     let (task_state, guard) = (state.clone(), state.background.enter());
     let id = claimed.id;
     let detached = function.policy().detached;
-    let run = tokio::spawn(async move {
-        let _guard = guard;
-        let recorded = execute(&task_state, claimed, function, claimed_at).await;
-        if detached && let Err(e) = &recorded {
-            // The lease expires and the reaper requeues the job: retried, never lost.
-            tracing::error!(job_id = %id, error = %e, "detached run's outcome could not be recorded");
+    let run = tokio::spawn(
+        async move {
+            let _guard = guard;
+            let recorded = execute(&task_state, claimed, function, claimed_at).await;
+            if detached && let Err(e) = &recorded {
+                // The lease expires and the reaper requeues the job: retried, never lost.
+                tracing::error!(job_id = %id, error = %e, "detached run's outcome could not be recorded");
+            }
+            recorded
         }
-        recorded
-    });
+        .in_current_span(),
+    );
     if detached {
         // Claimed durably above; answer Pub/Sub now, the run goes on in the background.
         return Ok(());

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::WorkerState;
 use tokio::sync::watch;
@@ -198,6 +199,19 @@ pub async fn execute(
     function: Arc<dyn DynFunction>,
     claimed_at: Instant,
 ) -> Result<Recorded, StoreError> {
+    // A child of the push that claimed it (the caller's span); the function's own logs run in it.
+    let span = tracing::info_span!("run", otel.name = %format!("run {}", claimed.function), job_id = %claimed.id,
+        function = %claimed.function, attempt = claimed.attempt, outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty);
+    run_and_record(state, claimed, function, claimed_at).instrument(span).await
+}
+
+async fn run_and_record(
+    state: &WorkerState,
+    claimed: Claimed,
+    function: Arc<dyn DynFunction>,
+    claimed_at: Instant,
+) -> Result<Recorded, StoreError> {
     let policy = function.policy().clone();
     let spawner = super::RunSpawner {
         pool: state.pool.clone(),
@@ -214,7 +228,7 @@ pub async fn execute(
         Some(Arc::new(spawner)),
     );
     let (_guard, signals) = state.leases.hold(claimed.id, claimed.claim_id, claimed_at);
-    let task = tokio::spawn(function.call(ctx, &claimed.args));
+    let task = tokio::spawn(function.call(ctx, &claimed.args).in_current_span());
     let started = Instant::now();
     let limits = RunLimits { hard: policy.hard_time_limit, soft: policy.soft_time_limit, lease: state.lease };
     let (id, claim) = (claimed.id, claimed.claim_id);
@@ -240,6 +254,11 @@ pub async fn execute(
         Ok(Recorded::Released) => "released",
         Err(_) => "unrecorded",
     };
+    let span = tracing::Span::current();
+    span.record("outcome", outcome);
+    if !matches!(outcome, "succeeded" | "cancelled") {
+        span.record("otel.status_code", "ERROR");
+    }
     let queue = state.queue.clone();
     metrics::counter!(crate::telemetry::metrics::RUNS, "function" => function_name.clone(), "queue" => queue, "outcome" => outcome)
         .increment(1);

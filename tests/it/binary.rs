@@ -74,6 +74,14 @@ async fn config_errors_name_the_variable() {
             ],
             "RUNQ_CORS_ORIGINS",
         ),
+        (
+            vec![
+                ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
+                ("RUNQ_AUTH_HS256_SECRET", SECRET),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317"),
+            ],
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
     ];
     for (env, var) in cases {
         let out = runq().arg("api").envs(env.clone()).output().await.unwrap();

@@ -20,4 +20,5 @@ mod operations;
 mod reliability;
 mod schedules;
 mod store_types;
+mod traces;
 mod unique;

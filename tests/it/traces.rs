@@ -1,0 +1,246 @@
+//! OpenTelemetry traces: a real `runq dev` process exports over OTLP/gRPC to a collector served
+//! by this test (the official OTLP trace service, from `opentelemetry-proto`), and one job's
+//! spans (the submit request, the publish, the push, the run) form one trace, each the child of
+//! the one before, across the API, Pub/Sub (the emulator) and the worker.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::io::AsyncBufReadExt;
+use tokio::process::Command;
+
+const SECRET: &str = "tracing-test-secret";
+
+/// One exported span, flattened: what the assertions read.
+#[derive(Debug, Clone)]
+struct Span {
+    service: String,
+    name: String,
+    kind: i32,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    attributes: HashMap<String, String>,
+}
+
+/// The collector: keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+fn text(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(AnyValue::StringValue(s)) => s.clone(),
+        Some(AnyValue::IntValue(i)) => i.to_string(),
+        Some(AnyValue::BoolValue(b)) => b.to_string(),
+        Some(AnyValue::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attributes(kvs: &[KeyValue]) -> HashMap<String, String> {
+    kvs.iter().map(|kv| (kv.key.clone(), text(kv.value.as_ref()))).collect()
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut kept = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = resource_spans.resource.map(|r| attributes(&r.attributes)).unwrap_or_default();
+            let service = resource.get("service.name").cloned().unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for s in scope.spans {
+                    kept.push(Span {
+                        service: service.clone(),
+                        name: s.name,
+                        kind: s.kind,
+                        trace_id: hex(&s.trace_id),
+                        span_id: hex(&s.span_id),
+                        parent_span_id: hex(&s.parent_span_id),
+                        attributes: attributes(&s.attributes),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn serve_collector(collector: Collector) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector))
+            .serve_with_incoming(incoming)
+            .await
+            .unwrap();
+    });
+    port
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The spans of one job (those carrying its id) and the request that submitted it.
+fn job_spans<'a>(spans: &'a [Span], id: &str) -> (Option<&'a Span>, Vec<&'a Span>) {
+    let of_job: Vec<&Span> =
+        spans.iter().filter(|s| s.attributes.get("job_id").map(String::as_str) == Some(id)).collect();
+    let trace = of_job.first().map(|s| s.trace_id.clone());
+    let request = spans.iter().find(|s| Some(&s.trace_id) == trace.as_ref() && s.name == "POST /jobs");
+    (request, of_job)
+}
+
+fn one<'a>(spans: &[&'a Span], name_prefix: &str) -> &'a Span {
+    let found: Vec<&&Span> = spans.iter().filter(|s| s.name.starts_with(name_prefix)).collect();
+    assert_eq!(found.len(), 1, "one `{name_prefix}` span expected, got {found:#?}");
+    found[0]
+}
+
+/// Checks the chain request → publish → push → run of one job; returns the request span.
+fn assert_chain<'a>(spans: &'a [Span], id: &str) -> &'a Span {
+    let (request, of_job) = job_spans(spans, id);
+    let request = request.unwrap_or_else(|| panic!("no POST /jobs span in the job's trace: {spans:#?}"));
+    let publish = one(&of_job, "publish ");
+    let push = one(&of_job, "push ");
+    let run = one(&of_job, "run ");
+    for s in [request, publish, push, run] {
+        assert_eq!(s.trace_id, request.trace_id, "one trace: {s:#?}");
+        assert_eq!(s.service, "runq-dev");
+    }
+    assert_eq!(request.kind, SpanKind::Server as i32);
+    assert_eq!(request.attributes["http.response.status_code"], "202");
+    assert_eq!((publish.kind, &publish.parent_span_id), (SpanKind::Producer as i32, &request.span_id), "{publish:#?}");
+    assert_eq!(publish.name, "publish medium");
+    assert_eq!((push.kind, &push.parent_span_id), (SpanKind::Consumer as i32, &publish.span_id), "{push:#?}");
+    assert_eq!(&run.parent_span_id, &push.span_id, "{run:#?}");
+    assert_eq!(run.name, "run echo");
+    assert_eq!(run.attributes["function"], "echo");
+    assert_eq!(run.attributes["attempt"], "1");
+    assert_eq!(run.attributes["outcome"], "succeeded");
+    request
+}
+
+async fn wait_succeeded(http: &reqwest::Client, api: &str, token: &str, id: &str) {
+    let finished = async {
+        loop {
+            let status: Value = http
+                .get(format!("{api}/jobs/{id}/status?wait=5"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            match status["status"].as_str() {
+                Some("succeeded") => return,
+                Some("queued" | "running") => continue,
+                other => panic!("job ended {other:?}: {status}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), finished).await.expect("the job succeeds");
+}
+
+#[sqlx::test]
+async fn one_jobs_spans_form_one_trace_across_api_pubsub_and_worker(pool: PgPool) {
+    let collector = Collector::default();
+    let otlp_port = serve_collector(collector.clone()).await;
+    let (api_port, emulator_port) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("runq-tracing-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(crate::common::runq_bin())
+        .args(["dev", "--emulator-addr", &format!("127.0.0.1:{emulator_port}")])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", crate::common::database_url(&pool))
+        .env("PORT", api_port.to_string())
+        .env("RUNQ_AUTH_HS256_SECRET", SECRET)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp_port}"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(t) = line.trim().strip_prefix("token     export RUNQ_TOKEN=") {
+                return t.to_owned();
+            }
+        }
+        panic!("runq dev exited before its banner");
+    };
+    let token = tokio::time::timeout(Duration::from_secs(60), banner).await.expect("runq dev printed its banner");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let api = format!("http://127.0.0.1:{api_port}");
+    let http = reqwest::Client::new();
+
+    // A caller with a trace of its own: the submit joins it.
+    let (caller_trace, caller_span) = (uuid::Uuid::new_v4().simple().to_string(), "00f067aa0ba902b7");
+    let submit = |traceparent: Option<String>| {
+        let mut request = http
+            .post(format!("{api}/jobs"))
+            .bearer_auth(&token)
+            .json(&json!({"function": "echo", "args": {"value": 1}}));
+        if let Some(tp) = traceparent {
+            request = request.header("traceparent", tp);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+            response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let joined = submit(Some(format!("00-{caller_trace}-{caller_span}-01"))).await;
+    // A caller without one: the submit starts the trace.
+    let started = submit(None).await;
+    wait_succeeded(&http, &api, &token, &joined).await;
+    wait_succeeded(&http, &api, &token, &started).await;
+
+    // SIGTERM: the exporter sends what it still buffers before the process exits.
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("runq dev exits").unwrap();
+    assert!(exit.success(), "runq dev exit: {exit:?}");
+
+    let spans = collector.spans.lock().unwrap().clone();
+    let request = assert_chain(&spans, &joined);
+    assert_eq!((request.trace_id.as_str(), request.parent_span_id.as_str()), (caller_trace.as_str(), caller_span));
+    let request = assert_chain(&spans, &started);
+    assert_eq!(request.parent_span_id, "", "a request without a traceparent is the root");
+    assert_ne!(request.trace_id, caller_trace);
+    // Only runq's four kinds of span are exported (no sqlx or push-request spans).
+    let names: std::collections::BTreeSet<&str> =
+        spans.iter().map(|s| s.name.split(' ').next().unwrap_or_default()).collect();
+    for name in &names {
+        assert!(
+            ["GET", "POST", "PUT", "DELETE", "publish", "push", "run"].contains(name),
+            "unexpected span {name}: {names:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
