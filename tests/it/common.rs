@@ -1,7 +1,13 @@
 //! Helpers shared by the integration tests: a real API server on 127.0.0.1:0 over a per-test
 //! database, tokens, and row counts to prove a refused request wrote nothing.
 
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
 
 use runq::api::{self, ApiSettings, Limits};
 use runq::auth::{UserAuthConfig, mint_hs256};
@@ -110,4 +116,72 @@ pub fn database_url(pool: &PgPool) -> String {
 /// release binary the Dockerfile builds), else the one cargo built with the tests.
 pub fn runq_bin() -> String {
     std::env::var("RUNQ_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_runq").to_owned())
+}
+
+/// A port free on 127.0.0.1 a moment ago, for a process that must be told its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The HS256 secret of the [`Dev`] processes.
+pub const DEV_SECRET: &str = "dev-process-test-secret-0123456789";
+
+/// A `runq dev` process of the binary under test, with its log lines kept.
+pub struct Dev {
+    pub child: Child,
+    pub token: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Dev {
+    /// Starts `runq dev` in `dir` with its API on `api_port` (through `PORT`), its emulator on
+    /// `emulator_port`, [`DEV_SECRET`] and nothing else of this environment but `PATH` and `env`,
+    /// and waits for its banner.
+    pub async fn start(database_url: &str, api_port: u16, emulator_port: u16, dir: &Path, env: &[(&str, &str)]) -> Dev {
+        let mut child = Command::new(runq_bin())
+            .args(["dev", "--emulator-addr", &format!("127.0.0.1:{emulator_port}")])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", database_url)
+            .env("PORT", api_port.to_string())
+            .env("RUNQ_AUTH_HS256_SECRET", DEV_SECRET)
+            .envs(env.iter().copied())
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let banner = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                logs.lock().unwrap().push(line.clone());
+                if let Some(t) = line.trim().strip_prefix("token     export RUNQ_TOKEN=") {
+                    return t.to_owned();
+                }
+            }
+            panic!("runq dev exited before its banner: {:?}", logs.lock().unwrap());
+        };
+        let token = tokio::time::timeout(Duration::from_secs(60), banner).await.expect("runq dev printed its banner");
+        let kept = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Dev { child, token, logs }
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("runq dev exits after SIGTERM")
+            .unwrap();
+        assert!(exit.success(), "runq dev exit: {exit:?}; logs: {:?}", self.logs.lock().unwrap());
+    }
 }

@@ -17,6 +17,7 @@ mod faults;
 mod gcs;
 mod limits;
 mod operations;
+mod python_client;
 mod reliability;
 mod schedules;
 mod store_types;

@@ -4,7 +4,6 @@
 //! the one before, across the API, Pub/Sub (the emulator) and the worker.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,10 +14,8 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::io::AsyncBufReadExt;
-use tokio::process::Command;
 
-const SECRET: &str = "tracing-test-secret";
+use crate::common::{Dev, database_url, free_port};
 
 /// One exported span, flattened: what the assertions read.
 #[derive(Debug, Clone)]
@@ -98,10 +95,6 @@ async fn serve_collector(collector: Collector) -> u16 {
     port
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The spans of one job (those carrying its id) and the request that submitted it.
 fn job_spans<'a>(spans: &'a [Span], id: &str) -> (Option<&'a Span>, Vec<&'a Span>) {
     let of_job: Vec<&Span> =
@@ -170,32 +163,11 @@ async fn one_jobs_spans_form_one_trace_across_api_pubsub_and_worker(pool: PgPool
     let (api_port, emulator_port) = (free_port(), free_port());
     let dir = std::env::temp_dir().join(format!("runq-tracing-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(crate::common::runq_bin())
-        .args(["dev", "--emulator-addr", &format!("127.0.0.1:{emulator_port}")])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", crate::common::database_url(&pool))
-        .env("PORT", api_port.to_string())
-        .env("RUNQ_AUTH_HS256_SECRET", SECRET)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp_port}"))
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let banner = async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(t) = line.trim().strip_prefix("token     export RUNQ_TOKEN=") {
-                return t.to_owned();
-            }
-        }
-        panic!("runq dev exited before its banner");
-    };
-    let token = tokio::time::timeout(Duration::from_secs(60), banner).await.expect("runq dev printed its banner");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let endpoint = format!("http://127.0.0.1:{otlp_port}");
+    let dev =
+        Dev::start(&database_url(&pool), api_port, emulator_port, &dir, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)])
+            .await;
+    let token = dev.token.clone();
     let api = format!("http://127.0.0.1:{api_port}");
     let http = reqwest::Client::new();
 
@@ -222,10 +194,7 @@ async fn one_jobs_spans_form_one_trace_across_api_pubsub_and_worker(pool: PgPool
     wait_succeeded(&http, &api, &token, &started).await;
 
     // SIGTERM: the exporter sends what it still buffers before the process exits.
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("runq dev exits").unwrap();
-    assert!(exit.success(), "runq dev exit: {exit:?}");
+    dev.stop().await;
 
     let spans = collector.spans.lock().unwrap().clone();
     let request = assert_chain(&spans, &joined);
