@@ -209,24 +209,28 @@ def test_wait_gives_up_at_its_timeout_and_says_where_the_job_was(client: Client)
 
 
 def test_wait_rides_out_an_api_restart(own_dev: DevProcess) -> None:
-    """The API goes away mid-wait and comes back at the same URL: the wait retries and ends."""
+    """The API stops while a wait follows a running job and comes back at the same URL: the
+    wait retries through the outage, resumes, and ends with the job."""
     token = own_dev.start()
-    retried: list[float] = []
-    restarted = False
+    events: list[str] = []
+
+    def on_progress(status: JobStatus) -> None:
+        events.append(status.status)
+        if status.status == "running" and "restarted" not in events:
+            own_dev.stop()  # mid-run: the run is released, or finishes within the grace
 
     def on_retry(error: RunqError, pause: float) -> None:
-        nonlocal restarted
-        retried.append(pause)
-        if not restarted:
-            restarted = True
-            own_dev.start()  # the same ports and database: the queued job is still there
+        events.append("retry")
+        if "restarted" not in events:
+            own_dev.start()  # the same ports and database: the job is still there
+            events.append("restarted")
 
     with Client(own_dev.url, token) as client:
-        job = client.submit("sleep", {"seconds": 1, "steps": 1})
-        own_dev.stop()
-        done = client.wait(job.id, on_retry=on_retry, timeout=90, hold=1)
-    assert done.status == "succeeded", done
-    assert retried, "the wait saw the API down and retried"
+        job = client.submit("sleep", {"seconds": 2, "steps": 2})
+        done = client.wait(job.id, on_progress=on_progress, on_retry=on_retry, timeout=120, hold=1)
+    assert done.status == "succeeded", (done, events)
+    assert events.index("running") < events.index("retry") < events.index("restarted"), events
+    assert events[-1] == "succeeded", events
 
 
 def test_the_async_client_submits_and_waits(runq_url: str, runq_token: str) -> None:
