@@ -369,3 +369,88 @@ async fn browser_client_resumes_after_the_api_restarts(pool: PgPool) {
     .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The dashboard as an operator uses it, clicked through in Chromium against `runq dev`: paste
+/// a token, filter the jobs, open one, cancel it and see the page say so; and a job whose args
+/// are hostile markup shows them as text (no element made, no script run).
+#[sqlx::test]
+async fn dashboard_click_through_cancel_and_hostile_args_as_text(pool: PgPool) {
+    let Some(browser) = Browser::start().await else { return };
+    let (api_port, emulator_port, dir) = (free_port(), free_port(), temp_dir());
+    let dev = Dev::start(&database_url(&pool), api_port, emulator_port, &dir, &[]).await;
+    let api = format!("http://127.0.0.1:{api_port}");
+    let token = dev.token.clone();
+    with_browser("dashboard_click_through_cancel_and_hostile_args_as_text", browser, move |browser| async move {
+        let long = submit(&api, &token, json!({"function": "sleep", "args": {"seconds": 120, "steps": 120}})).await;
+        let hostile = r#"<img src=x onerror="window.pwned=1"></pre><script>window.pwned=2</script>"#;
+        let echo = submit(&api, &token, json!({"function": "echo", "args": {"value": hostile}})).await;
+        browser.goto(&format!("{api}/dashboard")).await;
+        let out = browser
+            .run(
+                r#"const [token, long, echo] = args;
+                   const $ = (id) => document.getElementById(id);
+                   const until = async (what, check) => {
+                     for (let i = 0; i < 300; i++) { const v = check(); if (v) return v; await new Promise(r => setTimeout(r, 100)); }
+                     throw new Error('timed out waiting for ' + what);
+                   };
+                   const submit = (form) => form.dispatchEvent(new Event('submit', { cancelable: true, bubbles: true }));
+                   // Sign in: the page asks for a token first.
+                   await until('the sign-in form', () => !$('login').hidden);
+                   $('token').value = token;
+                   submit($('login-form'));
+                   await until('the jobs table', () => !$('app').hidden && $('job-table').tBodies[0].rows.length > 0);
+                   // Filter to the sleep function: only the long job is listed.
+                   $('f-function').value = 'sleep';
+                   submit($('filters'));
+                   const rows = await until('the filtered list', () => {
+                     const r = Array.from($('job-table').tBodies[0].rows);
+                     return r.length > 0 && r.every(tr => tr.cells[1].textContent === 'sleep') ? r : null;
+                   });
+                   const listed = rows.length;
+                   // Open it by clicking its row, wait for it to run, then cancel (confirmed).
+                   rows[0].click();
+                   await until('the job view', () => !$('job').hidden && $('job-id').textContent === long);
+                   // The view follows its job: it shows the run once the worker has claimed it.
+                   await until('the run', () => $('job-status').textContent === 'running');
+                   let asked = null;
+                   window.confirm = (question) => { asked = question; return true; };
+                   $('cancel').click();
+                   await until('the cancel answer', () => $('cancel-result').textContent);
+                   const answer = $('cancel-result').textContent;
+                   await until('cancelled', () => $('job-status').textContent === 'cancelled');
+                   const status = $('job-status').textContent;
+                   // The hostile args: shown as text.
+                   location.hash = '#job/' + echo;
+                   await until('the echo job', () => $('job-id').textContent === echo && $('job-args').textContent.includes('onerror'));
+                   return { listed, asked, answer, status,
+                            args: $('job-args').textContent,
+                            injected: document.querySelectorAll('#job img, #job-args script, #job-args img').length,
+                            pwned: window.pwned === undefined ? null : window.pwned };"#,
+                json!([token, long, echo]),
+            )
+            .await;
+        assert_eq!(out["listed"], 1, "the filter leaves the one sleep job: {out}");
+        assert!(out["asked"].as_str().unwrap().contains(&long), "the confirmation names the job: {out}");
+        assert!(out["answer"].as_str().unwrap().starts_with("cancel requested"), "{out}");
+        assert_eq!(out["status"], "cancelled", "{out}");
+        let args = out["args"].as_str().unwrap();
+        for markup in [r#"<img src=x onerror=\"window.pwned=1\">"#, "</pre><script>window.pwned=2</script>"] {
+            assert!(args.contains(markup), "the args are shown as the text they are ({markup}): {out}");
+        }
+        assert_eq!(out["injected"], 0, "no element made from the args: {out}");
+        assert_eq!(out["pwned"], Value::Null, "no script ran: {out}");
+        // The API agrees: the job was cancelled while running.
+        let job: Value = reqwest::Client::new()
+            .get(format!("{api}/jobs/{long}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(job["status"], "cancelled", "{job}");
+    })
+    .await;
+    dev.stop().await;
+}
