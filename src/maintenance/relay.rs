@@ -88,8 +88,7 @@ pub async fn take_for_publish(
 ) -> Result<Vec<Publication>, StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-    let rows = sqlx::query_as!(
-        Publication,
+    let rows = sqlx::query!(
         r#"WITH fresh AS (
               SELECT id FROM jobs
               WHERE status = 'queued' AND dispatched_at IS NULL AND run_after <= now() AND NOT cancel_requested
@@ -108,7 +107,17 @@ pub async fn take_for_publish(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(rows)
+    Ok(rows
+        .into_iter()
+        .map(|r| Publication {
+            id: r.id,
+            attempt: r.attempt,
+            function: r.function,
+            priority: r.priority,
+            queue: r.queue,
+            trace_context: r.trace_context,
+        })
+        .collect())
 }
 
 /// Undoes the dispatched mark of jobs whose publish failed. `failed` (Pub/Sub unreachable) are

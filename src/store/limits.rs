@@ -270,15 +270,24 @@ pub async fn hold_for_pause(pool: &PgPool, id: Uuid, pause: &str) -> Result<bool
 /// The jobs a run's end released (the trigger names the run's job), handed to its worker to
 /// publish at once; the relay publishes any it doesn't.
 pub async fn take_released(pool: &PgPool, by: Uuid) -> Result<Vec<Publication>, StoreError> {
-    let rows = sqlx::query_as!(
-        Publication,
+    let rows = sqlx::query!(
         r#"UPDATE jobs SET released_by = NULL WHERE released_by = $1 AND status = 'queued'
            RETURNING id, attempt, function, priority AS "priority: Priority", queue, trace_context"#,
         by
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows)
+    Ok(rows
+        .into_iter()
+        .map(|r| Publication {
+            id: r.id,
+            attempt: r.attempt,
+            function: r.function,
+            priority: r.priority,
+            queue: r.queue,
+            trace_context: r.trace_context,
+        })
+        .collect())
 }
 
 /// A paused queue or function.
@@ -316,8 +325,7 @@ pub async fn resume(pool: &PgPool, scope: &str, name: &str) -> Result<Option<Vec
     }
     // A new statement after the delete's lock: every hold that locked the pause first is visible.
     let key = format!("pause:{scope}:{name}");
-    let rows = sqlx::query_as!(
-        Publication,
+    let rows = sqlx::query!(
         r#"UPDATE jobs SET held_on = NULL, dispatched_at = NULL, run_after = now(), updated_at = now()
            WHERE status = 'queued' AND held_on = $1
            RETURNING id, attempt, function, priority AS "priority: Priority", queue, trace_context"#,
@@ -326,7 +334,18 @@ pub async fn resume(pool: &PgPool, scope: &str, name: &str) -> Result<Option<Vec
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Some(rows))
+    Ok(Some(
+        rows.into_iter()
+            .map(|r| Publication {
+                id: r.id,
+                attempt: r.attempt,
+                function: r.function,
+                priority: r.priority,
+                queue: r.queue,
+                trace_context: r.trace_context,
+            })
+            .collect(),
+    ))
 }
 
 /// Every pause, with the jobs each holds.
@@ -506,8 +525,7 @@ async fn release_room(
         .fetch_all(&mut **tx)
         .await?;
     let names: Vec<String> = keys.iter().map(|k| limit_of(k).to_owned()).collect();
-    let rows = sqlx::query_as!(
-        Publication,
+    let rows = sqlx::query!(
         r#"WITH held(key, name) AS (SELECT * FROM unnest($1::text[], $2::text[])),
            room AS (SELECT h.key, CASE WHEN l.concurrency IS NULL THEN NULL
                                        ELSE greatest(l.concurrency - (SELECT count(*) FROM jobs r
@@ -528,7 +546,17 @@ async fn release_room(
     )
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows)
+    Ok(rows
+        .into_iter()
+        .map(|r| Publication {
+            id: r.id,
+            attempt: r.attempt,
+            function: r.function,
+            priority: r.priority,
+            queue: r.queue,
+            trace_context: r.trace_context,
+        })
+        .collect())
 }
 
 /// The sweep's backstop: releases what concurrency keys with free slots still hold (a release
