@@ -162,17 +162,20 @@ pub async fn claim_limited(
 }
 
 /// The claim statement of [`super::claim`], inside a limited claim's transaction: the same
-/// guards (and the pause check), for a job with limit keys.
+/// guards (and the pause check), for a job with limit keys. Its lease runs from this statement
+/// (`clock_timestamp()`), not from the transaction's start: the claim may have waited on its
+/// keys' locks behind many others, and a lease spent waiting would lapse as the run begins.
 async fn claim_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     id: Uuid,
     worker_id: &str,
     lease: std::time::Duration,
 ) -> Result<Option<Claimed>, StoreError> {
+    let asked_at = tokio::time::Instant::now();
     let row = sqlx::query!(
         r#"WITH claimed AS (
               UPDATE jobs SET status = 'running', attempt = attempt + 1, claim_id = gen_random_uuid(),
-                     worker_id = $2, lease_until = now() + make_interval(secs => $3), started_at = now(),
+                     worker_id = $2, lease_until = clock_timestamp() + make_interval(secs => $3), started_at = now(),
                      finished_at = NULL, updated_at = now(), held_on = NULL, released_by = NULL,
                      rate_reserved = false, message = CASE WHEN starts_with(message, 'held: ') THEN NULL ELSE message END
               WHERE id = $1 AND status = 'queued' AND run_after <= now() AND NOT cancel_requested
@@ -201,6 +204,7 @@ async fn claim_in(
         max_attempts: r.max_attempts,
         claim_id: r.claim_id,
         limit_keys: r.limit_keys,
+        asked_at,
     }))
 }
 

@@ -29,6 +29,10 @@ pub struct Claimed {
     pub claim_id: Uuid,
     /// The limit keys it holds a slot of (`None` without limits).
     pub limit_keys: Option<Vec<String>>,
+    /// When the statement that took the claim was sent. The lease in Postgres runs from a
+    /// moment after (the statement's start), so a worker counting its lease from here never
+    /// outlives it, however long the claim waited before (a limit key's lock, a busy pool).
+    pub asked_at: tokio::time::Instant,
 }
 
 pub(crate) fn secs(d: Duration) -> f64 {
@@ -41,6 +45,7 @@ pub(crate) fn secs(d: Duration) -> f64 {
 /// function is paused, or when it has limit keys: those are claimed by
 /// [`super::claim_limited`], so a job without limits pays nothing for them.
 pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) -> Result<Option<Claimed>, StoreError> {
+    let asked_at = tokio::time::Instant::now();
     let row = sqlx::query!(
         r#"WITH claimed AS (
               UPDATE jobs SET status = 'running', attempt = attempt + 1, claim_id = gen_random_uuid(),
@@ -72,6 +77,7 @@ pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) ->
         max_attempts: r.max_attempts,
         claim_id: r.claim_id,
         limit_keys: None,
+        asked_at,
     }))
 }
 
@@ -288,6 +294,37 @@ pub async fn release(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, St
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Gives back a run its worker stopped because its lease couldn't be renewed in time, before
+/// the reaper would: what the reaper does to it (queued again while attempts are left, the
+/// lapsed attempt counted; else failed as `lost`, or cancelled if a cancel was asked), fenced by
+/// the claim. Returns the job's new status; `None` if the claim was lost already.
+pub async fn give_back_lapsed(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<Option<Status>, StoreError> {
+    let lost = JobError::permanent(
+        ErrorKind::Lost,
+        "its worker couldn't renew the lease in time (Postgres unreachable or the process starved) and no attempts are left",
+    );
+    let status = sqlx::query_scalar!(
+        r#"WITH done AS (
+              UPDATE jobs SET
+                 status = CASE WHEN cancel_requested THEN 'cancelled'
+                               WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
+                 error = CASE WHEN cancel_requested OR attempt < max_attempts THEN error ELSE $3::jsonb END,
+                 finished_at = CASE WHEN NOT cancel_requested AND attempt < max_attempts THEN NULL ELSE now() END,
+                 claim_id = NULL, worker_id = NULL, lease_until = NULL, dispatched_at = NULL, run_after = now(),
+                 updated_at = now()
+              WHERE id = $1 AND claim_id = $2 AND status = 'running' RETURNING status),
+           runs AS (UPDATE job_runs SET finished_at = now(), outcome = 'lapsed'
+                    WHERE claim_id = $2 AND EXISTS (SELECT 1 FROM done))
+           SELECT status AS "status!: Status" FROM done"#,
+        id,
+        claim_id,
+        Json(lost) as Json<JobError>,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(status)
 }
 
 /// Gives back a job claimed by a worker that has no such function (another version, in a

@@ -124,7 +124,7 @@ enum Redeliver {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The run was released at shutdown: another instance should take it now.
-    #[error("the run was interrupted by shutdown and released")]
+    #[error("the run was given back (interrupted by shutdown, or its lease lapsed)")]
     Released,
     /// The run's task itself failed (a bug in runq, not in the function).
     #[error("the run's task failed: {0}")]
@@ -132,7 +132,6 @@ enum Redeliver {
 }
 
 async fn handle(state: &WorkerState, id: Uuid) -> Result<(), Redeliver> {
-    let claimed_at = tokio::time::Instant::now();
     let claimed = match store::claim(&state.pool, id, &state.worker_id, state.lease).await? {
         Some(claimed) => claimed,
         None => match claim_held_back(state, id).await? {
@@ -163,7 +162,7 @@ async fn handle(state: &WorkerState, id: Uuid) -> Result<(), Redeliver> {
     let run = tokio::spawn(
         async move {
             let _guard = guard;
-            let recorded = execute(&task_state, claimed, function, claimed_at).await;
+            let recorded = execute(&task_state, claimed, function).await;
             if detached && let Err(e) = &recorded {
                 // The lease expires and the reaper requeues the job: retried, never lost.
                 tracing::error!(job_id = %id, error = %e, "detached run's outcome could not be recorded");

@@ -35,9 +35,12 @@ pub(crate) enum Ending {
     HardTimeout(Duration),
     /// The claim was lost: another run owns the job now; record nothing.
     Lost,
-    /// The lease couldn't be renewed in time (Postgres unreachable from here): stopped before
-    /// the reaper could hand the job on; record nothing, the reaper requeues it.
-    LeaseLapsed,
+    /// The lease couldn't be renewed in time (Postgres unreachable from here, the process
+    /// starved): stopped a margin before the lease ends at `lease_ends`, from when on the job may
+    /// be handed to another run.
+    LeaseLapsed {
+        lease_ends: Instant,
+    },
     /// The process is shutting down and the run couldn't finish in the grace period.
     Interrupted,
 }
@@ -68,7 +71,8 @@ pub enum Recorded {
     Status(Status),
     /// The claim had been lost; nothing was written.
     Fenced,
-    /// Given back to the queue on shutdown.
+    /// Given back to the queue (on shutdown, or after its lease lapsed), for another delivery
+    /// to take now.
     Released,
 }
 
@@ -151,7 +155,7 @@ where
             }
             () = tokio::time::sleep_until(lease_deadline) => {
                 stop(control, &task);
-                break Ending::LeaseLapsed;
+                break Ending::LeaseLapsed { lease_ends: lease_deadline + limits.lease / LEASE_MARGIN_DIVISOR };
             }
             () = tokio::time::sleep_until(hard_deadline) => {
                 stop(control, &task);
@@ -190,27 +194,25 @@ where
     Supervised { ending, cancel_seen, soft_fired }
 }
 
-/// Runs `claimed` with `function` and records the outcome. `claimed_at` is when the claim was
-/// asked for (its lease runs from a moment after). `Err` only when the outcome could not be
+/// Runs `claimed` with `function` and records the outcome; its lease counts from when the
+/// claim was asked for (`claimed.asked_at`). `Err` only when the outcome could not be
 /// recorded (Postgres unreachable), so the push is answered 5xx and redelivered.
 pub async fn execute(
     state: &WorkerState,
     claimed: Claimed,
     function: Arc<dyn DynFunction>,
-    claimed_at: Instant,
 ) -> Result<Recorded, StoreError> {
     // A child of the push that claimed it (the caller's span); the function's own logs run in it.
     let span = tracing::info_span!("run", otel.name = %format!("run {}", claimed.function), job_id = %claimed.id,
         function = %claimed.function, attempt = claimed.attempt, outcome = tracing::field::Empty,
         otel.status_code = tracing::field::Empty);
-    run_and_record(state, claimed, function, claimed_at).instrument(span).await
+    run_and_record(state, claimed, function).instrument(span).await
 }
 
 async fn run_and_record(
     state: &WorkerState,
     claimed: Claimed,
     function: Arc<dyn DynFunction>,
-    claimed_at: Instant,
 ) -> Result<Recorded, StoreError> {
     let policy = function.policy().clone();
     let spawner = super::RunSpawner {
@@ -227,7 +229,7 @@ async fn run_and_record(
         state.storage.clone(),
         Some(Arc::new(spawner)),
     );
-    let (_guard, signals) = state.leases.hold(claimed.id, claimed.claim_id, claimed_at);
+    let (_guard, signals) = state.leases.hold(claimed.id, claimed.claim_id, claimed.asked_at);
     let task = tokio::spawn(function.call(ctx, &claimed.args).in_current_span());
     let started = Instant::now();
     let limits = RunLimits { hard: policy.hard_time_limit, soft: policy.soft_time_limit, lease: state.lease };
@@ -303,9 +305,37 @@ async fn record(
             tracing::warn!(job_id = %id, "claim lost (lease expired and the job was taken back); dropping this run's outcome");
             return Ok(Recorded::Fenced);
         }
-        Ending::LeaseLapsed => {
-            tracing::warn!(job_id = %id, "lease could not be renewed in time; run stopped, the reaper requeues the job");
-            return Ok(Recorded::Fenced);
+        Ending::LeaseLapsed { lease_ends } => {
+            // Do what the reaper would do once the lease ends, without waiting for its next
+            // pass: the job is requeued (the attempt counts, as the reaper counts it, so a
+            // function that starves its own heartbeats can't loop forever) and its limit slots
+            // are handed on. Not before the lease's end: the margin since the stop is what lets
+            // blocking work see the cancel flag, as it would before the reaper. If Postgres is
+            // what failed, this fails too and the reaper does it later.
+            tokio::time::sleep_until(lease_ends).await;
+            let given = tokio::time::timeout(
+                state.lease / LEASE_MARGIN_DIVISOR,
+                store::give_back_lapsed(&state.pool, id, claim),
+            );
+            return Ok(match given.await {
+                Ok(Ok(Some(Status::Queued))) => {
+                    tracing::warn!(job_id = %id, "lease could not be renewed in time; run stopped and the job requeued");
+                    Recorded::Released
+                }
+                Ok(Ok(Some(status))) => {
+                    tracing::warn!(job_id = %id, %status, "lease could not be renewed in time; run stopped, no attempts left");
+                    Recorded::Status(status)
+                }
+                Ok(Ok(None)) => Recorded::Fenced,
+                Ok(Err(e)) => {
+                    tracing::warn!(job_id = %id, error = %e, "lease could not be renewed in time; run stopped, the reaper requeues the job");
+                    Recorded::Fenced
+                }
+                Err(_) => {
+                    tracing::warn!(job_id = %id, "lease could not be renewed in time; run stopped, the reaper requeues the job");
+                    Recorded::Fenced
+                }
+            });
         }
         Ending::Interrupted => {
             let released = store::release(&state.pool, id, claim).await?;
@@ -493,7 +523,7 @@ mod tests {
         let start = Instant::now();
         let task = forever(r.ctx.clone());
         let out = supervise(task, &mut r.control, r.signals, r.shutdown, limits(), no_progress).await;
-        assert!(matches!(out.ending, Ending::LeaseLapsed), "{out:?}");
+        assert!(matches!(out.ending, Ending::LeaseLapsed { .. }), "{out:?}");
         let stopped_after = start.elapsed();
         assert_eq!(stopped_after, LEASE - LEASE / LEASE_MARGIN_DIVISOR, "stops a margin before the lease ends");
         assert!(r.ctx.is_cancelled());
@@ -516,7 +546,7 @@ mod tests {
             tx
         });
         let out = supervise(task, &mut r.control, r.signals, r.shutdown, limits(), no_progress).await;
-        assert!(matches!(out.ending, Ending::LeaseLapsed), "{out:?}");
+        assert!(matches!(out.ending, Ending::LeaseLapsed { .. }), "{out:?}");
         assert_eq!(start.elapsed(), LEASE + (LEASE - LEASE / LEASE_MARGIN_DIVISOR), "last renewal + lease - margin");
         drop(keeper.await.unwrap());
 

@@ -122,21 +122,26 @@ async fn a_hold_and_a_run_ending_at_the_same_instant_never_strand_the_job(pool: 
 #[sqlx::test]
 async fn every_way_a_run_ends_releases_the_next_held_job(pool: PgPool) {
     let limit = Limit::new("solo").concurrency(1).on(["noop"]);
-    let ids = seed(&pool, &limit, "alice", 5).await;
+    let ids = seed(&pool, &limit, "alice", 6).await;
     let LimitedClaim::Claimed(mut run) = claim(&pool, ids[0]).await else { panic!() };
     for id in &ids[1..] {
         assert!(matches!(claim(&pool, *id).await, LimitedClaim::Held { .. }));
     }
     let args = raw("{}");
     let err = runq::job::JobError { kind: runq::job::ErrorKind::Error, message: "x".into(), retryable: false };
-    // Success, failure, a release at shutdown, then the reaper: each frees the slot.
-    for (i, end) in ["succeed", "fail", "release", "reap"].into_iter().enumerate() {
+    // Success, failure, a release at shutdown, a worker giving back a run whose lease lapsed,
+    // then the reaper: each frees the slot.
+    for (i, end) in ["succeed", "fail", "release", "lapse", "reap"].into_iter().enumerate() {
         match end {
             "succeed" => assert!(
                 store::succeed(&pool, run.id, run.claim_id, store::ResultValue::Inline(&args), None).await.unwrap()
             ),
             "fail" => assert!(store::fail(&pool, run.id, run.claim_id, &err, Duration::ZERO).await.unwrap().is_some()),
             "release" => assert!(store::release(&pool, run.id, run.claim_id).await.unwrap()),
+            "lapse" => assert_eq!(
+                store::give_back_lapsed(&pool, run.id, run.claim_id).await.unwrap(),
+                Some(runq::job::Status::Queued)
+            ),
             _ => {
                 sqlx::query("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = $1")
                     .bind(run.id)
@@ -374,4 +379,81 @@ async fn the_limits_api_shows_use_and_only_admins_change_it(pool: PgPool) {
     assert_eq!(pauses["pauses"][0]["paused_by"], "ops");
     let resumed: Value = post(&admin, "/queues/medium/resume").await.unwrap().json().await.unwrap();
     assert_eq!(resumed["changed"], true);
+}
+
+#[sqlx::test]
+async fn a_lapsed_run_given_back_counts_its_attempt_and_is_fenced_by_its_claim(pool: PgPool) {
+    use runq::job::Status;
+    let limit = Limit::new("solo").concurrency(1).on(["noop"]);
+    let ids = seed(&pool, &limit, "alice", 2).await;
+    sqlx::query("UPDATE jobs SET max_attempts = 2").execute(&pool).await.unwrap();
+    let LimitedClaim::Claimed(first) = claim(&pool, ids[0]).await else { panic!() };
+    assert_eq!(store::give_back_lapsed(&pool, ids[0], Uuid::now_v7()).await.unwrap(), None, "another claim's");
+    assert_eq!(store::give_back_lapsed(&pool, ids[0], first.claim_id).await.unwrap(), Some(Status::Queued));
+    assert_eq!(store::give_back_lapsed(&pool, ids[0], first.claim_id).await.unwrap(), None, "given back once");
+    let (attempt, run_outcome): (i32, Option<String>) =
+        sqlx::query_as("SELECT j.attempt, r.outcome FROM jobs j JOIN job_runs r ON r.claim_id = $2 WHERE j.id = $1")
+            .bind(ids[0])
+            .bind(first.claim_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((attempt, run_outcome.as_deref()), (1, Some("lapsed")), "the lapsed attempt counts");
+    // The second attempt lapses too: no attempts left, it fails as `lost`.
+    let LimitedClaim::Claimed(second) = claim(&pool, ids[0]).await else { panic!("requeued, due now") };
+    assert_eq!(store::give_back_lapsed(&pool, ids[0], second.claim_id).await.unwrap(), Some(Status::Failed));
+    let kind: String = sqlx::query_scalar("SELECT error->>'kind' FROM jobs WHERE id = $1")
+        .bind(ids[0])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kind, "lost");
+    // A cancel asked during the run: it ends cancelled.
+    let LimitedClaim::Claimed(other) = claim(&pool, ids[1]).await else { panic!() };
+    sqlx::query("UPDATE jobs SET cancel_requested = true WHERE id = $1").bind(ids[1]).execute(&pool).await.unwrap();
+    assert_eq!(store::give_back_lapsed(&pool, ids[1], other.claim_id).await.unwrap(), Some(Status::Cancelled));
+}
+
+#[sqlx::test]
+async fn a_limited_claim_that_waited_for_its_key_still_gets_its_whole_lease(pool: PgPool) {
+    let limit = Limit::new("solo").concurrency(1).on(["noop"]);
+    let ids = seed(&pool, &limit, "alice", 1).await;
+    // Another claim holds the key's lock (as under a crowd of deliveries for one key).
+    sqlx::query("INSERT INTO limit_keys (key) VALUES ('solo')").execute(&pool).await.unwrap();
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("SELECT key FROM limit_keys WHERE key = 'solo' FOR UPDATE").execute(&mut *blocker).await.unwrap();
+    let claiming = tokio::spawn({
+        let pool = pool.clone();
+        let id = ids[0];
+        async move { claim(&pool, id).await }
+    });
+    // The event: the claim is waiting on the lock.
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%limit_keys%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    // Hold it a measurable while, then let it go.
+    sqlx::query("SELECT pg_sleep(0.3)").execute(&mut *blocker).await.unwrap();
+    blocker.commit().await.unwrap();
+    let LimitedClaim::Claimed(run) = claiming.await.unwrap() else { panic!("the key was free") };
+    // The claim's transaction began before the wait (`started_at`); its lease runs from the
+    // claim statement, after it.
+    let lease_beyond_start: f64 =
+        sqlx::query_scalar("SELECT extract(epoch FROM lease_until - started_at)::float8 FROM jobs WHERE id = $1")
+            .bind(run.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        lease_beyond_start >= LEASE.as_secs_f64() + 0.3,
+        "the lease ({lease_beyond_start} s from the transaction's start) lost the time spent waiting"
+    );
 }
