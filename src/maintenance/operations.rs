@@ -16,12 +16,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::job::{ErrorKind, Status};
 use crate::storage::BlobStore;
-use crate::store::{self, StoreError};
+use crate::store::{self, Narrowing, StoreError};
 
 /// Jobs acted on per batch statement.
 pub const BATCH: i64 = 1000;
@@ -80,6 +81,8 @@ pub struct Filter {
     pub created_after: Option<DateTime<Utc>>,
     /// `created_at < created_before`.
     pub created_before: Option<DateTime<Utc>>,
+    /// The dashboard's filters (the same as `GET /jobs`'), kept with the operation as JSON.
+    pub narrow: Narrowing,
 }
 
 /// Appends the filter's conditions (after a `WHERE true`), each on an indexed column.
@@ -101,13 +104,18 @@ fn push_filter(q: &mut QueryBuilder<'_, Postgres>, f: &Filter) {
     if let Some(before) = f.created_before {
         q.push(" AND created_at < ").push_bind(before);
     }
+    f.narrow.push(q);
 }
 
-/// How many jobs the filter matches now (a dry run); the same predicate a real run freezes.
-pub async fn count(pool: &PgPool, filter: &Filter) -> Result<i64, StoreError> {
+/// How many jobs the filter matches now (a dry run); the same predicate a real run freezes. An
+/// unindexed search in it runs under `timeout` ([`StoreError::Timeout`] past it).
+pub async fn count(pool: &PgPool, filter: &Filter, timeout: Duration) -> Result<i64, StoreError> {
     let mut q = QueryBuilder::new("SELECT count(*) FROM jobs WHERE true");
     push_filter(&mut q, filter);
-    Ok(q.build_query_scalar().fetch_one(pool).await?)
+    let mut tx = store::begin_search(pool, &filter.narrow, timeout).await?;
+    let count = q.build_query_scalar().fetch_one(&mut *tx).await.map_err(store::timed_out)?;
+    tx.commit().await?;
+    Ok(count)
 }
 
 /// An operation as `GET /operations/{id}` shows it.
@@ -148,10 +156,11 @@ pub async fn create(pool: &PgPool, new: &NewOperation<'_>) -> Result<(Operation,
     let runner = Uuid::new_v4();
     let f = new.filter;
     let statuses: Vec<String> = f.statuses.iter().map(|s| s.as_str().to_owned()).collect();
+    let narrowing = (!f.narrow.is_empty()).then(|| Json(f.narrow.clone()));
     let row = sqlx::query!(
         r#"INSERT INTO operations (id, owner, action, filter, scope_owner, function, statuses, error_kind,
-                                   created_after, created_before, key_retention_secs, runner, lease_until)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))
+                                   created_after, created_before, key_retention_secs, runner, lease_until, narrowing)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13), $14)
            RETURNING created_at, updated_at"#,
         id,
         new.requester,
@@ -166,6 +175,7 @@ pub async fn create(pool: &PgPool, new: &NewOperation<'_>) -> Result<(Operation,
         new.key_retention.as_secs_f64(),
         runner,
         LEASE.as_secs_f64(),
+        narrowing as Option<Json<Narrowing>>,
     )
     .fetch_one(pool)
     .await?;
@@ -275,7 +285,8 @@ pub async fn list(
 pub async fn freeze(pool: &PgPool, id: Uuid, runner: Uuid) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await?;
     let Some(op) = sqlx::query!(
-        r#"SELECT scope_owner, function, statuses, error_kind, created_after, created_before, created_at
+        r#"SELECT scope_owner, function, statuses, error_kind, created_after, created_before, created_at,
+                  narrowing AS "narrowing: Json<Narrowing>"
            FROM operations WHERE id = $1 AND runner = $2 AND status = 'running' AND NOT frozen FOR UPDATE"#,
         id,
         runner
@@ -299,6 +310,7 @@ pub async fn freeze(pool: &PgPool, id: Uuid, runner: Uuid) -> Result<bool, Store
         error_kind,
         created_after: op.created_after,
         created_before: op.created_before,
+        narrow: op.narrowing.map(|Json(n)| n).unwrap_or_default(),
     };
     let mut q = QueryBuilder::new("INSERT INTO operation_jobs (operation_id, job_id) SELECT ");
     q.push_bind(id).push(" , id FROM jobs WHERE true");
