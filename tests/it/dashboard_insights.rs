@@ -555,3 +555,55 @@ async fn a_bulk_operation_acts_on_exactly_what_the_filter_lists(pool: PgPool) {
     let resp = post(json!({"action": "delete", "filter": {"dead_lettered": true}, "dry_run": true})).await;
     assert_eq!(resp.json::<Value>().await.unwrap(), json!({"count": 0}));
 }
+
+#[sqlx::test]
+async fn the_page_and_the_openapi_description_offer_the_new_panels_and_filters(pool: PgPool) {
+    let api = start_api(pool).await;
+    let html = api.http.get(api.url("/dashboard")).send().await.unwrap().text().await.unwrap();
+    for control in [
+        "id=\"fn-stats\"",
+        "id=\"fn-window\"",
+        "id=\"signals\"",
+        "id=\"workers\"",
+        "id=\"f-id\"",
+        "id=\"f-error\"",
+        "id=\"f-arg\"",
+        "id=\"act-form\"",
+        "getJson('dashboard/signals')",
+        "dry_run: true",
+        "This will ",
+    ] {
+        assert!(html.contains(control), "the page has {control}");
+    }
+    let spec: Value = api.http.get(api.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    for path in ["/dashboard/functions", "/dashboard/signals", "/dashboard/workers"] {
+        assert!(spec["paths"][path]["get"].is_object(), "GET {path} is described");
+    }
+    let params: BTreeSet<&str> = spec["paths"]["/jobs"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "id",
+        "error_kind",
+        "error",
+        "arg",
+        "queue",
+        "due",
+        "held",
+        "held_on",
+        "publish_failing",
+        "dead_lettered",
+        "lease_expired",
+    ] {
+        assert!(params.contains(name), "GET /jobs describes {name}: {params:?}");
+        if name != "error_kind" {
+            let filter = &spec["components"]["schemas"]["OperationFilter"]["properties"][name];
+            assert!(filter.is_object(), "the bulk filter describes {name}");
+        }
+    }
+    let window = &spec["paths"]["/dashboard/functions"]["get"]["parameters"][0]["schema"]["enum"];
+    assert_eq!(window, &json!(["15m", "1h", "24h"]));
+}
