@@ -30,6 +30,10 @@ pub const BATCH: i64 = 1000;
 pub const LEASE: Duration = Duration::from_secs(30);
 /// Takeovers of one operation before it is given up as `failed`.
 pub const MAX_CLAIMS: i32 = 10;
+/// How long freezing may search text no index serves (error text, an args field; see
+/// [`Narrowing::unindexed`]): within the lease, so a slow search can't outlive its runner. An
+/// operation whose search runs over it fails, saying so.
+pub const FREEZE_SEARCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// Stale operations one `run_once` takes over.
 const PER_PASS: i64 = 4;
 
@@ -316,7 +320,28 @@ pub async fn freeze(pool: &PgPool, id: Uuid, runner: Uuid) -> Result<bool, Store
     q.push_bind(id).push(" , id FROM jobs WHERE true");
     push_filter(&mut q, &filter);
     q.push(" AND created_at <= ").push_bind(op.created_at).push(" ON CONFLICT DO NOTHING");
-    let matched = q.build().execute(&mut *tx).await?.rows_affected() as i64;
+    if filter.narrow.unindexed() {
+        let ms = FREEZE_SEARCH_TIMEOUT.as_millis().to_string();
+        sqlx::query_scalar!("SELECT set_config('statement_timeout', $1, true)", ms).fetch_one(&mut *tx).await?;
+    }
+    let matched = match q.build().execute(&mut *tx).await.map_err(store::timed_out) {
+        Ok(done) => done.rows_affected() as i64,
+        Err(StoreError::Timeout) => {
+            tx.rollback().await?;
+            give_up(
+                pool,
+                id,
+                runner,
+                &format!(
+                    "the filter's search ran over {} s: narrow it (status, function, created range)",
+                    FREEZE_SEARCH_TIMEOUT.as_secs()
+                ),
+            )
+            .await?;
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
     sqlx::query!(
         "UPDATE operations SET frozen = true, matched = $3, lease_until = now() + make_interval(secs => $4),
                 updated_at = now()
@@ -394,6 +419,21 @@ pub async fn step(
     tx.commit().await?;
     crate::maintenance::cleanup::delete_results(storage, &deleted).await;
     Ok(Some(batch.len() as i64))
+}
+
+/// Marks the operation `failed` with `error`, fenced by its runner; nothing was acted on.
+async fn give_up(pool: &PgPool, id: Uuid, runner: Uuid, error: &str) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE operations SET status = 'failed', error = $3, runner = NULL, lease_until = NULL, finished_at = now(),
+                updated_at = now()
+         WHERE id = $1 AND runner = $2 AND status = 'running'",
+        id,
+        runner,
+        error,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Marks the operation finished once nothing is left; `false` when the lease is lost.

@@ -607,3 +607,36 @@ async fn the_page_and_the_openapi_description_offer_the_new_panels_and_filters(p
     let window = &spec["paths"]["/dashboard/functions"]["get"]["parameters"][0]["schema"]["enum"];
     assert_eq!(window, &json!(["15m", "1h", "24h"]));
 }
+
+/// A bulk operation's freeze searches under a statement timeout too: one whose search can't
+/// finish in time (here: it waits on a lock of `jobs`, which the timeout counts) fails, saying
+/// so, instead of holding Postgres.
+#[sqlx::test]
+async fn a_bulk_search_that_cannot_freeze_in_time_fails_the_operation(pool: PgPool) {
+    use runq::maintenance::operations::{self, Action, FREEZE_SEARCH_TIMEOUT, Filter, NewOperation};
+    use runq::store::Narrowing;
+    let filter = Filter {
+        statuses: Action::Retry.statuses().to_vec(),
+        narrow: Narrowing { error_text: Some("disk".into()), ..Narrowing::default() },
+        ..Filter::default()
+    };
+    let new = NewOperation {
+        requester: "ops",
+        action: Action::Retry,
+        filter: &filter,
+        shown: json!({"error": "disk"}),
+        key_retention: Duration::from_secs(60),
+    };
+    let (op, runner) = operations::create(&pool, &new).await.unwrap();
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE").execute(&mut *locker).await.unwrap();
+    let started = Instant::now();
+    let driven = operations::drive(&pool, None, op.id, runner).await.unwrap();
+    locker.rollback().await.unwrap();
+    assert!(!driven);
+    assert!(started.elapsed() >= FREEZE_SEARCH_TIMEOUT, "it waited for its timeout");
+    let op = operations::get(&pool, op.id, None).await.unwrap().unwrap();
+    assert_eq!(op.status, "failed", "{op:?}");
+    assert!(op.error.as_deref().is_some_and(|e| e.contains("ran over")), "{op:?}");
+    assert_eq!(op.matched, None, "nothing was frozen");
+}
