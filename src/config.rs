@@ -25,6 +25,8 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_MAX_ARGS_BYTES: usize = 1024 * 1024;
 /// How long an idempotency key is kept, by default: 7 days.
 pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long an operator's unindexed search (error text, an args field) may run, by default.
+pub const DEFAULT_SEARCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default grace for in-flight requests after SIGTERM; Cloud Run kills 10 s after it.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 /// Default wait for a pooled connection before a request is answered 503.
@@ -326,6 +328,10 @@ pub struct ApiArgs {
     /// Seconds an `Idempotency-Key` is remembered.
     #[arg(long = "idempotency-retention-secs", env = "RUNQ_IDEMPOTENCY_RETENTION_SECS", default_value = "604800", value_parser = seconds)]
     pub idempotency_retention: Duration,
+    /// Seconds an unindexed search of `GET /jobs` or a bulk dry run (error text, an args field)
+    /// may run before it is cut off (`statement_timeout`) and answered 422.
+    #[arg(long = "search-timeout-secs", env = "RUNQ_SEARCH_TIMEOUT_SECS", default_value = "5", value_parser = seconds)]
+    pub search_timeout: Duration,
     /// The audience of the dead-letter topic's push tokens; enables `/internal/dead-letter`.
     /// Default: none.
     #[arg(long, env = "RUNQ_DEAD_LETTER_AUDIENCE", value_name = "AUDIENCE")]
@@ -654,6 +660,7 @@ mod tests {
         assert_eq!(tree.server.shutdown_grace, api.grace);
         assert_eq!(tree.api.max_args_bytes, api.limits.max_args_bytes);
         assert_eq!(tree.api.idempotency_retention, api.limits.idempotency_retention);
+        assert_eq!(tree.api.search_timeout, api.limits.search_timeout);
         assert_eq!(tree.api.auto_migrate, api.auto_migrate);
         assert_eq!(tree.api.retention(), api.retention);
         assert_eq!(tree.api.sweep_window, api.sweep_window);

@@ -120,6 +120,9 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyExpiredJob => Self::Conflict(
                 "this Idempotency-Key was used for a job that has since been cleaned up; use a new key".into(),
             ),
+            StoreError::Timeout => {
+                Self::invalid("query", "the query ran over its time limit: narrow it with more filters")
+            }
             StoreError::Other(sqlx::Error::Database(db)) if db.code().is_some_and(|c| refused_value(&c)) => {
                 // Checked at the API first (NUL, lone surrogates); this catches what Postgres
                 // alone knows it can't store (a number beyond `numeric`, jsonb nested too deep).

@@ -14,9 +14,10 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::narrowing::{Asked, given, given_flag};
 use super::{ApiError, ApiState, Caller};
-use crate::job::{Job, Priority, Status};
-use crate::store::{self, CancelOutcome, DeleteOutcome, JobSpec, ListFilter, NewJob, RetryOutcome};
+use crate::job::{ErrorKind, Job, Priority, Status};
+use crate::store::{self, CancelOutcome, DeleteOutcome, JobSpec, ListFilter, NewJob, RetryOutcome, StoreError};
 use crate::submit::{self, Invalid, Submission};
 
 /// Page size of `GET /jobs` when `limit` is absent.
@@ -362,8 +363,38 @@ struct ListQuery {
     function: Option<String>,
     /// Only the children of this job (a fan-out).
     parent: Option<String>,
+    error_kind: Option<String>,
+    id: Option<String>,
+    queue: Option<String>,
+    due: Option<String>,
+    error: Option<String>,
+    arg: Option<String>,
+    held: Option<String>,
+    held_on: Option<String>,
+    publish_failing: Option<String>,
+    dead_lettered: Option<String>,
+    lease_expired: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// The dashboard's filters in it, each with its parameter's name.
+    fn narrowing(&self) -> Asked<'_> {
+        let (text, flag) = (given, given_flag);
+        Asked {
+            id: self.id.as_deref().map(|v| ("id", v)),
+            queue: text("queue", &self.queue),
+            due: flag("due", &self.due),
+            error: text("error", &self.error),
+            arg: text("arg", &self.arg),
+            held: flag("held", &self.held),
+            held_on: text("held_on", &self.held_on),
+            publish_failing: flag("publish_failing", &self.publish_failing),
+            dead_lettered: flag("dead_lettered", &self.dead_lettered),
+            lease_expired: flag("lease_expired", &self.lease_expired),
+        }
+    }
 }
 
 /// A page of `GET /jobs`, newest first.
@@ -412,10 +443,28 @@ async fn list(
         Some(p) => Some(Uuid::parse_str(p).map_err(|_| ApiError::invalid("parent", format!("{p:?} is not a job id")))?),
         None => None,
     };
-    let filter =
-        ListFilter { owner: caller.owner_filter(), status, function: query.function.as_deref(), parent, before };
+    let error_kind = query
+        .error_kind
+        .as_deref()
+        .map(|k| k.parse::<ErrorKind>().map_err(|e| ApiError::invalid("error_kind", e.to_string())))
+        .transpose()?;
+    let asked = query.narrowing();
+    let narrow = super::narrowing::check(&asked)?;
+    let filter = ListFilter {
+        owner: caller.owner_filter(),
+        status,
+        function: query.function.as_deref(),
+        parent,
+        error_kind,
+        narrow,
+        before,
+    };
     // One extra row tells whether another page exists.
-    let mut jobs = store::list(&state.pool, &filter, i64::from(limit) + 1).await?;
+    let timeout = state.limits.search_timeout;
+    let mut jobs = match store::list(&state.pool, &filter, i64::from(limit) + 1, timeout).await {
+        Err(StoreError::Timeout) => return Err(super::narrowing::timed_out(&asked, timeout)),
+        other => other?,
+    };
     let next_cursor = if jobs.len() > limit as usize {
         jobs.truncate(limit as usize);
         jobs.last().map(|j| encode_cursor(j.status.id))

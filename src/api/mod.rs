@@ -10,6 +10,7 @@ mod error;
 mod internal;
 mod jobs;
 mod limits;
+mod narrowing;
 mod openapi;
 mod operations;
 mod storable;
@@ -47,6 +48,8 @@ pub struct Limits {
     pub max_args_bytes: usize,
     /// How long idempotency keys are remembered.
     pub idempotency_retention: Duration,
+    /// How long an unindexed search (error text, an args field) may run before it is cut off.
+    pub search_timeout: Duration,
 }
 
 /// What every handler shares, built by [`run`] alone. Cheap to clone.
@@ -104,6 +107,7 @@ impl ApiSettings {
             limits: Limits {
                 max_args_bytes: crate::config::DEFAULT_MAX_ARGS_BYTES,
                 idempotency_retention: crate::config::DEFAULT_IDEMPOTENCY_RETENTION,
+                search_timeout: crate::config::DEFAULT_SEARCH_TIMEOUT,
             },
             cors_origins: Vec::new(),
             grace: crate::config::DEFAULT_SHUTDOWN_GRACE,

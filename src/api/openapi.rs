@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::jobs::{DEFAULT_PAGE, MAX_IDEMPOTENCY_KEY, MAX_PAGE, MAX_WAIT_SECONDS};
+use super::narrowing::MAX_SEARCH_CHARS;
 use crate::function::{MAX_ATTEMPTS_LIMIT, Registry};
 use crate::submit::{MAX_DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, MAX_UNIQUE_KEY};
 
@@ -63,6 +64,11 @@ fn pause_path(scope: &str, pause: bool) -> Value {
     } })
 }
 
+/// `?window=` of the dashboard's windowed panels.
+fn window_param() -> Value {
+    json!({ "name": "window", "in": "query", "schema": { "type": "string", "enum": ["15m", "1h", "24h"], "default": "15m" } })
+}
+
 fn id_param() -> Value {
     json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } })
 }
@@ -109,12 +115,23 @@ pub fn openapi(registry: &Registry) -> Value {
                         { "name": "status", "in": "query", "schema": { "$ref": "#/components/schemas/Status" } },
                         { "name": "function", "in": "query", "schema": { "type": "string", "pattern": FUNCTION_NAME_PATTERN } },
                         { "name": "parent", "in": "query", "schema": { "type": "string", "format": "uuid" }, "description": "Only the children of this job (a fan-out)." },
+                        { "name": "error_kind", "in": "query", "schema": { "type": "string", "enum": error_kinds.clone() }, "description": "The job's `error.kind`." },
+                        { "name": "id", "in": "query", "schema": { "type": "string", "format": "uuid" }, "description": "This one job." },
+                        { "name": "queue", "in": "query", "schema": { "type": "string" }, "description": "Jobs of this queue (a function's own, else its priority's)." },
+                        { "name": "due", "in": "query", "schema": { "type": "boolean" }, "description": "Due now (`run_after` passed), or not yet." },
+                        { "name": "error", "in": "query", "schema": { "type": "string", "minLength": 1, "maxLength": MAX_SEARCH_CHARS }, "description": "A substring of the error message, case-insensitive, `%` and `_` literal. Not indexed: cut off after RUNQ_SEARCH_TIMEOUT_SECS (422)." },
+                        { "name": "arg", "in": "query", "schema": { "type": "string", "pattern": "^[^=]+=" }, "description": "`field=value`: a top-level args field equal to a JSON number (`n=42`), a quoted JSON string (`name=\"42\"`) or else the text (`name=acme`); by jsonb containment. Time-limited like `error`." },
+                        { "name": "held", "in": "query", "schema": { "type": "boolean" }, "description": "Queued and held by a limit or a pause." },
+                        { "name": "held_on", "in": "query", "schema": { "type": "string" }, "description": "Queued and held on this key: `<limit>`, `<limit>:<value>`, `pause:queue:<name>` or `pause:function:<name>`." },
+                        { "name": "publish_failing", "in": "query", "schema": { "type": "boolean" }, "description": "Still queued after Pub/Sub refused its message (`publish_failures > 0`)." },
+                        { "name": "dead_lettered", "in": "query", "schema": { "type": "boolean" }, "description": "Its message was dead-lettered at least once (requeued, or failed `undeliverable`)." },
+                        { "name": "lease_expired", "in": "query", "schema": { "type": "boolean" }, "description": "Running with an expired lease (its worker is gone)." },
                         { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE } },
                         { "name": "cursor", "in": "query", "schema": { "type": "string", "pattern": CURSOR_PATTERN }, "description": "`next_cursor` of the previous page." }
                     ],
                     "responses": auth_errors(map(json!({
                         "200": { "description": "A page of jobs.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobList" } } } },
-                        "422": problem("Unknown status, bad limit, bad cursor, bad parent, a NUL in function, or unknown parameter.")
+                        "422": problem("Unknown status or error_kind, bad limit, cursor, parent, id, arg or flag (true/false), an empty or NUL-holding text, a search over its time limit, or unknown parameter; `field` names the parameter.")
                     })))
                 }
             },
@@ -313,6 +330,40 @@ pub fn openapi(registry: &Registry) -> Value {
                     })))
                 }
             },
+            "/dashboard/functions": {
+                "get": {
+                    "summary": "Per function, the runs that ended in the window: runs per minute, duration p50/p95/p99, failure rate, top error kinds (admin token)",
+                    "parameters": [window_param()],
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "`{window, functions: [{function, runs, runs_per_minute, duration_ms: {p50, p95, p99}, failure_rate, top_errors: [{kind, count}]}]}`; a failed run is one that ended retrying, failed or reaped (`lost`).",
+                                 "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "403": problem("Not an admin token."),
+                        "422": problem("A window other than 15m, 1h or 24h, or an unknown parameter.")
+                    })))
+                }
+            },
+            "/dashboard/signals": {
+                "get": {
+                    "summary": "What may be stuck, each with a count and a GET /jobs link to exactly those jobs (admin token)",
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "`{signals: [{kind, label, count, oldest_age_secs?, link}]}`: due jobs per queue (`queue_due`, with the oldest's wait), held jobs (`held`, then per key `held_on_limit` / `held_on_pause`), `publish_failing`, `lease_expired`, `dead_lettered`, `undeliverable`.",
+                                 "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "403": problem("Not an admin token.")
+                    })))
+                }
+            },
+            "/dashboard/workers": {
+                "get": {
+                    "summary": "Worker instances seen in the window: last seen, runs finished, what each runs now (admin token)",
+                    "parameters": [window_param()],
+                    "responses": auth_errors(map(json!({
+                        "200": { "description": "`{window, workers: [{worker_id, last_seen, finished, running: [{id, function, started_at, lease_until, lease_expired}]}]}`, latest seen first.",
+                                 "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "403": problem("Not an admin token."),
+                        "422": problem("A window other than 15m, 1h or 24h, or an unknown parameter.")
+                    })))
+                }
+            },
             "/healthz": { "get": { "summary": "The process is up", "security": [], "responses": { "200": { "description": "OK" } } } },
             "/readyz": { "get": { "summary": "The database is reachable", "security": [],
                                   "responses": { "200": { "description": "Ready" }, "503": problem("Database unreachable.") } } },
@@ -437,7 +488,17 @@ pub fn openapi(registry: &Registry) -> Value {
                         "error_kind": { "type": "string", "enum": error_kinds, "description": "The job's `error.kind`." },
                         "created_after": { "type": "string", "format": "date-time", "description": "created_at >= this (RFC 3339)." },
                         "created_before": { "type": "string", "format": "date-time", "description": "created_at < this (RFC 3339)." },
-                        "owner": { "type": "string", "description": "Admins: only this owner's jobs. Others may only name themselves." }
+                        "owner": { "type": "string", "description": "Admins: only this owner's jobs. Others may only name themselves." },
+                        "id": { "type": "string", "format": "uuid", "description": "As in GET /jobs." },
+                        "queue": { "type": "string", "description": "As in GET /jobs." },
+                        "due": { "type": "boolean", "description": "As in GET /jobs." },
+                        "error": { "type": "string", "minLength": 1, "maxLength": MAX_SEARCH_CHARS, "description": "As in GET /jobs (time-limited in a dry run)." },
+                        "arg": { "type": "string", "description": "As in GET /jobs: `field=value`." },
+                        "held": { "type": "boolean", "description": "As in GET /jobs." },
+                        "held_on": { "type": "string", "description": "As in GET /jobs." },
+                        "publish_failing": { "type": "boolean", "description": "As in GET /jobs." },
+                        "dead_lettered": { "type": "boolean", "description": "As in GET /jobs." },
+                        "lease_expired": { "type": "boolean", "description": "As in GET /jobs." }
                     }
                 },
                 "Operation": {

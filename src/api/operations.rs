@@ -12,9 +12,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::narrowing::{Asked, Flag, given};
 use super::{ApiError, ApiState, Caller};
 use crate::job::{ErrorKind, Status};
 use crate::maintenance::operations::{self, Action, Filter, NewOperation, Operation};
+use crate::store::StoreError;
 
 pub(super) fn router() -> Router<ApiState> {
     Router::new().route("/operations", post(create).get(list)).route("/operations/{id}", get(show))
@@ -51,6 +53,36 @@ pub struct FilterRequest {
     /// on every owner's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The dashboard's filters, as in `GET /jobs`: one job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Jobs of this queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Due now (`true`) or not yet (`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<bool>,
+    /// A substring of the error message (case-insensitive; not indexed, so time-limited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `field=value`: a top-level args field equal to a string or number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arg: Option<String>,
+    /// Queued and held by a limit or a pause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<bool>,
+    /// Queued and held on this limit key or pause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_on: Option<String>,
+    /// Still queued after Pub/Sub refused its message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_failing: Option<bool>,
+    /// Its message was dead-lettered at least once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_lettered: Option<bool>,
+    /// Running with an expired lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expired: Option<bool>,
 }
 
 impl FilterRequest {
@@ -61,6 +93,25 @@ impl FilterRequest {
             && self.created_after.is_none()
             && self.created_before.is_none()
             && self.owner.is_none()
+            && self.narrowing().is_empty()
+    }
+
+    /// The dashboard's filters in it, each named as `filter.<name>`.
+    fn narrowing(&self) -> Asked<'_> {
+        let text = given;
+        let flag = |name: &'static str, v: Option<bool>| v.map(|v| (name, Flag::Bool(v)));
+        Asked {
+            id: text("filter.id", &self.id),
+            queue: text("filter.queue", &self.queue),
+            due: flag("filter.due", self.due),
+            error: text("filter.error", &self.error),
+            arg: text("filter.arg", &self.arg),
+            held: flag("filter.held", self.held),
+            held_on: text("filter.held_on", &self.held_on),
+            publish_failing: flag("filter.publish_failing", self.publish_failing),
+            dead_lettered: flag("filter.dead_lettered", self.dead_lettered),
+            lease_expired: flag("filter.lease_expired", self.lease_expired),
+        }
     }
 }
 
@@ -127,7 +178,8 @@ fn check(caller: &Caller, action: Action, req: &FilterRequest) -> Result<Filter,
     if action == Action::Delete && req.is_empty() {
         return Err(ApiError::invalid("filter", "a bulk delete needs a filter: name at least one field"));
     }
-    Ok(Filter { owner, function: req.function.clone(), statuses, error_kind, created_after, created_before })
+    let narrow = super::narrowing::check(&req.narrowing())?;
+    Ok(Filter { owner, function: req.function.clone(), statuses, error_kind, created_after, created_before, narrow })
 }
 
 /// `POST /operations`: a dry run answers `200 {"count": N}`; a real one records the operation,
@@ -146,7 +198,11 @@ async fn create(
     })?;
     let filter = check(&caller, action, &req.filter)?;
     if req.dry_run {
-        let count = operations::count(&state.pool, &filter).await?;
+        let timeout = state.limits.search_timeout;
+        let count = match operations::count(&state.pool, &filter, timeout).await {
+            Err(StoreError::Timeout) => return Err(super::narrowing::timed_out(&req.filter.narrowing(), timeout)),
+            other => other?,
+        };
         return Ok((StatusCode::OK, Json(serde_json::json!({ "count": count }))).into_response());
     }
     let shown = serde_json::to_value(&req.filter).map_err(|_| ApiError::Internal)?;

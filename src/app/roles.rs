@@ -58,7 +58,11 @@ pub async fn api(config: ApiConfig, registry: Registry, schedules: Schedules) ->
     let ApiConfig { server, database, auth, pubsub, storage, oidc, api: args, cors, log } = config;
     let settings = ApiSettings {
         auth: auth.required()?,
-        limits: Limits { max_args_bytes: args.max_args_bytes, idempotency_retention: args.idempotency_retention },
+        limits: Limits {
+            max_args_bytes: args.max_args_bytes,
+            idempotency_retention: args.idempotency_retention,
+            search_timeout: args.search_timeout,
+        },
         cors_origins: cors.cors_origins,
         grace: server.shutdown_grace,
         auto_migrate: args.auto_migrate,

@@ -16,12 +16,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::job::{ErrorKind, Status};
 use crate::storage::BlobStore;
-use crate::store::{self, StoreError};
+use crate::store::{self, Narrowing, StoreError};
 
 /// Jobs acted on per batch statement.
 pub const BATCH: i64 = 1000;
@@ -29,6 +30,10 @@ pub const BATCH: i64 = 1000;
 pub const LEASE: Duration = Duration::from_secs(30);
 /// Takeovers of one operation before it is given up as `failed`.
 pub const MAX_CLAIMS: i32 = 10;
+/// How long freezing may search text no index serves (error text, an args field; see
+/// [`Narrowing::unindexed`]): within the lease, so a slow search can't outlive its runner. An
+/// operation whose search runs over it fails, saying so.
+pub const FREEZE_SEARCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// Stale operations one `run_once` takes over.
 const PER_PASS: i64 = 4;
 
@@ -80,6 +85,8 @@ pub struct Filter {
     pub created_after: Option<DateTime<Utc>>,
     /// `created_at < created_before`.
     pub created_before: Option<DateTime<Utc>>,
+    /// The dashboard's filters (the same as `GET /jobs`'), kept with the operation as JSON.
+    pub narrow: Narrowing,
 }
 
 /// Appends the filter's conditions (after a `WHERE true`), each on an indexed column.
@@ -101,13 +108,18 @@ fn push_filter(q: &mut QueryBuilder<'_, Postgres>, f: &Filter) {
     if let Some(before) = f.created_before {
         q.push(" AND created_at < ").push_bind(before);
     }
+    f.narrow.push(q);
 }
 
-/// How many jobs the filter matches now (a dry run); the same predicate a real run freezes.
-pub async fn count(pool: &PgPool, filter: &Filter) -> Result<i64, StoreError> {
+/// How many jobs the filter matches now (a dry run); the same predicate a real run freezes. An
+/// unindexed search in it runs under `timeout` ([`StoreError::Timeout`] past it).
+pub async fn count(pool: &PgPool, filter: &Filter, timeout: Duration) -> Result<i64, StoreError> {
     let mut q = QueryBuilder::new("SELECT count(*) FROM jobs WHERE true");
     push_filter(&mut q, filter);
-    Ok(q.build_query_scalar().fetch_one(pool).await?)
+    let mut tx = store::begin_search(pool, &filter.narrow, timeout).await?;
+    let count = q.build_query_scalar().fetch_one(&mut *tx).await.map_err(store::timed_out)?;
+    tx.commit().await?;
+    Ok(count)
 }
 
 /// An operation as `GET /operations/{id}` shows it.
@@ -148,10 +160,11 @@ pub async fn create(pool: &PgPool, new: &NewOperation<'_>) -> Result<(Operation,
     let runner = Uuid::new_v4();
     let f = new.filter;
     let statuses: Vec<String> = f.statuses.iter().map(|s| s.as_str().to_owned()).collect();
+    let narrowing = (!f.narrow.is_empty()).then(|| Json(f.narrow.clone()));
     let row = sqlx::query!(
         r#"INSERT INTO operations (id, owner, action, filter, scope_owner, function, statuses, error_kind,
-                                   created_after, created_before, key_retention_secs, runner, lease_until)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))
+                                   created_after, created_before, key_retention_secs, runner, lease_until, narrowing)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13), $14)
            RETURNING created_at, updated_at"#,
         id,
         new.requester,
@@ -166,6 +179,7 @@ pub async fn create(pool: &PgPool, new: &NewOperation<'_>) -> Result<(Operation,
         new.key_retention.as_secs_f64(),
         runner,
         LEASE.as_secs_f64(),
+        narrowing as Option<Json<Narrowing>>,
     )
     .fetch_one(pool)
     .await?;
@@ -275,7 +289,8 @@ pub async fn list(
 pub async fn freeze(pool: &PgPool, id: Uuid, runner: Uuid) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await?;
     let Some(op) = sqlx::query!(
-        r#"SELECT scope_owner, function, statuses, error_kind, created_after, created_before, created_at
+        r#"SELECT scope_owner, function, statuses, error_kind, created_after, created_before, created_at,
+                  narrowing AS "narrowing: Json<Narrowing>"
            FROM operations WHERE id = $1 AND runner = $2 AND status = 'running' AND NOT frozen FOR UPDATE"#,
         id,
         runner
@@ -299,12 +314,34 @@ pub async fn freeze(pool: &PgPool, id: Uuid, runner: Uuid) -> Result<bool, Store
         error_kind,
         created_after: op.created_after,
         created_before: op.created_before,
+        narrow: op.narrowing.map(|Json(n)| n).unwrap_or_default(),
     };
     let mut q = QueryBuilder::new("INSERT INTO operation_jobs (operation_id, job_id) SELECT ");
     q.push_bind(id).push(" , id FROM jobs WHERE true");
     push_filter(&mut q, &filter);
     q.push(" AND created_at <= ").push_bind(op.created_at).push(" ON CONFLICT DO NOTHING");
-    let matched = q.build().execute(&mut *tx).await?.rows_affected() as i64;
+    if filter.narrow.unindexed() {
+        let ms = FREEZE_SEARCH_TIMEOUT.as_millis().to_string();
+        sqlx::query_scalar!("SELECT set_config('statement_timeout', $1, true)", ms).fetch_one(&mut *tx).await?;
+    }
+    let matched = match q.build().execute(&mut *tx).await.map_err(store::timed_out) {
+        Ok(done) => done.rows_affected() as i64,
+        Err(StoreError::Timeout) => {
+            tx.rollback().await?;
+            give_up(
+                pool,
+                id,
+                runner,
+                &format!(
+                    "the filter's search ran over {} s: narrow it (status, function, created range)",
+                    FREEZE_SEARCH_TIMEOUT.as_secs()
+                ),
+            )
+            .await?;
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
     sqlx::query!(
         "UPDATE operations SET frozen = true, matched = $3, lease_until = now() + make_interval(secs => $4),
                 updated_at = now()
@@ -382,6 +419,21 @@ pub async fn step(
     tx.commit().await?;
     crate::maintenance::cleanup::delete_results(storage, &deleted).await;
     Ok(Some(batch.len() as i64))
+}
+
+/// Marks the operation `failed` with `error`, fenced by its runner; nothing was acted on.
+async fn give_up(pool: &PgPool, id: Uuid, runner: Uuid, error: &str) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE operations SET status = 'failed', error = $3, runner = NULL, lease_until = NULL, finished_at = now(),
+                updated_at = now()
+         WHERE id = $1 AND runner = $2 AND status = 'running'",
+        id,
+        runner,
+        error,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Marks the operation finished once nothing is left; `false` when the lease is lost.

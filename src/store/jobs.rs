@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::types::Json;
-use sqlx::{PgPool, QueryBuilder};
+use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -522,13 +523,162 @@ pub struct ListFilter<'a> {
     pub function: Option<&'a str>,
     /// Only the children of this job.
     pub parent: Option<Uuid>,
+    /// Only jobs whose error is of this kind.
+    pub error_kind: Option<ErrorKind>,
+    /// The dashboard's filters, shared with bulk operations.
+    pub narrow: Narrowing,
     /// Only jobs older than this one (the keyset cursor).
     pub before: Option<Uuid>,
 }
 
+/// A top-level field of a job's `args` and the value it must equal: a JSON string or number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArgEquals {
+    /// The field's name.
+    pub field: String,
+    /// A JSON string or number (compared as `jsonb`, so `1` matches `1.0`).
+    pub value: serde_json::Value,
+}
+
+/// The filters the dashboard narrows jobs with, beyond owner, status, function and error kind:
+/// the same for `GET /jobs` and a bulk operation (`POST /operations`, kept with the operation
+/// as JSON), so "act on these" acts on exactly the jobs listed. Every field narrows; `None`
+/// doesn't. Each is on an index but [`error_text`](Self::error_text) and
+/// [`arg`](Self::arg), which run under a statement timeout ([`Narrowing::unindexed`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Narrowing {
+    /// This one job.
+    pub id: Option<Uuid>,
+    /// Jobs of this queue (a function's own, else its priority's).
+    pub queue: Option<String>,
+    /// `true`: due now (`run_after` passed); `false`: not yet due.
+    pub due: Option<bool>,
+    /// A substring of the error's message, case-insensitive (no wildcards: `%` and `_` match
+    /// themselves). Not indexed.
+    pub error_text: Option<String>,
+    /// A top-level args field equal to a value, by `jsonb` containment (`args @> {field: value}`,
+    /// which a GIN index on `args` would serve; none is built).
+    pub arg: Option<ArgEquals>,
+    /// `true`: queued and held back by a limit or a pause (`held_on` set); `false`: any other.
+    pub held: Option<bool>,
+    /// Queued and held on this key: a limit's (`<limit>` or `<limit>:<value>`) or a pause's
+    /// (`pause:queue:<name>`, `pause:function:<name>`).
+    pub held_on: Option<String>,
+    /// `true`: still queued after Pub/Sub refused to take its message (`publish_failures > 0`).
+    pub publish_failing: Option<bool>,
+    /// `true`: its message was dead-lettered at least once (requeued, or failed `undeliverable`).
+    pub dead_lettered: Option<bool>,
+    /// `true`: running, but its lease expired (its worker is gone; the reaper will act).
+    pub lease_expired: Option<bool>,
+}
+
+impl Narrowing {
+    /// True when no field narrows.
+    pub fn is_empty(&self) -> bool {
+        self == &Narrowing::default()
+    }
+
+    /// True when it holds a search no index serves (error text, an args field): such a query
+    /// runs under `statement_timeout`, so one operator's search can't hog Postgres.
+    pub fn unindexed(&self) -> bool {
+        self.error_text.is_some() || self.arg.is_some()
+    }
+
+    /// Appends the conditions (after a `WHERE true`) over the `jobs` table's columns.
+    pub fn push(&self, q: &mut QueryBuilder<'_, Postgres>) {
+        if let Some(id) = self.id {
+            q.push(" AND id = ").push_bind(id);
+        }
+        if let Some(queue) = &self.queue {
+            q.push(" AND coalesce(queue, priority) = ").push_bind(queue.clone());
+        }
+        if let Some(due) = self.due {
+            q.push(if due { " AND run_after <= now()" } else { " AND run_after > now()" });
+        }
+        if let Some(text) = &self.error_text {
+            q.push(" AND error->>'message' ILIKE ").push_bind(like_pattern(text)).push(r" ESCAPE '\'");
+        }
+        if let Some(arg) = &self.arg {
+            let mut wanted = serde_json::Map::new();
+            wanted.insert(arg.field.clone(), arg.value.clone());
+            q.push(" AND args @> ").push_bind(Json(serde_json::Value::Object(wanted))).push("::jsonb");
+        }
+        // Each as the partial index it is on states it (`jobs_held`, `jobs_publish_failing`,
+        // `jobs_dead_lettered`, `jobs_running_lease`).
+        let held = "status = 'queued' AND held_on IS NOT NULL";
+        let publish = "status = 'queued' AND publish_failures > 0";
+        let lost = "status = 'running' AND coalesce(lease_until < now(), false)";
+        for (flag, condition) in [(self.held, held), (self.publish_failing, publish), (self.lease_expired, lost)] {
+            match flag {
+                Some(true) => {
+                    q.push(" AND ").push(condition);
+                }
+                Some(false) => {
+                    q.push(" AND NOT (").push(condition).push(")");
+                }
+                None => {}
+            }
+        }
+        if let Some(key) = &self.held_on {
+            q.push(" AND status = 'queued' AND held_on = ").push_bind(key.clone());
+        }
+        if let Some(dead) = self.dead_lettered {
+            q.push(if dead { " AND dead_letters > 0" } else { " AND dead_letters = 0" });
+        }
+    }
+}
+
+/// `%text%` for `LIKE`, with the text's own `\`, `%` and `_` escaped (by `\`).
+pub fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Begins a read-only transaction for a query over `narrow`; when it holds an unindexed search,
+/// every statement in it is cut off after `timeout` (`SET LOCAL statement_timeout`), and
+/// [`timed_out`] tells that failure apart.
+pub(crate) async fn begin_search(
+    pool: &PgPool,
+    narrow: &Narrowing,
+    timeout: Duration,
+) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
+    if narrow.unindexed() {
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128).to_string();
+        sqlx::query_scalar!("SELECT set_config('statement_timeout', $1, true)", ms).fetch_one(&mut *tx).await?;
+    }
+    Ok(tx)
+}
+
+/// The error of a statement, as [`StoreError::Timeout`] when it ran over `statement_timeout`
+/// (SQLSTATE 57014).
+pub(crate) fn timed_out(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => StoreError::Timeout,
+        _ => e.into(),
+    }
+}
+
 /// Jobs newest first, at most `limit`. Built per filter combination so each query stays on
-/// its index (`(owner, status, id)`, `(owner, function, id)`, ...).
-pub async fn list(pool: &PgPool, filter: &ListFilter<'_>, limit: i64) -> Result<Vec<Job>, StoreError> {
+/// its index (`(owner, status, id)`, `(owner, function, id)`, ...); a filter with an unindexed
+/// search ([`Narrowing::unindexed`]) runs under a `timeout` and fails with
+/// [`StoreError::Timeout`] past it.
+pub async fn list(
+    pool: &PgPool,
+    filter: &ListFilter<'_>,
+    limit: i64,
+    timeout: Duration,
+) -> Result<Vec<Job>, StoreError> {
     let mut q = QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE true"));
     if let Some(owner) = filter.owner {
         q.push(" AND owner = ").push_bind(owner);
@@ -542,11 +692,17 @@ pub async fn list(pool: &PgPool, filter: &ListFilter<'_>, limit: i64) -> Result<
     if let Some(parent) = filter.parent {
         q.push(" AND parent_id = ").push_bind(parent);
     }
+    if let Some(kind) = filter.error_kind {
+        q.push(" AND error->>'kind' = ").push_bind(kind.as_str());
+    }
+    filter.narrow.push(&mut q);
     if let Some(before) = filter.before {
         q.push(" AND id < ").push_bind(before);
     }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
-    let rows: Vec<JobRow> = q.build_query_as().fetch_all(pool).await?;
+    let mut tx = begin_search(pool, &filter.narrow, timeout).await?;
+    let rows: Vec<JobRow> = q.build_query_as().fetch_all(&mut *tx).await.map_err(timed_out)?;
+    tx.commit().await?;
     let now = Utc::now();
     Ok(rows.into_iter().map(|r| r.into_job(now)).collect())
 }

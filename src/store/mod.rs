@@ -9,11 +9,13 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 mod history;
+mod insights;
 mod jobs;
 pub mod limits;
 mod runs;
 
 pub use history::*;
+pub use insights::*;
 pub use jobs::*;
 pub use limits::{LimitedClaim, claim_limited};
 pub use runs::*;
@@ -36,6 +38,9 @@ pub enum StoreError {
     /// The schema is older than this binary needs and migrations are off.
     #[error("database schema is at version {found:?} but this runq needs {needed}: run `runq migrate`")]
     SchemaTooOld { found: Option<i64>, needed: i64 },
+    /// A search ran over its `statement_timeout` ([`Narrowing::unindexed`]); nothing was written.
+    #[error("the query ran over its statement timeout")]
+    Timeout,
     /// Anything else: a bug or a broken database.
     #[error("database error: {0}")]
     Other(#[source] sqlx::Error),

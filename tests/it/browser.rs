@@ -4,6 +4,7 @@
 //! so, when Chromium or chromedriver is not installed (`scripts/test` installs them). On a
 //! failure a screenshot is saved under `target/browser-artifacts/`.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -453,4 +454,101 @@ async fn dashboard_click_through_cancel_and_hostile_args_as_text(pool: PgPool) {
     })
     .await;
     dev.stop().await;
+}
+
+/// The dashboard's panels for acting, in Chromium against `runq dev`: the per-function stats,
+/// signals and workers panels fill in; a search by error text lists exactly the jobs whose
+/// message holds it; and "act on these" asks first with the dry run's count ("This will retry 2
+/// jobs"), then retries exactly those.
+#[sqlx::test]
+async fn dashboard_panels_search_by_error_text_and_act_on_the_filter(pool: PgPool) {
+    let Some(browser) = Browser::start().await else { return };
+    let (api_port, emulator_port, dir) = (free_port(), free_port(), temp_dir());
+    let dev = Dev::start(&database_url(&pool), api_port, emulator_port, &dir, &[]).await;
+    let api = format!("http://127.0.0.1:{api_port}");
+    let token = dev.token.clone();
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for message in ["disk full on <b>/dev/sda</b>", "Disk full again", "connection refused"] {
+        let body = json!({"function": "fail", "args": {"message": message, "retryable": false}});
+        ids.push(submit(&api, &token, body).await);
+    }
+    // Wait for all three to fail (their single run ends them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let job: Value =
+                http.get(format!("{api}/jobs/{id}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+            if job["status"] == "failed" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the job failed: {job}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (api_url, tok) = (api.clone(), token.clone());
+    with_browser("dashboard_panels_search_by_error_text_and_act_on_the_filter", browser, move |browser| async move {
+        browser.goto(&format!("{api_url}/dashboard#token={tok}")).await;
+        let out = browser
+            .run(
+                r#"const $ = (id) => document.getElementById(id);
+                   const until = async (what, check) => {
+                     for (let i = 0; i < 300; i++) { const v = check(); if (v) return v; await new Promise(r => setTimeout(r, 100)); }
+                     throw new Error('timed out waiting for ' + what);
+                   };
+                   const rowsOf = (id) => Array.from($(id).tBodies[0].rows);
+                   // The panels: the fail function's stats, the signals, the worker that ran them.
+                   const fnRow = await until('the function stats', () =>
+                     rowsOf('fn-stats').find(tr => tr.cells[0].textContent === 'fail'));
+                   const stats = { runs: fnRow.cells[1].textContent, failed: fnRow.cells[6].textContent,
+                                   errors: fnRow.cells[7].textContent };
+                   const signals = await until('the signals', () => rowsOf('signals').length >= 4 ? rowsOf('signals') : null);
+                   const workers = await until('the workers', () => {
+                     const r = rowsOf('workers');
+                     return r.length && r[0].cells.length === 4 ? r : null;
+                   });
+                   // Search by error text: only the two disk-full jobs are listed.
+                   $('f-error').value = 'disk full';
+                   $('filters').dispatchEvent(new Event('submit', { cancelable: true, bubbles: true }));
+                   const listed = await until('the filtered list', () => {
+                     const r = rowsOf('job-table');
+                     return r.length === 2 && r.every(tr => tr.cells[1].textContent === 'fail') ? r : null;
+                   });
+                   const listedIds = listed.map(tr => tr.cells[0].title);
+                   // Act on them: the confirmation names the dry run's count, then the retry runs.
+                   let asked = null;
+                   window.confirm = (question) => { asked = question; return true; };
+                   $('act-action').value = 'retry';
+                   $('act-form').dispatchEvent(new Event('submit', { cancelable: true, bubbles: true }));
+                   const result = await until('the operation', () => /changed/.test($('act-result').textContent) && $('act-result').textContent);
+                   return { stats, signals: signals.map(tr => tr.cells[0].textContent + ': ' + tr.cells[1].textContent),
+                            workers: workers.map(tr => tr.cells[0].textContent), listedIds, asked, result,
+                            injected: document.querySelectorAll('#job-table b, #fn-stats b').length };"#,
+                json!([]),
+            )
+            .await;
+        assert_eq!(out["stats"]["runs"], "3", "{out}");
+        assert_eq!(out["stats"]["failed"], "100.0%", "{out}");
+        assert_eq!(out["stats"]["errors"], "error 3", "{out}");
+        let signals = out["signals"].as_array().unwrap();
+        assert!(signals.iter().any(|s| s.as_str().unwrap().starts_with("held by limits and pauses: 0")), "{out}");
+        assert!(!out["workers"].as_array().unwrap().is_empty(), "{out}");
+        let listed: BTreeSet<&str> = out["listedIds"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(listed, BTreeSet::from([ids[0].as_str(), ids[1].as_str()]), "{out}");
+        let asked = out["asked"].as_str().unwrap();
+        assert!(asked.starts_with("This will retry 2 jobs"), "{out}");
+        assert!(asked.contains("error = disk full"), "{out}");
+        assert_eq!(out["result"], "retry: 2 jobs changed (finished)", "{out}");
+        assert_eq!(out["injected"], 0, "{out}");
+        // The API agrees: the two were retried (a second run), the third was not.
+        for (id, retried) in [(&ids[0], true), (&ids[1], true), (&ids[2], false)] {
+            let job: Value =
+                http.get(format!("{api_url}/jobs/{id}")).bearer_auth(&tok).send().await.unwrap().json().await.unwrap();
+            let again = job["status"] != "failed" || job["attempt"].as_i64() == Some(2);
+            assert_eq!(again, retried, "{job}");
+        }
+    })
+    .await;
+    dev.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

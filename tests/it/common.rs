@@ -32,7 +32,11 @@ impl TestApi {
 }
 
 pub fn limits() -> Limits {
-    Limits { max_args_bytes: 4096, idempotency_retention: Duration::from_secs(3600) }
+    Limits {
+        max_args_bytes: 4096,
+        idempotency_retention: Duration::from_secs(3600),
+        search_timeout: runq::config::DEFAULT_SEARCH_TIMEOUT,
+    }
 }
 
 /// The test API's token settings.

@@ -9,6 +9,7 @@ mod browser;
 mod client;
 mod common;
 mod dashboard;
+mod dashboard_insights;
 mod deploy;
 mod dev;
 mod e2e;

@@ -48,7 +48,7 @@ async fn every_status_and_priority_passes_the_checks_and_reads_back_as_itself(po
             assert_eq!((job.priority, job.status.status), (priority, status));
             assert_eq!(store::get_status(&pool, id, None).await.unwrap().unwrap().status, status);
             let filter = ListFilter { status: Some(status), ..Default::default() };
-            assert_eq!(store::list(&pool, &filter, 10).await.unwrap().len(), 1);
+            assert_eq!(store::list(&pool, &filter, 10, std::time::Duration::from_secs(5)).await.unwrap().len(), 1);
         }
     }
     // Arrays bind as text[] (the multi-row insert's priorities).
@@ -94,7 +94,7 @@ async fn a_row_runq_cannot_decode_is_an_error_not_another_status(pool: PgPool) {
     assert!(is_decode_error(&e), "{e:?}");
     let e = store::get_status(&pool, id, None).await.unwrap_err();
     assert!(is_decode_error(&e), "{e:?}");
-    let e = store::list(&pool, &ListFilter::default(), 10).await.unwrap_err();
+    let e = store::list(&pool, &ListFilter::default(), 10, std::time::Duration::from_secs(5)).await.unwrap_err();
     assert!(is_decode_error(&e), "{e:?}");
     let e = store::unclaimable(&pool, id).await.unwrap_err();
     assert!(is_decode_error(&e), "{e:?}");

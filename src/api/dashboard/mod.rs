@@ -1,8 +1,11 @@
 //! The dashboard (what Flower is to Celery), served by `runq api`: one self-contained page at
-//! `/dashboard`, the admin-only counts at `/dashboard/stats`, and each job's run history at
-//! `/jobs/{id}/runs`. Reads only; the page acts through the public API: `/jobs` (cancel, retry,
-//! delete) and `/operations` (a bulk action's dry run, start and progress, the recent ones).
+//! `/dashboard`, the admin-only counts at `/dashboard/stats`, the admin-only panels for acting
+//! (`/dashboard/functions`, `/dashboard/signals`, `/dashboard/workers`), and each job's run
+//! history at `/jobs/{id}/runs`. Reads only; the page acts through the public API: `/jobs`
+//! (filters, cancel, retry, delete) and `/operations` (a bulk action on the listed filter: its
+//! dry run's count, start and progress, the recent ones).
 
+mod insights;
 mod page;
 mod stats;
 
@@ -15,6 +18,9 @@ use super::jobs::parse_id;
 use super::{ApiError, ApiState, Caller};
 use crate::store::{self, Run};
 
+pub use insights::{
+    FunctionStats, FunctionsAnswer, KindCount, Percentiles, Running, Signal, SignalsAnswer, Worker, WorkersAnswer,
+};
 pub use stats::{LastHour, MinuteCount, Stats, Throughput};
 
 /// The dashboard's routes, merged into the API's router.
@@ -22,6 +28,9 @@ pub(crate) fn router() -> Router<ApiState> {
     Router::new()
         .route("/dashboard", get(page::page))
         .route("/dashboard/stats", get(stats::stats))
+        .route("/dashboard/functions", get(insights::functions))
+        .route("/dashboard/signals", get(insights::signals))
+        .route("/dashboard/workers", get(insights::workers))
         .route("/jobs/{id}/runs", get(runs))
 }
 

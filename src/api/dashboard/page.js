@@ -115,7 +115,7 @@ function renderStatusCards(byStatus) {
   for (const s of STATUSES) {
     cards.appendChild(el('div', {
       class: 'card s-' + s, title: 'list ' + s + ' jobs',
-      onclick: () => { $('f-status').value = s; location.hash = ''; loadJobs(null, []); },
+      onclick: () => { $('f-status').value = s; location.hash = ''; loadJobs(null, []).catch((e) => showError(e.message)); },
     }, el('div', { class: 'muted' }, s), el('div', { class: 'n' }, (byStatus[s] || 0).toLocaleString())));
   }
 }
@@ -168,16 +168,157 @@ function renderByFunction(byFunction) {
   for (const f of names) list.appendChild(el('option', { value: f }));
 }
 
+// ---- acting: per-function stats, signals, workers (admins) ----
+
+function fmtMs(ms) { return ms === null || ms === undefined ? '' : fmtDuration(ms); }
+function fmtAge(secs) {
+  if (secs === null || secs === undefined) return '';
+  return fmtDuration(secs * 1000);
+}
+
+async function refreshInsights() {
+  const w = encodeURIComponent($('fn-window').value);
+  let fns, signals, workers;
+  try {
+    [fns, signals, workers] = await Promise.all([getJson('dashboard/functions?window=' + w),
+      getJson('dashboard/signals'), getJson('dashboard/workers?window=' + w)]);
+  } catch (e) {
+    if (e.status === 403) {
+      $('insights-error').hidden = false;
+      $('insights-error').textContent = 'Function stats, signals and workers need an admin token.';
+      return;
+    }
+    throw e;
+  }
+  $('insights-error').hidden = true;
+  renderFunctionStats(fns.functions);
+  renderSignals(signals.signals);
+  renderWorkers(workers.workers);
+}
+
+function renderFunctionStats(functions) {
+  const tbody = clear($('fn-stats').tBodies[0]);
+  for (const f of functions) {
+    const errors = f.top_errors.map((k) => k.kind + ' ' + k.count).join(', ');
+    tbody.appendChild(el('tr', null,
+      el('td', null, el('a', {
+        href: '#', onclick: (ev) => { ev.preventDefault(); applyFilters('function=' + encodeURIComponent(f.function)); showJobs(); },
+      }, f.function)),
+      el('td', { class: 'num' }, f.runs.toLocaleString()),
+      el('td', { class: 'num' }, f.runs_per_minute.toFixed(2)),
+      el('td', { class: 'num' }, fmtMs(f.duration_ms.p50)),
+      el('td', { class: 'num' }, fmtMs(f.duration_ms.p95)),
+      el('td', { class: 'num' }, fmtMs(f.duration_ms.p99)),
+      el('td', { class: 'num' }, (100 * f.failure_rate).toFixed(1) + '%'),
+      el('td', { class: 'wrap' }, errors)));
+  }
+  if (!functions.length) tbody.appendChild(el('tr', null, el('td', { class: 'muted', colspan: '8' }, 'no runs ended in the window')));
+}
+
+/** Each signal's count opens the jobs list filtered by its link. */
+function renderSignals(signals) {
+  const tbody = clear($('signals').tBodies[0]);
+  for (const s of signals) {
+    const query = s.link.replace(/^[^?]*\?/, '');
+    tbody.appendChild(el('tr', { class: s.count > 0 ? 'hot' : null, 'data-kind': s.kind },
+      el('td', { class: 'wrap' }, s.label),
+      el('td', { class: 'num' }, el('a', {
+        href: '#', class: 'signal', title: 'list them: ' + s.link,
+        onclick: (ev) => { ev.preventDefault(); applyFilters(query); showJobs(); },
+      }, s.count.toLocaleString())),
+      el('td', { class: 'num' }, fmtAge(s.oldest_age_secs))));
+  }
+}
+
+function renderWorkers(workers) {
+  const tbody = clear($('workers').tBodies[0]);
+  for (const w of workers) {
+    const running = w.running.map((r) => [el('a', { href: '#job/' + encodeURIComponent(r.id), title: r.id,
+      class: r.lease_expired ? 'lost' : null }, r.function + ' ' + r.id.slice(-8)), r.lease_expired ? ' (lease lost) ' : ' ']);
+    tbody.appendChild(el('tr', null,
+      el('td', { class: 'mono' }, w.worker_id),
+      el('td', null, fmtTime(w.last_seen)),
+      el('td', { class: 'num' }, w.finished.toLocaleString()),
+      el('td', { class: 'wrap' }, running.length ? running : el('span', { class: 'muted' }, 'idle'))));
+  }
+  if (!workers.length) tbody.appendChild(el('tr', null, el('td', { class: 'muted', colspan: '4' }, 'no workers seen in the window')));
+}
+
+/** Lists the jobs the filters select, from the first page, and scrolls to them. */
+function showJobs() {
+  if (location.hash) location.hash = '';
+  loadJobs(null, []).then(() => $('jobs').scrollIntoView()).catch((e) => showError('jobs: ' + e.message));
+}
+
+/** The listing's filter as a bulk operation's (`POST /operations`): flags become booleans. */
+function operationFilter() {
+  const filter = {};
+  for (const [k, v] of listFilters()) {
+    filter[k] = FLAG_FILTERS.includes(k) && (v === 'true' || v === 'false') ? v === 'true' : v;
+  }
+  return filter;
+}
+
+const ACTED = { cancel: 'cancelled', retry: 'retried', delete: 'deleted' };
+
+/** "Act on these": the dry run's count in a confirmation, then the operation and its progress. */
+async function actOnFilter() {
+  const action = $('act-action').value;
+  const filter = operationFilter();
+  $('act-result').textContent = '';
+  const dry = await postOperation({ action, filter, dry_run: true });
+  if (dry.count === 0) {
+    $('act-result').textContent = 'none of the listed jobs can be ' + ACTED[action] + ': nothing to do';
+    return;
+  }
+  const question = 'This will ' + action + ' ' + plural(dry.count, 'job') + ' (' + describeFilter(filter) + '). Go ahead?';
+  if (!confirm(question)) { $('act-result').textContent = 'not started'; return; }
+  const op = await postOperation({ action, filter });
+  $('act-result').textContent = action + ' of ' + plural(dry.count, 'job') + ' started';
+  await followOperation(op);
+  const done = await getJson('operations/' + encodeURIComponent(op.id));
+  $('act-result').textContent = action + ': ' + plural(done.affected, 'job') + ' changed (' + done.status + ')';
+}
+
 // ---- the jobs list (keyset paging: a stack of the cursors of the pages before this one) ----
 
 const list = { cursor: null, before: [], next: null };
 
+// Filters a signal's link set that have no input of their own (queue, held_on, ...), shown
+// beside the inputs until cleared.
+let extraFilters = new URLSearchParams();
+const INPUT_FILTERS = { status: 'f-status', function: 'f-function', id: 'f-id', error: 'f-error', arg: 'f-arg' };
+// The filters whose values are true or false: JSON booleans in a bulk operation's filter.
+const FLAG_FILTERS = ['due', 'held', 'publish_failing', 'dead_lettered', 'lease_expired'];
+
+/** The listing's filters now: the inputs', then the extra ones. */
+function listFilters() {
+  const params = new URLSearchParams();
+  for (const [name, id] of Object.entries(INPUT_FILTERS)) {
+    const v = $(id).value.trim();
+    if (v) params.set(name, v);
+  }
+  for (const [k, v] of extraFilters) if (!params.has(k)) params.set(k, v);
+  return params;
+}
+
+/** Sets the filters from a query string (a signal's link): inputs first, the rest as extras. */
+function applyFilters(query) {
+  const q = new URLSearchParams(query);
+  extraFilters = new URLSearchParams();
+  for (const [name, id] of Object.entries(INPUT_FILTERS)) $(id).value = q.get(name) || '';
+  for (const [k, v] of q) if (!(k in INPUT_FILTERS) && k !== 'limit' && k !== 'cursor') extraFilters.set(k, v);
+  renderExtraFilters();
+}
+
+function renderExtraFilters() {
+  const parts = [...extraFilters].map(([k, v]) => k + ' = ' + v);
+  $('f-extra').textContent = parts.length ? 'and ' + parts.join(', ') : '';
+}
+
 async function loadJobs(cursor, before) {
-  const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
-  const status = $('f-status').value;
-  const fn = $('f-function').value.trim();
-  if (status) params.set('status', status);
-  if (fn) params.set('function', fn);
+  const params = listFilters();
+  params.set('limit', String(PAGE_SIZE));
   if (cursor) params.set('cursor', cursor);
   const page = await getJson('jobs?' + params.toString());
   list.cursor = cursor;
@@ -218,6 +359,7 @@ function closeJob() {
   $('job').hidden = true;
   $('jobs').hidden = false;
   $('stats').hidden = false;
+  $('insights').hidden = false;
   $('bulk').hidden = false;
 }
 
@@ -227,6 +369,7 @@ async function openJob(id) {
   view = v;
   $('jobs').hidden = true;
   $('stats').hidden = true;
+  $('insights').hidden = true;
   $('bulk').hidden = true;
   $('job').hidden = false;
   $('cancel-result').textContent = '';
@@ -637,6 +780,7 @@ async function tick() {
   ticking = true;
   try {
     await refreshStats();
+    if (!view) await refreshInsights();
     if (!view && list.cursor === null) await loadJobs(null, []);
     if (!view) await refreshOperations();
     if (!view) await refreshFlow();
@@ -673,6 +817,9 @@ $('prev').addEventListener('click', () => {
   const before = list.before.slice(0, -1);
   loadJobs(list.before[list.before.length - 1], before).catch((e) => showError(e.message));
 });
+$('f-clear').addEventListener('click', () => { applyFilters(''); loadJobs(null, []).catch((e) => showError(e.message)); });
+$('act-form').addEventListener('submit', (ev) => { ev.preventDefault(); actOnFilter().catch((e) => showError('act: ' + e.message)); });
+$('fn-window').addEventListener('change', () => refreshInsights().catch((e) => showError(e.message)));
 $('first').addEventListener('click', () => loadJobs(null, []).catch((e) => showError(e.message)));
 $('back').addEventListener('click', (ev) => { ev.preventDefault(); location.hash = ''; });
 $('cancel').addEventListener('click', () => cancelJob().catch((e) => showError(e.message)));
