@@ -172,6 +172,7 @@ def main():
         kv("celery.cpu_ms_per_job", f"{worker_ms:.4f}")
         kv("celery.redis_cpu_ms_per_job", f"{redis_ms:.4f}")
 
+        kv("celery.status_procs", args.status_procs)
         for kind in ("state", "get"):
             rate = status_rate(kind, ids, args.status_requests, args.status_procs)
             what = "AsyncResult(id).state" if kind == "state" else "Redis GET celery-task-meta-<id>"

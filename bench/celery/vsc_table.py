@@ -16,12 +16,20 @@ def load(paths):
 
 def main():
     v = load(sys.argv[1:])
+    # Everything a job cost on the machine: the worker (or runq) processes plus the store.
+    for mine, store, total in (
+        ("celery.cpu_ms_per_job", "celery.redis_cpu_ms_per_job", "celery.total_cpu_ms_per_job"),
+        ("single.cpu_ms_per_job", "single.pg_cpu_ms_per_job", "single.total_cpu_ms_per_job"),
+        ("batch.cpu_ms_per_job", "batch.pg_cpu_ms_per_job", "batch.total_cpu_ms_per_job"),
+    ):
+        if mine in v and store in v:
+            v[total] = v[mine] + v[store]
 
     def fmt(x, unit):
         if x is None:
             return "-"
         if unit == "ms":
-            return f"{x:.3f} ms" if x < 1 else f"{x:.1f} ms"
+            return f"{x:.3f} ms" if x < 1 else f"{x:.2f} ms" if x < 10 else f"{x:.1f} ms"
         if unit == "B":
             return f"{x:,.0f} B"
         if unit == "":
@@ -38,19 +46,20 @@ def main():
         r = v.get(runq_key) if runq_key else None
         rows.append((name, fmt(c, unit), fmt(r, unit), ratio(r, c), better))
 
-    row("throughput, POST /jobs (Celery: drain)", "celery.drain_per_s", "single.jobs_per_s", "/s", "higher")
-    row("throughput, POST /jobs:batch (Celery: drain)", "celery.drain_per_s", "batch.jobs_per_s", "/s", "higher")
+    row("throughput jobs/s, POST /jobs (Celery: drain)", "celery.drain_per_s", "single.jobs_per_s", "/s", "higher")
+    row("throughput jobs/s, POST /jobs:batch (Celery: drain)", "celery.drain_per_s", "batch.jobs_per_s", "/s", "higher")
     row("submit->start p50", "celery.latency.start_p50_ms", "latency.start_p50_ms", "ms", "lower")
     row("submit->start p99", "celery.latency.start_p99_ms", "latency.start_p99_ms", "ms", "lower")
-    row("runq p99 vs Celery p50", "celery.latency.start_p50_ms", "latency.start_p99_ms", "ms", "lower")
+    row("runq p99 vs Celery p50 (submit->start)", "celery.latency.start_p50_ms", "latency.start_p99_ms", "ms", "lower")
     status = next((k for k in v if k.startswith("api.status_per_s.")), None)
-    row(f"status look-ups (Celery: AsyncResult.state; runq {status and status.rsplit('.', 1)[1]})",
+    procs = int(v.get("celery.status_procs", 0))
+    row(f"status look-ups/s (Celery: AsyncResult.state, {procs} procs; runq: concurrency {status and status.rsplit('.c', 1)[1]})",
         "celery.status_state_per_s", status, "/s", "higher")
-    row("status look-ups (Celery: Redis GET)", "celery.status_get_per_s", status, "/s", "higher")
-    row("enqueue, one producer, serial", "celery.enqueue_per_s", "api.submit_per_s.c1", "/s", "higher")
+    row("status look-ups/s (Celery: Redis GET of the result key)", "celery.status_get_per_s", status, "/s", "higher")
+    row("enqueue/s, one producer, one at a time", "celery.enqueue_per_s", "api.submit_per_s.c1", "/s", "higher")
     conc = next((k for k in v if k.startswith("api.submit_per_s.") and not k.endswith(".c1")), None)
     if conc:
-        row(f"enqueue, one producer, {conc.rsplit('.', 1)[1]} in flight (runq)", "celery.enqueue_per_s", conc, "/s",
+        row(f"enqueue/s, one producer (Celery: one at a time; runq: {conc.rsplit('.c', 1)[1]} in flight)", "celery.enqueue_per_s", conc, "/s",
             "higher")
     row("CPU per job: worker / runq process (POST /jobs)", "celery.cpu_ms_per_job", "single.cpu_ms_per_job", "ms",
         "lower")
@@ -59,6 +68,10 @@ def main():
         "single.pg_cpu_ms_per_job", "ms", "lower")
     row("CPU per job: redis-server / Postgres (batch)", "celery.redis_cpu_ms_per_job", "batch.pg_cpu_ms_per_job",
         "ms", "lower")
+    row("CPU per job, both together (POST /jobs)", "celery.total_cpu_ms_per_job", "single.total_cpu_ms_per_job",
+        "ms", "lower")
+    row("CPU per job, both together (batch)", "celery.total_cpu_ms_per_job", "batch.total_cpu_ms_per_job", "ms",
+        "lower")
     for phase in ("single", "batch"):
         row(f"Postgres WAL per job ({phase})", None, f"{phase}.wal_bytes_per_job", "B", "lower")
         row(f"Postgres transaction ids per job ({phase})", None, f"{phase}.xids_per_job", "", "lower")
