@@ -27,6 +27,12 @@ struct Args {
     /// Jobs to submit (and status reads to make).
     #[arg(long, default_value_t = 20_000)]
     requests: usize,
+    /// Skip the status phase (for a submit-only run, e.g. at concurrency 1).
+    #[arg(long)]
+    submit_only: bool,
+    /// Also print each rate as a `kv NAME VALUE` line (read by bench/vs-celery).
+    #[arg(long)]
+    kv: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -40,6 +46,10 @@ struct Report {
 }
 
 impl Report {
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+
     fn print(mut self, concurrency: usize) {
         self.latencies.sort();
         let pct = |p: f64| {
@@ -152,7 +162,13 @@ async fn main() {
         }
     })
     .await;
+    if args.kv {
+        println!("kv api.submit_per_s.c{} {:.1}", args.concurrency, submit.rate());
+    }
     submit.print(args.concurrency);
+    if args.submit_only {
+        return;
+    }
 
     let ids: Arc<Vec<String>> = Arc::new(jobs.iter().map(|j| j["id"].as_str().expect("id").to_owned()).collect());
     let (h, a, b) = (http.clone(), auth.clone(), base.clone());
@@ -170,5 +186,8 @@ async fn main() {
         }
     })
     .await;
+    if args.kv {
+        println!("kv api.status_per_s.c{} {:.1}", args.concurrency, status.rate());
+    }
     status.print(args.concurrency);
 }

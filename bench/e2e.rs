@@ -4,53 +4,86 @@
 //!
 //!   cargo bench --bench e2e                        # 20,000 jobs, then 200 jobs/s for 10 s
 //!   cargo bench --bench e2e -- --jobs 5000 --rate 100 --seconds 5
+//!   cargo bench --bench e2e -- --batch --prefill 1000000 --kv   # what bench/vs-celery runs
+//!
+//! Each throughput phase also reports what a job cost: CPU of this process (load generator,
+//! API, emulator and workers together: an upper bound on runq's own), CPU of the Postgres
+//! processes serving this database (its backends plus the shared background processes), WAL
+//! bytes, transaction ids (write transactions) and `pg_stat_database` commits (read-only
+//! transactions included) per job.
 //!
 //! Uses a scratch database `runq_bench_e2e` on DATABASE_URL's server (default local Postgres).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Jobs in the throughput phase.
+    /// Jobs in each throughput phase.
     #[arg(long, default_value_t = 20_000)]
     jobs: usize,
     /// Submits in flight at once in the throughput phase.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Also run a throughput phase that submits through `POST /jobs:batch`.
+    #[arg(long)]
+    batch: bool,
+    /// Jobs per `POST /jobs:batch`.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 4)]
+    batch_concurrency: usize,
     /// Submit rate of the latency phase, jobs/s.
     #[arg(long, default_value_t = 200)]
     rate: u32,
     /// Length of the latency phase.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Finished jobs inserted before the run (bench/prefill.sql), to measure at that table size.
+    #[arg(long, default_value_t = 0)]
+    prefill: u64,
+    /// Wait before reading `pg_stat_database` so idle backends have flushed their counters
+    /// (Postgres 15 flushes an idle backend's within 10 s). 0 skips the commit counts.
+    #[arg(long, default_value_t = 11)]
+    settle_secs: u64,
+    /// Also print every figure as a `kv NAME VALUE` line (read by bench/vs-celery).
+    #[arg(long)]
+    kv: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
 }
 
 const SECRET: &str = "bench-e2e-secret-0123456789abcdef";
+const DATABASE: &str = "runq_bench_e2e";
+/// Linux reports /proc CPU times in USER_HZ ticks, 100 per second on every architecture.
+const TICKS_PER_SEC: f64 = 100.0;
 
 async fn scratch_database() -> String {
     let server = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let (base, _) = server.rsplit_once('/').expect("DATABASE_URL has a database");
     let admin = runq::store::connect_lazy(&server, 1, Duration::from_secs(5)).expect("DATABASE_URL");
-    sqlx::query("DROP DATABASE IF EXISTS runq_bench_e2e WITH (FORCE)").execute(&admin).await.expect("drop");
-    sqlx::query("CREATE DATABASE runq_bench_e2e").execute(&admin).await.expect("create");
-    format!("{base}/runq_bench_e2e")
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).execute(&admin).await.expect("drop");
+    sqlx::query(&format!("CREATE DATABASE {DATABASE}")).execute(&admin).await.expect("create");
+    format!("{base}/{DATABASE}")
 }
 
-async fn wait_all_finished(pool: &PgPool, expected: i64) {
+/// Waits until no job is queued, running or retrying (an index scan of `jobs_status_id`, which
+/// doesn't walk the finished rows). Call once every submit has been answered.
+async fn wait_all_finished(pool: &PgPool) {
     loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE finished_at IS NOT NULL")
-            .fetch_one(pool)
-            .await
-            .expect("count");
-        if done >= expected {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running', 'retrying')")
+                .fetch_one(pool)
+                .await
+                .expect("count");
+        if left == 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -62,41 +95,157 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
-    let url = scratch_database().await;
-    let mut options = runq::dev::DevOptions::new(url, SECRET.into());
-    options.api_addr = "127.0.0.1:0".into();
-    options.emulator_addr = "127.0.0.1:0".into();
-    let stack = runq::dev::DevStack::start(options, runq::function::Registry::builtin()).await.expect("dev stack");
-    let token =
-        runq::auth::mint_hs256(SECRET, "bench", false, Duration::from_secs(3600), "scope", "runq:admin", None, None)
-            .unwrap();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build().unwrap();
-    let submit_url = format!("{}/jobs", stack.api_url);
-    let priorities = ["high", "medium", "low"];
+/// utime + stime of one process, in ticks, from /proc/<pid>/stat.
+fn proc_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
 
-    // Throughput: submit `jobs` noops as fast as `concurrency` allows; time until all finished.
-    let started = Instant::now();
+/// CPU ticks of each Postgres process that serves this database: its backends (and autovacuum
+/// workers) by the database name in their title, and the shared background processes
+/// (checkpointer, WAL writer, ...); other databases' backends are left out.
+fn postgres_ticks() -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() != "postgres" {
+            continue;
+        }
+        let title = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let ours = title.split([' ', '\0']).any(|w| w == DATABASE);
+        let a_backend = title.contains('(') || title.contains("[local]") || title.contains("autovacuum worker");
+        if (ours || !a_backend)
+            && let Some(t) = proc_ticks(&pid)
+        {
+            out.insert(pid, t);
+        }
+    }
+    out
+}
+
+/// What the machine and the database had done at one moment.
+struct Snapshot {
+    at: Instant,
+    self_ticks: u64,
+    postgres: HashMap<String, u64>,
+    wal_lsn: String,
+    xid: i64,
+    commits: Option<i64>,
+}
+
+async fn snapshot(pool: &PgPool, settle: Duration) -> Snapshot {
+    let commits = if settle.is_zero() {
+        None
+    } else {
+        tokio::time::sleep(settle).await;
+        Some(
+            sqlx::query_scalar::<_, i64>("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+                .fetch_one(pool)
+                .await
+                .expect("xact_commit"),
+        )
+    };
+    // pg_current_xact_id() takes an id itself: one per snapshot, negligible per job.
+    let (wal_lsn, xid): (String, i64) =
+        sqlx::query_as("SELECT pg_current_wal_lsn()::text, (pg_current_xact_id()::text)::bigint")
+            .fetch_one(pool)
+            .await
+            .expect("wal lsn");
+    Snapshot {
+        at: Instant::now(),
+        self_ticks: proc_ticks("self").unwrap_or(0),
+        postgres: postgres_ticks(),
+        wal_lsn,
+        xid,
+        commits,
+    }
+}
+
+/// Per-job costs between two snapshots, printed (and as `kv` lines under `prefix`).
+async fn report_costs(pool: &PgPool, prefix: &str, jobs: usize, before: &Snapshot, after: &Snapshot, kv: bool) {
+    let n = jobs as f64;
+    let runq_ms = (after.self_ticks - before.self_ticks) as f64 / TICKS_PER_SEC * 1000.0 / n;
+    let pg_ticks: u64 =
+        after.postgres.iter().map(|(pid, t)| t.saturating_sub(before.postgres.get(pid).copied().unwrap_or(0))).sum();
+    let pg_ms = pg_ticks as f64 / TICKS_PER_SEC * 1000.0 / n;
+    let wal: f64 = sqlx::query_scalar("SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::float8")
+        .bind(&after.wal_lsn)
+        .bind(&before.wal_lsn)
+        .fetch_one(pool)
+        .await
+        .expect("wal diff");
+    let xids = (after.xid - before.xid - 1) as f64 / n;
+    let commits = match (before.commits, after.commits) {
+        (Some(b), Some(a)) => Some((a - b) as f64 / n),
+        _ => None,
+    };
+    let secs = (after.at - before.at).as_secs_f64();
+    println!(
+        "cost        per job ({prefix}): runq process CPU {runq_ms:.3} ms, Postgres CPU {pg_ms:.3} ms, WAL {:.0} bytes, {xids:.2} transaction ids, {} commits (over {secs:.1} s)",
+        wal / n,
+        commits.map_or("-".into(), |c| format!("{c:.2}")),
+    );
+    if kv {
+        println!("kv {prefix}.cpu_ms_per_job {runq_ms:.4}");
+        println!("kv {prefix}.pg_cpu_ms_per_job {pg_ms:.4}");
+        println!("kv {prefix}.wal_bytes_per_job {:.1}", wal / n);
+        println!("kv {prefix}.xids_per_job {xids:.3}");
+        if let Some(c) = commits {
+            println!("kv {prefix}.commits_per_job {c:.3}");
+        }
+    }
+}
+
+fn token(sub: &str, admin: bool) -> String {
+    runq::auth::mint_hs256(SECRET, sub, admin, Duration::from_secs(3600), "scope", "runq:admin", None, None).unwrap()
+}
+
+/// Median time of `rounds` GETs of `url`, in ms.
+async fn time_get(http: &reqwest::Client, url: &str, token: &str, rounds: usize) -> f64 {
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let resp = http.get(url).bearer_auth(token).send().await.expect("get");
+        assert_eq!(resp.status(), 200, "GET {url}");
+        let _: Value = resp.json().await.expect("json");
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    percentile(&times, 0.5)
+}
+
+/// Submits `jobs` noops with `concurrency` requests in flight, each request carrying `per`
+/// jobs (`POST /jobs` when `per` is 0, `POST /jobs:batch` otherwise).
+async fn submit_all(http: &reqwest::Client, api: &str, token: &str, jobs: usize, concurrency: usize, per: usize) {
+    let priorities = ["high", "medium", "low"];
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let submitters: Vec<_> = (0..args.concurrency)
+    let step = per.max(1);
+    let submitters: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (http, url, token, next) = (http.clone(), submit_url.clone(), token.clone(), next.clone());
-            let jobs = args.jobs;
+            let (http, token, next) = (http.clone(), token.to_owned(), next.clone());
+            let url = if per == 0 { format!("{api}/jobs") } else { format!("{api}/jobs:batch") };
             tokio::spawn(async move {
                 loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let i = next.fetch_add(step, std::sync::atomic::Ordering::Relaxed);
                     if i >= jobs {
                         break;
                     }
-                    let resp = http
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .json(&json!({"function": "noop", "priority": priorities[i % 3]}))
-                        .send()
-                        .await
-                        .expect("submit");
+                    let body = if per == 0 {
+                        json!({"function": "noop", "priority": priorities[i % 3]})
+                    } else {
+                        let items: Vec<Value> = (i..(i + per).min(jobs))
+                            .map(|k| json!({"function": "noop", "priority": priorities[k % 3]}))
+                            .collect();
+                        json!({"jobs": items})
+                    };
+                    let resp = http.post(&url).bearer_auth(&token).json(&body).send().await.expect("submit");
                     assert_eq!(resp.status(), 202);
                 }
             })
@@ -105,31 +254,109 @@ async fn main() {
     for s in submitters {
         s.await.unwrap();
     }
+}
+
+/// One throughput phase: submit, wait until every job finished, print jobs/s and the costs.
+#[allow(clippy::too_many_arguments)]
+async fn throughput(
+    stack: &runq::dev::DevStack,
+    http: &reqwest::Client,
+    args: &Args,
+    prefix: &str,
+    owner: &str,
+    concurrency: usize,
+    per: usize,
+    before: Snapshot,
+) -> Snapshot {
+    let started = Instant::now();
+    submit_all(http, &stack.api_url, &token(owner, false), args.jobs, concurrency, per).await;
     let submitted = started.elapsed();
-    wait_all_finished(&stack.pool, args.jobs as i64).await;
+    wait_all_finished(&stack.pool).await;
     let finished = started.elapsed();
-    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status <> 'succeeded'")
+    let after = snapshot(&stack.pool, Duration::ZERO).await;
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE owner = $1 AND status <> 'succeeded'")
+        .bind(owner)
         .fetch_one(&stack.pool)
         .await
         .unwrap();
+    let how = if per == 0 { "POST /jobs".to_owned() } else { format!("POST /jobs:batch of {per}") };
+    let rate = args.jobs as f64 / finished.as_secs_f64();
     println!(
-        "throughput  {} noop jobs: submitted in {:.2} s ({:.0} jobs/s), all finished in {:.2} s => {:.0} jobs/s end to end ({failed} not succeeded)",
+        "throughput  {} noop jobs ({how}, {concurrency} in flight): submitted in {:.2} s ({:.0} jobs/s), all finished in {:.2} s => {rate:.0} jobs/s end to end ({failed} not succeeded)",
         args.jobs,
         submitted.as_secs_f64(),
         args.jobs as f64 / submitted.as_secs_f64(),
         finished.as_secs_f64(),
-        args.jobs as f64 / finished.as_secs_f64(),
     );
+    if args.kv {
+        println!("kv {prefix}.jobs_per_s {rate:.1}");
+        println!("kv {prefix}.submit_per_s {:.1}", args.jobs as f64 / submitted.as_secs_f64());
+    }
+    // Read the commit counters after the settle, but charge the CPU and WAL up to the finish.
+    let settled = snapshot(&stack.pool, Duration::from_secs(args.settle_secs)).await;
+    let after = Snapshot { commits: settled.commits, ..after };
+    report_costs(&stack.pool, prefix, args.jobs, &before, &after, args.kv).await;
+    settled
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let url = scratch_database().await;
+    let mut options = runq::dev::DevOptions::new(url, SECRET.into());
+    options.api_addr = "127.0.0.1:0".into();
+    options.emulator_addr = "127.0.0.1:0".into();
+    let stack = runq::dev::DevStack::start(options, runq::function::Registry::builtin()).await.expect("dev stack");
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build().unwrap();
+    let api = stack.api_url.clone();
+
+    if args.prefill > 0 {
+        let t = Instant::now();
+        let sql = include_str!("prefill.sql").replace(":prefill_rows", &args.prefill.to_string());
+        sqlx::raw_sql(&sql).execute(&stack.pool).await.expect("prefill");
+        sqlx::raw_sql("VACUUM ANALYZE jobs").execute(&stack.pool).await.expect("vacuum");
+        println!(
+            "prefill     {} finished jobs inserted and vacuumed in {:.1} s",
+            args.prefill,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let jobs_in_table: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&stack.pool).await.unwrap();
+    // The dashboard's header and the first page of a listing, at this table size (median of 7).
+    let admin = token("bench-admin", true);
+    let stats_ms = time_get(&http, &format!("{api}/dashboard/stats"), &admin, 7).await;
+    let list_admin_ms = time_get(&http, &format!("{api}/jobs?limit=50"), &admin, 7).await;
+    let list_owner_ms = time_get(&http, &format!("{api}/jobs?limit=50"), &token("prefill", false), 7).await;
+    let list_status_ms = time_get(&http, &format!("{api}/jobs?limit=50&status=failed"), &admin, 7).await;
+    println!(
+        "queries     at {jobs_in_table} jobs: GET /dashboard/stats {stats_ms:.1} ms; GET /jobs?limit=50 admin {list_admin_ms:.1} ms, one owner's {list_owner_ms:.1} ms, admin status=failed {list_status_ms:.1} ms (median of 7)"
+    );
+    if args.kv {
+        println!("kv prefill {}", args.prefill);
+        println!("kv query.stats_ms {stats_ms:.2}");
+        println!("kv query.list_admin_ms {list_admin_ms:.2}");
+        println!("kv query.list_owner_ms {list_owner_ms:.2}");
+        println!("kv query.list_status_ms {list_status_ms:.2}");
+    }
+
+    // Throughput: submit `jobs` noops as fast as `concurrency` allows; time until all finished.
+    let start = snapshot(&stack.pool, Duration::from_secs(args.settle_secs)).await;
+    let next = throughput(&stack, &http, &args, "single", "bench", args.concurrency, 0, start).await;
+    if args.batch {
+        let per = args.batch_size.clamp(1, runq::api::MAX_BATCH);
+        throughput(&stack, &http, &args, "batch", "bench-batch", args.batch_concurrency, per, next).await;
+    }
 
     // Latency at a fixed rate: timestamps come from Postgres (created_at, started_at, finished_at).
-    sqlx::query("TRUNCATE jobs CASCADE").execute(&stack.pool).await.unwrap();
     let total = args.rate as u64 * args.seconds;
+    let latency_token = token("bench-latency", false);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut inflight = Vec::with_capacity(total as usize);
+    let priorities = ["high", "medium", "low"];
     for i in 0..total {
         tick.tick().await;
-        let (http, url, token) = (http.clone(), submit_url.clone(), token.clone());
+        let (http, url, token) = (http.clone(), format!("{api}/jobs"), latency_token.clone());
         inflight.push(tokio::spawn(async move {
             let resp = http
                 .post(&url)
@@ -144,9 +371,9 @@ async fn main() {
     for f in inflight {
         f.await.unwrap();
     }
-    wait_all_finished(&stack.pool, total as i64).await;
+    wait_all_finished(&stack.pool).await;
     let rows: Vec<(f64, f64)> = sqlx::query_as(
-        "SELECT extract(epoch FROM started_at - created_at)::float8 * 1000, extract(epoch FROM finished_at - created_at)::float8 * 1000 FROM jobs",
+        "SELECT extract(epoch FROM started_at - created_at)::float8 * 1000, extract(epoch FROM finished_at - created_at)::float8 * 1000 FROM jobs WHERE owner = 'bench-latency'",
     )
     .fetch_all(&stack.pool)
     .await
@@ -163,5 +390,11 @@ async fn main() {
         percentile(&finish, 0.5),
         percentile(&finish, 0.99),
     );
+    if args.kv {
+        println!("kv latency.start_p50_ms {:.3}", percentile(&start, 0.5));
+        println!("kv latency.start_p99_ms {:.3}", percentile(&start, 0.99));
+        println!("kv latency.finish_p50_ms {:.3}", percentile(&finish, 0.5));
+        println!("kv latency.finish_p99_ms {:.3}", percentile(&finish, 0.99));
+    }
     stack.shutdown().await;
 }
