@@ -458,7 +458,8 @@ pub fn openapi(registry: &Registry) -> Value {
                 "Stats": {
                     "type": "object",
                     "properties": {
-                        "by_status": { "type": "object", "additionalProperties": { "type": "integer" }, "description": "Every status, zeros included." },
+                        "by_status": { "type": "object", "additionalProperties": { "type": "integer" }, "description": "Every status, zeros included: all unfinished jobs, and those finished in the last finished_window_secs." },
+                        "finished_window_secs": { "type": "integer", "description": "How far back the finished counts look (24 h)." },
                         "by_function": { "type": "object", "additionalProperties": { "type": "object", "additionalProperties": { "type": "integer" } },
                                          "description": "Function, then status, then count." },
                         "unfinished_by_priority": { "type": "object", "additionalProperties": { "type": "object", "additionalProperties": { "type": "integer" } },

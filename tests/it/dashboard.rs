@@ -108,6 +108,8 @@ async fn stats_are_exact_for_a_known_data_set(pool: PgPool) {
     insert(&pool, 3, "alice", "noop", "medium", "succeeded", "b - interval '2 minutes' + interval '10 seconds'").await;
     insert(&pool, 1, "bob", "echo", "medium", "failed", "b - interval '5 minutes' + interval '1 second'").await;
     insert(&pool, 1, "bob", "fail", "low", "failed", "now() - interval '2 hours'").await;
+    // Finished before the counts' window (24 h): kept, listed, but not counted.
+    insert(&pool, 4, "bob", "noop", "low", "succeeded", "now() - interval '25 hours'").await;
     insert(&pool, 1, "carol", "sleep", "low", "cancelled", "b - interval '1 minute'").await;
     insert(&pool, 2, "alice", "noop", "high", "queued", "NULL").await;
     insert(&pool, 1, "bob", "sleep", "low", "queued", "NULL").await;
@@ -138,6 +140,7 @@ async fn stats_are_exact_for_a_known_data_set(pool: PgPool) {
             "low": {"queued": 1, "running": 0, "retrying": 0},
         })
     );
+    assert_eq!(stats["finished_window_secs"], 86_400);
     assert_eq!(stats["throughput"]["last_hour"], json!({"succeeded": 3, "failed": 1}));
     let per_minute = stats["throughput"]["finished_per_minute"].as_array().unwrap();
     assert_eq!(per_minute.len(), 15);

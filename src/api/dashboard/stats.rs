@@ -17,10 +17,14 @@ const UNFINISHED: [Status; 3] = [Status::Queued, Status::Running, Status::Retryi
 /// What the dashboard's header shows, from one consistent snapshot of `jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
-    /// Every status, zeros included, over every job still kept (cleanup bounds it).
+    /// Every status, zeros included: every unfinished job, and the jobs finished in the last
+    /// `finished_window_secs` (so the count costs what the recent traffic costs, however much
+    /// history is kept).
     pub by_status: BTreeMap<String, i64>,
     /// Function → status → count; only the statuses a function has jobs in.
     pub by_function: BTreeMap<String, BTreeMap<String, i64>>,
+    /// How far back the finished counts of `by_status` and `by_function` look.
+    pub finished_window_secs: u64,
     /// Priority → unfinished status → count, zeros included: the queue depth per queue.
     pub unfinished_by_priority: BTreeMap<String, BTreeMap<String, i64>>,
     pub throughput: Throughput,
@@ -70,6 +74,7 @@ impl From<DashboardCounts> for Stats {
         Stats {
             by_status,
             by_function,
+            finished_window_secs: store::FINISHED_WINDOW.as_secs(),
             unfinished_by_priority,
             throughput: Throughput {
                 finished_per_minute: c
