@@ -556,6 +556,27 @@ async fn google_oidc_accepts_both_issuer_spellings() {
 }
 
 #[tokio::test]
+async fn google_oidc_remembers_an_accepted_token_and_checks_every_other_one() {
+    let (_server, key, v) = google_setup(vec![PUSH_SA.into()]).await;
+    let token = key.sign(&google_claims("accounts.google.com", PUSH_SA));
+    assert_eq!(v.verify(&token).await, Ok(push_identity()));
+    assert_eq!(v.verify(&token).await, Ok(push_identity()), "the same token again");
+    assert_eq!(v.remembered_tokens(), 1);
+    // One changed byte of the signature is another token: checked in full, and refused.
+    let mut forged = token.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert!(v.verify(&forged).await.is_err(), "a forged copy of a remembered token");
+    // Refusals aren't remembered: a wrong email is refused every time.
+    let intruder = key.sign(&google_claims("accounts.google.com", "other@proj.iam.gserviceaccount.com"));
+    for _ in 0..2 {
+        assert!(matches!(v.verify(&intruder).await, Err(AuthError::Forbidden { .. })));
+    }
+    assert_eq!(v.remembered_tokens(), 1);
+}
+
+#[tokio::test]
 async fn google_oidc_refuses_unverified_email() {
     let (_server, key, v) = google_setup(vec![PUSH_SA.into()]).await;
     for verified in [json!(false), json!("false"), Value::Null] {
