@@ -90,7 +90,12 @@ async fn wait_all_finished(pool: &PgPool) {
     }
 }
 
+/// The `p` quantile of `sorted`; NaN (printed as such) when there is nothing to take it of, as
+/// after `--seconds 0`.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
 }
