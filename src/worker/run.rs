@@ -313,26 +313,23 @@ async fn record(
             // blocking work see the cancel flag, as it would before the reaper. If Postgres is
             // what failed, this fails too and the reaper does it later.
             tokio::time::sleep_until(lease_ends).await;
-            let given = tokio::time::timeout(
-                state.lease / LEASE_MARGIN_DIVISOR,
-                store::give_back_lapsed(&state.pool, id, claim),
-            );
-            return Ok(match given.await {
-                Ok(Ok(Some(Status::Queued))) => {
+            let give_back = store::give_back_lapsed(&state.pool, id, claim);
+            let given = match tokio::time::timeout(state.lease / LEASE_MARGIN_DIVISOR, give_back).await {
+                Ok(given) => given.map_err(|e| e.to_string()),
+                Err(_) => Err("Postgres gave no answer within a quarter of the lease".to_owned()),
+            };
+            return Ok(match given {
+                Ok(Some(Status::Queued)) => {
                     tracing::warn!(job_id = %id, "lease could not be renewed in time; run stopped and the job requeued");
                     Recorded::Released
                 }
-                Ok(Ok(Some(status))) => {
+                Ok(Some(status)) => {
                     tracing::warn!(job_id = %id, %status, "lease could not be renewed in time; run stopped, no attempts left");
                     Recorded::Status(status)
                 }
-                Ok(Ok(None)) => Recorded::Fenced,
-                Ok(Err(e)) => {
+                Ok(None) => Recorded::Fenced,
+                Err(e) => {
                     tracing::warn!(job_id = %id, error = %e, "lease could not be renewed in time; run stopped, the reaper requeues the job");
-                    Recorded::Fenced
-                }
-                Err(_) => {
-                    tracing::warn!(job_id = %id, "lease could not be renewed in time; run stopped, the reaper requeues the job");
                     Recorded::Fenced
                 }
             });
