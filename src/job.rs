@@ -37,10 +37,22 @@ use uuid::Uuid;
 ///    +--due (retry promotion)-- retrying --cancel--> cancelled
 ///    |
 ///    +--retry (a client, by hand or in bulk)-- failed | cancelled   (attempt budget again, runs kept)
+///
+///  workflow steps (docs/workflows.md), each move in the statement that finished a parent:
+///    pending --every parent finished--> queued | waiting (a signal step)
+///    pending --a parent did not succeed (the step doesn't run on failure)--> cancelled
+///    waiting --signal approve, or its timeout's default--> succeeded
+///    waiting --signal reject, rounds left--> (the rework step) queued, the steps up to here pending
+///    waiting --signal reject, no rounds left | timeout without default--> failed
+///    pending | waiting --the workflow stopped or was cancelled--> cancelled
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// A workflow step whose parents haven't all finished yet.
+    Pending,
+    /// A workflow step waiting for a signal (a person's decision) or its timeout.
+    Waiting,
     /// Waiting to be claimed (possibly not yet due: see `run_after`).
     Queued,
     /// Claimed by a worker that holds a lease.
@@ -57,12 +69,22 @@ pub enum Status {
 
 impl Status {
     /// Every status, in the order of the diagram.
-    pub const ALL: [Status; 6] =
-        [Status::Queued, Status::Running, Status::Retrying, Status::Succeeded, Status::Failed, Status::Cancelled];
+    pub const ALL: [Status; 8] = [
+        Status::Pending,
+        Status::Waiting,
+        Status::Queued,
+        Status::Running,
+        Status::Retrying,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Cancelled,
+    ];
 
     /// The name stored in the database and shown by the API.
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Pending => "pending",
+            Status::Waiting => "waiting",
             Status::Queued => "queued",
             Status::Running => "running",
             Status::Retrying => "retrying",
@@ -86,7 +108,9 @@ impl fmt::Display for Status {
 
 /// A status name that runq doesn't know.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown status `{0}`: expected one of queued, running, retrying, succeeded, failed, cancelled")]
+#[error(
+    "unknown status `{0}`: expected one of pending, waiting, queued, running, retrying, succeeded, failed, cancelled"
+)]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for Status {
@@ -197,11 +221,13 @@ pub enum ErrorKind {
     ResultStorage,
     /// `unknown_function`: no worker that received the job has its function, rounds used up.
     UnknownFunction,
+    /// `rejected`: a person rejected a workflow's signal step, with no rework rounds left.
+    Rejected,
 }
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::Error,
         ErrorKind::Panic,
         ErrorKind::Timeout,
@@ -213,6 +239,7 @@ impl ErrorKind {
         ErrorKind::ResultTooLarge,
         ErrorKind::ResultStorage,
         ErrorKind::UnknownFunction,
+        ErrorKind::Rejected,
     ];
 
     /// The name stored in the database and shown by the API.
@@ -229,6 +256,7 @@ impl ErrorKind {
             ErrorKind::ResultTooLarge => "result_too_large",
             ErrorKind::ResultStorage => "result_storage",
             ErrorKind::UnknownFunction => "unknown_function",
+            ErrorKind::Rejected => "rejected",
         }
     }
 }
@@ -313,6 +341,21 @@ pub struct JobStatus {
     /// When to poll again, in milliseconds; absent once the job is finished.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_after_ms: Option<u64>,
+    /// The workflow this job is a step of (a run that fanned out with a continuation is one
+    /// too), with that workflow's jobs finished of all: a fan-out's overall progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<WorkflowLink>,
+}
+
+/// The workflow a job is a step of, as its status shows it (`GET /workflows/{workflow_id}` has it all).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowLink {
+    pub workflow_id: Uuid,
+    /// The step this job is.
+    pub step: String,
+    /// The workflow's jobs finished, of all of them.
+    pub finished: i64,
+    pub total: i64,
 }
 
 /// The full view of a job: what `POST /jobs` and `GET /jobs/{id}` return.
@@ -350,6 +393,8 @@ pub fn poll_after_ms(status: Status, run_after: DateTime<Utc>, now: DateTime<Utc
     const MAX_MS: u64 = 10_000;
     match status {
         Status::Running => Some(RUNNING_MS),
+        // Moved on by other jobs or a person: no sooner than a queued job.
+        Status::Pending | Status::Waiting => Some(QUEUED_MS * 2),
         Status::Queued | Status::Retrying => {
             let until_due = (run_after - now).num_milliseconds().max(0) as u64;
             Some(until_due.clamp(QUEUED_MS, MAX_MS))

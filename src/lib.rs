@@ -25,6 +25,7 @@
 //! - [`schedule`]: periodic jobs (Cloud Scheduler replaces beat), the sweep and cleanup.
 //! - [`infra`]: `runq infra export`, the queues and schedules that `infra/` reads.
 //! - [`telemetry`]: logs in the Cloud Logging format, trace ids.
+//! - [`workflow`]: workflows (DAGs of steps, fan-out and fan-in, signal steps): their shape and checks.
 //! - [`client`]: the command-line client of the API (`runq submit/status/cancel/wait/jobs`).
 
 pub mod api;
@@ -51,6 +52,7 @@ pub mod store;
 pub mod submit;
 pub mod telemetry;
 pub mod worker;
+pub mod workflow;
 
 pub use app::App;
 pub use function::Function;

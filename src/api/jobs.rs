@@ -198,18 +198,18 @@ async fn submit(
 }
 
 /// A job id from a path segment; a clear 422 for anything else.
-pub(super) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::invalid("id", format!("{raw:?} is not a job id (a UUID)")))
 }
 
 /// A weak ETag over the status body, so an unchanged job answers 304.
-fn etag_of(body: &[u8]) -> HeaderValue {
+pub(super) fn etag_of(body: &[u8]) -> HeaderValue {
     let digest = Sha256::digest(body);
     let tag = format!("W/\"{}\"", URL_SAFE_NO_PAD.encode(&digest[..12]));
     HeaderValue::from_str(&tag).expect("base64 is a valid header")
 }
 
-fn matches_if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+pub(super) fn matches_if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
     let Some(raw) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else {
         return false;
     };
@@ -292,6 +292,7 @@ async fn detail(State(state): State<ApiState>, caller: Caller, Path(id): Path<St
     if !children.is_empty() {
         job.children = Some(children.into_iter().collect());
     }
+    job.status.workflow = store::step_of(&state.pool, id).await?;
     Ok(Json(job))
 }
 

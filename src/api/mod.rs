@@ -15,6 +15,7 @@ mod openapi;
 mod operations;
 mod storable;
 mod watch;
+mod workflows;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -193,6 +194,7 @@ fn router(state: ApiState, cors_origins: &[String]) -> Router {
     let body_limit = state.limits.max_args_bytes + ENVELOPE_ALLOWANCE;
     let router = Router::new()
         .merge(jobs::router(body_limit))
+        .merge(workflows::router())
         .merge(operations::router())
         .merge(limits::router())
         .merge(internal::router())

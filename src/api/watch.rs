@@ -61,6 +61,24 @@ async fn listen(pool: &PgPool, tx: &broadcast::Sender<Change>) -> Result<(), sql
     }
 }
 
+/// Waits until one of `ids` may have changed (a notification of one of them, a possible miss)
+/// or `until` passes. Returns false on timeout.
+pub async fn changed_any(
+    rx: &mut broadcast::Receiver<Change>,
+    ids: &std::collections::HashSet<Uuid>,
+    until: tokio::time::Instant,
+) -> bool {
+    loop {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Err(_) => return false,
+            Ok(Ok(Some(changed))) if !ids.contains(&changed) => continue,
+            Ok(Ok(_)) => return true,
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => return true,
+            Ok(Err(broadcast::error::RecvError::Closed)) => return false,
+        }
+    }
+}
+
 /// Waits until `id` may have changed (its notification, a possible miss) or `until` passes.
 /// Returns false on timeout.
 pub async fn changed(rx: &mut broadcast::Receiver<Change>, id: Uuid, until: tokio::time::Instant) -> bool {

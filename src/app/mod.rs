@@ -95,6 +95,27 @@ impl App {
         self
     }
 
+    /// Declares functions, limits and workflow templates through the registry itself, for code
+    /// that registers a set of them (a module's `register(&mut Registry)`).
+    ///
+    /// # Panics
+    /// As [`App::function`] does, when `declare` panics on a registration error.
+    pub fn with_registry(mut self, declare: impl FnOnce(&mut Registry)) -> Self {
+        declare(&mut self.registry);
+        self
+    }
+
+    /// Declares a workflow template over functions registered before it, submitted by name
+    /// (`POST /workflows {"workflow": NAME, "args": ...}`, `runq workflow submit NAME`):
+    /// `App::new().workflow(Workflow::new("speech").step(Step::run("transcribe", "transcribe")))`.
+    pub fn workflow(mut self, workflow: crate::workflow::Workflow) -> Self {
+        let checked = crate::submit::check_workflow(&self.registry, &workflow);
+        if let Err(e) = checked.and_then(|()| self.registry.workflow(workflow)) {
+            self.errors.push(e);
+        }
+        self
+    }
+
     /// [`App::schedule`] with unique jobs ([`Schedule::unique`]): a firing while the last
     /// firing's job is still queued, retrying or running submits nothing, so a job slower than
     /// its schedule (or a backlog) never piles up.

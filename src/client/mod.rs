@@ -6,6 +6,7 @@
 mod http;
 mod progress;
 mod wait;
+mod workflow;
 
 use clap::{Args, Subcommand};
 use serde_json::Value;
@@ -50,6 +51,9 @@ pub enum ClientCommand {
     Resume(PauseArgs),
     /// List your jobs, newest first.
     Jobs(JobsArgs),
+    /// Workflows: submit one (`--wait` shows each step's progress), print it, signal a waiting
+    /// step, cancel it.
+    Workflow(workflow::WorkflowArgs),
 }
 
 /// Where the API is and who the caller is; accepted by every client subcommand.
@@ -394,6 +398,7 @@ async fn execute(command: ClientCommand) -> Result<u8, ClientError> {
             print_json(&answer);
             Ok(EXIT_SUCCEEDED)
         }
+        ClientCommand::Workflow(a) => workflow::run(a).await,
         ClientCommand::Pause(a) => toggle_pause(&a, "pause").await,
         ClientCommand::Resume(a) => toggle_pause(&a, "resume").await,
         ClientCommand::Cancel(a) => {
@@ -433,25 +438,23 @@ async fn execute(command: ClientCommand) -> Result<u8, ClientError> {
     }
 }
 
+/// JSON from the command line: `raw` itself, or the file `@PATH` names; `what` says which flag.
+pub(crate) fn read_json(raw: &str, what: &str) -> Result<Value, ClientError> {
+    let raw = raw.trim();
+    let (text, source) = match raw.strip_prefix('@') {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| ClientError::Usage(format!("can't read {what} file {path:?}: {e}")))?,
+            format!("the file {path:?}"),
+        ),
+        None => (raw.to_owned(), what.to_owned()),
+    };
+    serde_json::from_str::<Value>(&text).map_err(|e| ClientError::Usage(format!("{source} is not valid JSON: {e}")))
+}
+
 /// The `POST /jobs` body from the command line; `--args` must be JSON (or `@FILE` holding it).
 fn submit_body(a: &SubmitArgs) -> Result<Value, ClientError> {
-    let args = match a.args.as_deref().map(str::trim) {
-        None => None,
-        Some(raw) => {
-            let (text, source) = match raw.strip_prefix('@') {
-                Some(path) => (
-                    std::fs::read_to_string(path)
-                        .map_err(|e| ClientError::Usage(format!("can't read --args file {path:?}: {e}")))?,
-                    format!("the file {path:?}"),
-                ),
-                None => (raw.to_owned(), "--args".to_owned()),
-            };
-            Some(
-                serde_json::from_str::<Value>(&text)
-                    .map_err(|e| ClientError::Usage(format!("{source} is not valid JSON: {e}")))?,
-            )
-        }
-    };
+    let args = a.args.as_deref().map(|raw| read_json(raw, "--args")).transpose()?;
     let mut body = serde_json::Map::new();
     body.insert("function".into(), a.function.clone().into());
     if let Some(args) = args {

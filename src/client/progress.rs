@@ -141,6 +141,7 @@ mod tests {
             finished_at: None,
             updated_at: now,
             poll_after_ms: Some(500),
+            workflow: None,
         }
     }
 

@@ -43,14 +43,50 @@ impl ChildJob {
     }
 }
 
-/// Creates a run's child jobs; the worker's implementation fences them by the run's claim.
+/// A boxed future of a [`Spawner`] call.
+pub type SpawnerFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, super::FunctionError>> + Send + 'a>>;
+
+/// What [`Context::spawn_then`] created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spawned {
+    /// The children, in the order given (a deduplicated child: its unique key's live job).
+    pub children: Vec<Uuid>,
+    /// The job that runs once every created child has finished.
+    pub continuation: Uuid,
+}
+
+/// Creates a run's child jobs and reads its workflow inputs; the worker's implementation fences
+/// the writes by the run's claim.
 pub trait Spawner: Send + Sync {
     /// Inserts `children` of job `parent`, returning their ids.
-    fn spawn(
+    fn spawn(&self, parent: Uuid, children: Vec<ChildJob>) -> SpawnerFuture<'_, Vec<Uuid>>;
+
+    /// Inserts `children` of job `parent` as steps `group`, and `continuation`, which runs once
+    /// after all of them have finished.
+    fn spawn_then(
         &self,
-        parent: Uuid,
-        children: Vec<ChildJob>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Uuid>, super::FunctionError>> + Send + '_>>;
+        _parent: Uuid,
+        _group: String,
+        _children: Vec<ChildJob>,
+        _continuation: ChildJob,
+    ) -> SpawnerFuture<'_, Spawned> {
+        Box::pin(async { Err(super::FunctionError::Fatal("continuations need a run in a worker".into())) })
+    }
+
+    /// The workflow inputs of job `job`: `{}` outside a workflow.
+    fn inputs(&self, _job: Uuid) -> SpawnerFuture<'_, serde_json::Value> {
+        Box::pin(async { Ok(serde_json::Value::Object(Default::default())) })
+    }
+
+    /// The parents of job `job` after `after`, at most `limit`.
+    fn parents(
+        &self,
+        _job: Uuid,
+        _after: Option<Uuid>,
+        _limit: u32,
+    ) -> SpawnerFuture<'_, Vec<crate::workflow::ParentResult>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 struct Shared {
@@ -159,6 +195,56 @@ impl Context {
                 super::FunctionError::Fatal("child jobs can only be spawned by a run in a worker".into())
             })?;
         spawner.spawn(self.shared.job_id, children).await
+    }
+
+    /// Fans out with a continuation (Celery's chord): `children` as [`Context::spawn`] creates
+    /// them, as steps named `group`, and `continuation`, which runs once after every child has
+    /// finished, whatever their outcomes (a failed child doesn't stop the others). The
+    /// continuation reads them through [`Context::inputs`] under `group`: their results inline up
+    /// to 100, beyond that a summary (`{"total", "succeeded", "failed", "cancelled", "paged":
+    /// true}`) and [`Context::parents`] page by page. This job becomes a step of a workflow (its
+    /// own, with its id, unless it is a step already: then the steps after it wait for the
+    /// continuation, and read its result under this step's name), so `GET /workflows/{id}`
+    /// shows the children's progress.
+    pub async fn spawn_then(
+        &self,
+        group: impl Into<String>,
+        children: Vec<ChildJob>,
+        continuation: ChildJob,
+    ) -> Result<Spawned, super::FunctionError> {
+        let spawner = self.spawner()?;
+        spawner.spawn_then(self.shared.job_id, group.into(), children, continuation).await
+    }
+
+    /// This step's inputs: its parents' results by step name (`{"transcribe": {"status",
+    /// "result", "result_uri", "error", "job_id"}}`; a fan-out's members as an array of those with
+    /// `index` and `item`; a large fan-in as a summary), and a rework's decision under `rework`.
+    /// `{}` for a job outside a workflow.
+    pub async fn inputs(&self) -> Result<serde_json::Value, super::FunctionError> {
+        self.spawner()?.inputs(self.shared.job_id).await
+    }
+
+    /// The result of parent step `name` ([`Context::inputs`]`[name]["result"]`), if it has one.
+    pub async fn input(&self, name: &str) -> Result<Option<serde_json::Value>, super::FunctionError> {
+        let inputs = self.inputs().await?;
+        Ok(inputs.get(name).and_then(|p| p.get("result")).filter(|r| !r.is_null()).cloned())
+    }
+
+    /// A page of this step's parents with their results, by job id after `after` (`None`: from
+    /// the first), at most `limit` (up to 500): how a large fan-in reads its parents.
+    pub async fn parents(
+        &self,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<crate::workflow::ParentResult>, super::FunctionError> {
+        self.spawner()?.parents(self.shared.job_id, after, limit).await
+    }
+
+    fn spawner(&self) -> Result<&Arc<dyn Spawner>, super::FunctionError> {
+        self.shared
+            .spawner
+            .as_ref()
+            .ok_or_else(|| super::FunctionError::Fatal("workflows and child jobs need a run in a worker".into()))
     }
 
     /// Which run this is: 1 for the first.

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 pub use builtin::{Echo, EchoArgs, Fail, FailArgs, Noop, NoopArgs, Sleep, SleepArgs};
-pub use context::{ChildJob, Context, Progress, RunControl, Spawner};
+pub use context::{ChildJob, Context, Progress, RunControl, Spawned, Spawner, SpawnerFuture};
 pub use wordcount::{WORDCOUNT_TOP, Wordcount, WordcountArgs, WordcountOutput};
 
 use crate::job::Priority;
@@ -236,6 +236,8 @@ impl<F: Function> DynFunction for Erased<F> {
 pub enum RegistryError {
     #[error("function `{0}` is registered twice")]
     Duplicate(String),
+    #[error("function name `{0}` is reserved: names starting with `runq.` are runq's own")]
+    Reserved(String),
     #[error("function name {0:?} is invalid: use 1-100 characters of a-z, 0-9, '_', '-', '.'")]
     BadName(String),
     #[error("function `{0}`: max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")]
@@ -259,6 +261,8 @@ pub struct Registry {
     functions: BTreeMap<&'static str, Arc<dyn DynFunction>>,
     /// Declared limits, in declaration order.
     limits: Vec<Limit>,
+    /// Workflow templates, submitted by name.
+    workflows: crate::workflow::Templates,
 }
 
 impl Registry {
@@ -273,6 +277,9 @@ impl Registry {
         }
         if self.functions.contains_key(name) {
             return Err(RegistryError::Duplicate(name.into()));
+        }
+        if name.starts_with("runq.") {
+            return Err(RegistryError::Reserved(name.into()));
         }
         let policy = Policy {
             priority: function.priority(),
@@ -314,6 +321,17 @@ impl Registry {
         }
         self.limits.push(limit);
         Ok(())
+    }
+
+    /// Declares a workflow template, submitted by name; refused when its name is invalid or
+    /// taken. Its shape is checked by [`crate::App::workflow`] (and at every submit).
+    pub fn workflow(&mut self, workflow: crate::workflow::Workflow) -> Result<(), String> {
+        self.workflows.add(workflow)
+    }
+
+    /// The declared workflow templates.
+    pub fn workflows(&self) -> &crate::workflow::Templates {
+        &self.workflows
     }
 
     /// Every declared limit.

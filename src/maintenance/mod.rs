@@ -9,6 +9,7 @@
 //! - [`cleanup`]: finished jobs past retention, then their idempotency keys.
 //! - [`dead_letters`]: messages Pub/Sub gave up on → re-dispatched later, or `undeliverable`.
 //! - [`operations`]: bulk operations whose runner died → taken over and worked to the end.
+//! - [`signals`]: workflow signal steps past their timeout → their default decision, or `failed`.
 
 pub mod cleanup;
 pub mod dead_letters;
@@ -16,6 +17,7 @@ pub mod operations;
 pub mod reaper;
 pub mod relay;
 pub mod retries;
+pub mod signals;
 
 use std::time::Duration;
 
@@ -72,6 +74,8 @@ pub async fn sweep_once(
     let reaped = reaper::run_once(pool).await?;
     let resumed = operations::run_once(pool, storage).await?;
     let released = crate::store::limits::release_stuck(pool).await?;
+    // Before the relay, which then publishes the steps a default decision made runnable.
+    signals::run_once(pool).await?;
     if released > 0 {
         tracing::warn!(released, "held jobs released by the sweep (their key had free slots)");
     }

@@ -61,6 +61,7 @@ impl JobRow {
                 finished_at: self.finished_at,
                 updated_at: self.updated_at,
                 poll_after_ms: poll_after_ms(status, self.run_after, now),
+                workflow: None,
             },
             function: self.function,
             queue: self.queue.unwrap_or_else(|| self.priority.as_str().to_owned()),
@@ -364,14 +365,21 @@ pub async fn get(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<
 pub async fn get_status(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Option<JobStatus>, StoreError> {
     let row = sqlx::query!(
         r#"SELECT owner, status AS "status: Status", progress, message, attempt, max_attempts, run_after,
-                  created_at, started_at, finished_at, updated_at
+                  created_at, started_at, finished_at, updated_at, workflow_id
            FROM jobs WHERE id = $1"#,
         id
     )
     .fetch_optional(pool)
     .await?;
-    let now = Utc::now();
-    Ok(row.filter(|r| owner.is_none_or(|o| r.owner == o)).map(|r| JobStatus {
+    let Some(r) = row.filter(|r| owner.is_none_or(|o| r.owner == o)) else {
+        return Ok(None);
+    };
+    // A step's workflow: a second read, for workflow steps only.
+    let workflow = match r.workflow_id {
+        Some(_) => super::step_of(pool, id).await?,
+        None => None,
+    };
+    Ok(Some(JobStatus {
         id,
         status: r.status,
         progress: r.progress,
@@ -382,7 +390,8 @@ pub async fn get_status(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<
         started_at: r.started_at,
         finished_at: r.finished_at,
         updated_at: r.updated_at,
-        poll_after_ms: poll_after_ms(r.status, r.run_after, now),
+        poll_after_ms: poll_after_ms(r.status, r.run_after, Utc::now()),
+        workflow,
     }))
 }
 
@@ -416,7 +425,9 @@ pub async fn request_cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Res
 
 /// The one cancel statement, for a client's cancel of one job and a bulk cancel's batch alike:
 /// of the jobs among `ids` (of `owner`, when given) that are unfinished, the queued and retrying
-/// ones are cancelled at once and the running ones are asked to stop (`cancel_requested`).
+/// ones (and workflow steps pending or waiting) are cancelled at once and the running ones are
+/// asked to stop (`cancel_requested`). Cancelling a workflow step stops its workflow (the
+/// workflows migration's trigger).
 /// Returns the jobs it changed, with their status after it.
 pub async fn cancel_many(
     conn: impl sqlx::PgExecutor<'_>,
@@ -426,13 +437,13 @@ pub async fn cancel_many(
     let error = Json(JobError::permanent(ErrorKind::Cancelled, "cancelled before it ran"));
     let rows = sqlx::query!(
         r#"UPDATE jobs SET
-              status = CASE WHEN status IN ('queued', 'retrying') THEN 'cancelled' ELSE status END,
-              finished_at = CASE WHEN status IN ('queued', 'retrying') THEN now() ELSE finished_at END,
-              error = CASE WHEN status IN ('queued', 'retrying') THEN $3::jsonb ELSE error END,
-              claim_id = CASE WHEN status IN ('queued', 'retrying') THEN NULL ELSE claim_id END,
+              status = CASE WHEN status IN ('pending', 'waiting', 'queued', 'retrying') THEN 'cancelled' ELSE status END,
+              finished_at = CASE WHEN status IN ('pending', 'waiting', 'queued', 'retrying') THEN now() ELSE finished_at END,
+              error = CASE WHEN status IN ('pending', 'waiting', 'queued', 'retrying') THEN $3::jsonb ELSE error END,
+              claim_id = CASE WHEN status IN ('pending', 'waiting', 'queued', 'retrying') THEN NULL ELSE claim_id END,
               cancel_requested = true,
               updated_at = now()
-           WHERE id = ANY($1) AND ($2::text IS NULL OR owner = $2) AND status IN ('queued', 'retrying', 'running')
+           WHERE id = ANY($1) AND ($2::text IS NULL OR owner = $2) AND status IN ('pending', 'waiting', 'queued', 'retrying', 'running')
            RETURNING id, status AS "status: Status""#,
         ids,
         owner,
@@ -789,7 +800,7 @@ pub async fn submit_many(pool: &PgPool, jobs: &[NewJob<'_>]) -> Result<Vec<Submi
 }
 
 /// The insert of [`submit_many`] and [`spawn_children`], inside `tx`.
-async fn insert_keyed_and_plain(
+pub(super) async fn insert_keyed_and_plain(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     jobs: &[NewJob<'_>],
     parent: Option<Uuid>,

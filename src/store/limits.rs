@@ -183,11 +183,12 @@ async fn claim_in(
                     AND NOT EXISTS (SELECT 1 FROM pauses p
                                     WHERE (p.scope = 'function' AND p.name = jobs.function)
                                        OR (p.scope = 'queue' AND p.name = coalesce(jobs.queue, jobs.priority)))
-              RETURNING id, owner, function, args, attempt, max_attempts, claim_id, worker_id, limit_keys),
+              RETURNING id, owner, function, args, attempt, max_attempts, claim_id, worker_id, limit_keys, workflow_id),
            run AS (INSERT INTO job_runs (claim_id, job_id, attempt, worker_id)
                    SELECT claim_id, id, attempt, worker_id FROM claimed)
            SELECT id AS "id!", owner AS "owner!", function AS "function!", args AS "args!: Json<Box<RawValue>>",
-                  attempt AS "attempt!", max_attempts AS "max_attempts!", claim_id AS "claim_id!", limit_keys
+                  attempt AS "attempt!", max_attempts AS "max_attempts!", claim_id AS "claim_id!", limit_keys,
+                  workflow_id
            FROM claimed"#,
         id,
         worker_id,
@@ -204,6 +205,7 @@ async fn claim_in(
         max_attempts: r.max_attempts,
         claim_id: r.claim_id,
         limit_keys: r.limit_keys,
+        workflow_id: r.workflow_id,
         asked_at,
     }))
 }

@@ -13,12 +13,14 @@ mod insights;
 mod jobs;
 pub mod limits;
 mod runs;
+mod workflows;
 
 pub use history::*;
 pub use insights::*;
 pub use jobs::*;
 pub use limits::{LimitedClaim, claim_limited};
 pub use runs::*;
+pub use workflows::*;
 
 /// The migrations compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

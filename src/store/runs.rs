@@ -29,6 +29,8 @@ pub struct Claimed {
     pub claim_id: Uuid,
     /// The limit keys it holds a slot of (`None` without limits).
     pub limit_keys: Option<Vec<String>>,
+    /// The workflow it is a step of: its outcome may make other steps runnable.
+    pub workflow_id: Option<Uuid>,
     /// When the statement that took the claim was sent. The lease in Postgres runs from a
     /// moment after (the statement's start), so a worker counting its lease from here never
     /// outlives it, however long the claim waited before (a limit key's lock, a busy pool).
@@ -57,11 +59,12 @@ pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) ->
                     AND NOT EXISTS (SELECT 1 FROM pauses p
                                     WHERE (p.scope = 'function' AND p.name = jobs.function)
                                        OR (p.scope = 'queue' AND p.name = coalesce(jobs.queue, jobs.priority)))
-              RETURNING id, owner, function, args, attempt, max_attempts, claim_id, worker_id),
+              RETURNING id, owner, function, args, attempt, max_attempts, claim_id, worker_id, workflow_id),
            run AS (INSERT INTO job_runs (claim_id, job_id, attempt, worker_id)
                    SELECT claim_id, id, attempt, worker_id FROM claimed)
            SELECT id AS "id!", owner AS "owner!", function AS "function!", args AS "args!: Json<Box<RawValue>>",
-                  attempt AS "attempt!", max_attempts AS "max_attempts!", claim_id AS "claim_id!" FROM claimed"#,
+                  attempt AS "attempt!", max_attempts AS "max_attempts!", claim_id AS "claim_id!", workflow_id
+           FROM claimed"#,
         id,
         worker_id,
         secs(lease),
@@ -77,6 +80,7 @@ pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) ->
         max_attempts: r.max_attempts,
         claim_id: r.claim_id,
         limit_keys: None,
+        workflow_id: r.workflow_id,
         asked_at,
     }))
 }
@@ -194,6 +198,18 @@ pub async fn succeed(
     result: ResultValue<'_>,
     final_message: Option<&str>,
 ) -> Result<bool, StoreError> {
+    // A workflow step's outcome moves its workflow on in the same statement (a trigger), which
+    // may deadlock with its siblings'; Postgres then aborts one, which tries again.
+    super::retrying_deadlocks(|| succeed_once(pool, id, claim_id, &result, final_message)).await
+}
+
+async fn succeed_once(
+    pool: &PgPool,
+    id: Uuid,
+    claim_id: Uuid,
+    result: &ResultValue<'_>,
+    final_message: Option<&str>,
+) -> Result<bool, StoreError> {
     let (inline, uri) = match result {
         ResultValue::Inline(raw) => (Some(raw.get()), None),
         ResultValue::Uri(uri) => (None, Some(uri)),
@@ -221,6 +237,16 @@ pub async fn succeed(
 /// moves the job to `retrying`, due after `retry_delay`; otherwise it ends `failed` (or
 /// `cancelled` when a cancel was requested). `None` when the claim was lost.
 pub async fn fail(
+    pool: &PgPool,
+    id: Uuid,
+    claim_id: Uuid,
+    error: &JobError,
+    retry_delay: Duration,
+) -> Result<Option<Status>, StoreError> {
+    super::retrying_deadlocks(|| fail_once(pool, id, claim_id, error, retry_delay)).await
+}
+
+async fn fail_once(
     pool: &PgPool,
     id: Uuid,
     claim_id: Uuid,
@@ -258,6 +284,10 @@ pub async fn fail(
 /// Records that a run stopped because its job was cancelled (see [`super::request_cancel`]): the
 /// job ends `cancelled`. Fenced by the claim; `false` when it was lost.
 pub async fn finish_cancelled(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, StoreError> {
+    super::retrying_deadlocks(|| finish_cancelled_once(pool, id, claim_id)).await
+}
+
+async fn finish_cancelled_once(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, StoreError> {
     let error = Json(JobError::permanent(ErrorKind::Cancelled, "cancelled while running"));
     let done = sqlx::query!(
         r#"WITH done AS (
@@ -301,6 +331,10 @@ pub async fn release(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, St
 /// lapsed attempt counted; else failed as `lost`, or cancelled if a cancel was asked), fenced by
 /// the claim. Returns the job's new status; `None` if the claim was lost already.
 pub async fn give_back_lapsed(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<Option<Status>, StoreError> {
+    super::retrying_deadlocks(|| give_back_lapsed_once(pool, id, claim_id)).await
+}
+
+async fn give_back_lapsed_once(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<Option<Status>, StoreError> {
     let lost = JobError::permanent(
         ErrorKind::Lost,
         "its worker couldn't renew the lease in time (Postgres unreachable or the process starved) and no attempts are left",

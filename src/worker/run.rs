@@ -250,6 +250,9 @@ async fn run_and_record(
     if claimed.limit_keys.is_some() {
         publish_released(state, claimed.id).await;
     }
+    if claimed.workflow_id.is_some() && matches!(recorded, Ok(Recorded::Status(s)) if s.is_finished()) {
+        publish_runnable(state, claimed.id).await;
+    }
     let outcome = match &recorded {
         Ok(Recorded::Status(status)) => status.as_str(),
         Ok(Recorded::Fenced) => "fenced",
@@ -282,6 +285,23 @@ async fn publish_released(state: &WorkerState, id: uuid::Uuid) {
             }
         }
         Err(e) => tracing::warn!(job_id = %id, error = %e, "could not read the jobs this run released; the relay will"),
+    }
+}
+
+/// Publishes at once the workflow steps this run's outcome made runnable (its children whose
+/// parents have all finished), instead of leaving them to the relay's next pass.
+async fn publish_runnable(state: &WorkerState, id: uuid::Uuid) {
+    match store::runnable_after(&state.pool, id).await {
+        Ok(runnable) => {
+            if let Some(outbox) = &state.outbox {
+                for job in runnable {
+                    outbox.dispatch(job);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %id, error = %e, "could not read the steps this run made runnable; the relay will")
+        }
     }
 }
 

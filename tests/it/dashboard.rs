@@ -121,7 +121,7 @@ async fn stats_are_exact_for_a_known_data_set(pool: PgPool) {
     assert_eq!(status, StatusCode::OK, "{stats}");
     assert_eq!(
         stats["by_status"],
-        json!({"queued": 3, "running": 1, "retrying": 1, "succeeded": 3, "failed": 2, "cancelled": 1})
+        json!({"pending": 0, "waiting": 0, "queued": 3, "running": 1, "retrying": 1, "succeeded": 3, "failed": 2, "cancelled": 1})
     );
     assert_eq!(
         stats["by_function"],

@@ -24,3 +24,4 @@ mod schedules;
 mod store_types;
 mod traces;
 mod unique;
+mod workflows;

@@ -11,6 +11,10 @@ use crate::function::{MAX_ATTEMPTS_LIMIT, Registry};
 use crate::job::UnknownPriority;
 use crate::store::JobSpec;
 
+mod workflow;
+
+pub use workflow::{check_workflow, plan_workflow};
+
 /// Longest accepted `delay_seconds`: 30 days.
 pub const MAX_DELAY_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
 /// Longest accepted `debounce_seconds`: 30 days, like a delay.

@@ -1,0 +1,512 @@
+//! Workflows end to end over real sockets (a `runq dev` stack: the API, the emulator pushing with
+//! OIDC, the workers, the sweep) with the three pipelines of `examples/workflows/`, a person's
+//! decisions sent through the HTTP API; and the exactly-once transition between steps.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use runq::dev::DevStack;
+use runq::function::{Echo, Fail, Noop, Registry, Sleep};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::e2e::{SECRET, options};
+
+#[path = "../../examples/workflows/playlist.rs"]
+mod playlist;
+#[path = "../../examples/workflows/speech.rs"]
+mod speech;
+#[path = "../../examples/workflows/video.rs"]
+mod video;
+
+pub fn registry() -> Registry {
+    let mut r = Registry::default();
+    r.register(Noop).unwrap();
+    r.register(Echo).unwrap();
+    r.register(Fail).unwrap();
+    r.register(Sleep).unwrap();
+    speech::register(&mut r);
+    video::register(&mut r);
+    playlist::register(&mut r);
+    r
+}
+
+pub struct Wf {
+    pub dev: DevStack,
+    http: reqwest::Client,
+    token: String,
+}
+
+pub async fn stack(pool: &PgPool) -> Wf {
+    let dev = DevStack::start(options(pool), registry()).await.expect("dev stack starts");
+    let token =
+        runq::auth::mint_hs256(SECRET, "alice", false, Duration::from_secs(3600), "scope", "", None, None).unwrap();
+    Wf { dev, http: reqwest::Client::new(), token }
+}
+
+impl Wf {
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.dev.api_url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let resp = self.http.get(format!("{}{path}", self.dev.api_url)).bearer_auth(&self.token).send().await.unwrap();
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
+    pub async fn submit(&self, body: Value) -> String {
+        let (status, view) = self.post("/workflows", body.clone()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "submit {body}: {view}");
+        view["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Follows `GET /workflows/{id}` by long-poll (ETag and `?wait=`) until `done(view)`, keeping
+    /// every view seen; fails after `within`.
+    pub async fn follow(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        let mut etag: Option<String> = None;
+        loop {
+            let mut req = self.http.get(format!("{}/workflows/{id}?wait=5", self.dev.api_url)).bearer_auth(&self.token);
+            if let Some(tag) = &etag {
+                req = req.header("If-None-Match", tag);
+            }
+            let resp = req.send().await.unwrap();
+            if resp.status() == StatusCode::NOT_MODIFIED {
+                assert!(Instant::now() < deadline, "workflow {id} did not get there in {within:?}: {:?}", seen.last());
+                continue;
+            }
+            assert_eq!(resp.status(), StatusCode::OK);
+            etag = resp.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
+            let view: Value = resp.json().await.unwrap();
+            let finished = done(&view);
+            seen.push(view);
+            if finished {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "workflow {id} did not get there in {within:?}: {}",
+                seen.last().unwrap()
+            );
+        }
+    }
+
+    pub async fn finished(&self, id: &str) -> Value {
+        let done = |v: &Value| ["succeeded", "failed", "cancelled"].contains(&v["status"].as_str().unwrap());
+        self.follow(id, Duration::from_secs(120), done).await.pop().unwrap()
+    }
+
+    pub async fn waiting_at(&self, id: &str, step: &str, round: i64) -> Value {
+        let at = |v: &Value| step_of(v, step)["status"] == "waiting" && step_of(v, step)["round"] == round;
+        self.follow(id, Duration::from_secs(60), at).await.pop().unwrap()
+    }
+
+    pub async fn signal(&self, id: &str, step: &str, body: Value) -> (StatusCode, Value) {
+        self.post(&format!("/workflows/{id}/steps/{step}/signal"), body).await
+    }
+
+    pub async fn signal_with_key(&self, id: &str, step: &str, body: Value, key: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/workflows/{id}/steps/{step}/signal", self.dev.api_url))
+            .bearer_auth(&self.token)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+pub fn step_of<'a>(view: &'a Value, name: &str) -> &'a Value {
+    view["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no step {name}"))
+}
+
+fn job_id(view: &Value, step: &str) -> Uuid {
+    Uuid::parse_str(step_of(view, step)["jobs"][0]["job_id"].as_str().unwrap()).unwrap()
+}
+
+async fn runs_of(pool: &PgPool, job: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE job_id = $1").bind(job).fetch_one(pool).await.unwrap()
+}
+
+#[sqlx::test]
+async fn speech_to_text_runs_step_after_step_and_one_id_shows_which(pool: PgPool) {
+    let s = stack(&pool).await;
+    let id = s.submit(json!({"workflow": "speech_to_text", "args": {"audio": "gs://talks/rust-at-scale.flac"}})).await;
+    let seen = s.follow(&id, Duration::from_secs(60), |v| v["status"] == "succeeded").await;
+    let last = seen.last().unwrap();
+    assert_eq!(last["progress"], 1.0);
+    let names: Vec<&str> = last["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["transcribe", "summarize", "index"]);
+    assert_eq!(step_of(last, "summarize")["after"], json!(["transcribe"]));
+    // Each step read its parent's result by name.
+    assert_eq!(step_of(last, "transcribe")["result"]["words"], 6);
+    assert_eq!(step_of(last, "summarize")["result"], json!({"summary": "gs: talks rust", "from_words": 6}));
+    assert_eq!(step_of(last, "index")["result"]["indexed"], "gs: talks rust");
+    // The poller saw the steps one after another: never a later step started before an earlier finished.
+    for view in &seen {
+        let status = |n: &str| step_of(view, n)["status"].as_str().unwrap().to_owned();
+        if status("summarize") != "pending" {
+            assert_eq!(status("transcribe"), "succeeded", "{view}");
+        }
+        if status("index") != "pending" {
+            assert_eq!(status("summarize"), "succeeded", "{view}");
+        }
+    }
+    assert!(seen.iter().any(|v| v["status"] == "running" && v["progress"].as_f64().unwrap() < 1.0));
+    // Each step ran on its function's queue, and a step's job links its workflow.
+    for (step, priority) in [("transcribe", "high"), ("summarize", "medium"), ("index", "low")] {
+        let job = s.get(&format!("/jobs/{}", job_id(last, step))).await;
+        assert_eq!(job["priority"], priority);
+        assert_eq!(job["workflow"]["workflow_id"], id.as_str());
+        assert_eq!(job["workflow"]["step"], step);
+    }
+    let status = s.get(&format!("/jobs/{}/status", job_id(last, "index"))).await;
+    assert_eq!((status["workflow"]["finished"].as_i64(), status["workflow"]["total"].as_i64()), (Some(3), Some(3)));
+    s.dev.shutdown().await;
+}
+
+fn video_args() -> Value {
+    json!({"video": "v1", "languages": ["fr", "de", "ja"]})
+}
+
+#[sqlx::test]
+async fn video_accessibility_approved_fans_out_per_language_and_fans_in(pool: PgPool) {
+    let s = stack(&pool).await;
+    let id = s.submit(json!({"workflow": "video_accessibility", "args": video_args()})).await;
+    let waiting = s.waiting_at(&id, "qc_review", 0).await;
+    assert_eq!(waiting["status"], "waiting", "nothing else runs while the review waits");
+    assert_eq!(step_of(&waiting, "translate")["status"], "pending");
+    assert_eq!(step_of(&waiting, "translate")["total"], 3);
+    let (code, view) = s.signal(&id, "qc_review", json!({"decision": "approve"})).await;
+    assert_eq!(code, StatusCode::OK, "{view}");
+    assert_eq!(view["repeated"], false);
+    let done = s.finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["total"], 1 + 1 + 1 + 1 + 3 + 3 + 1);
+    let review = step_of(&done, "qc_review");
+    assert_eq!(review["result"]["decision"], "approve");
+    assert_eq!(review["result"]["by"], "alice");
+    let tracks = step_of(&done, "deliver")["result"]["tracks"].as_array().unwrap().clone();
+    let languages: Vec<&str> = tracks.iter().map(|t| t["language"].as_str().unwrap()).collect();
+    assert_eq!(languages, ["fr", "de", "ja"], "the fan-in reads every language, in order");
+    assert_eq!(tracks[1]["from"], "[de] captions of v1 (revision 1)");
+    // A repeated approval changes nothing and says so.
+    let (code, again) = s.signal(&id, "qc_review", json!({"decision": "approve"})).await;
+    assert_eq!((code, again["repeated"].as_bool()), (StatusCode::OK, Some(true)), "{again}");
+    // A different signal to a step no longer waiting: 409, nothing changed.
+    let (code, problem) = s.signal(&id, "qc_review", json!({"decision": "reject"})).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{problem}");
+    let signals: i64 = sqlx::query_scalar("SELECT count(*) FROM workflow_signals").fetch_one(&pool).await.unwrap();
+    assert_eq!(signals, 1);
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn an_edited_caption_file_flows_on_to_translation(pool: PgPool) {
+    let s = stack(&pool).await;
+    let id = s.submit(json!({"workflow": "video_accessibility", "args": video_args()})).await;
+    s.waiting_at(&id, "qc_review", 0).await;
+    let edit = json!({"decision": "approve", "data": {"captions": "EDITED by a person"}});
+    let (code, _) = s.signal(&id, "qc_review", edit).await;
+    assert_eq!(code, StatusCode::OK);
+    let done = s.finished(&id).await;
+    assert_eq!(done["status"], "succeeded");
+    let tracks = step_of(&done, "deliver")["result"]["tracks"].as_array().unwrap().clone();
+    for track in tracks {
+        let text = track["from"].as_str().unwrap();
+        assert!(text.ends_with("EDITED by a person"), "the edit replaces the generated captions: {text}");
+    }
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_rejection_sends_the_workflow_back_to_captions_with_the_notes_then_review_again(pool: PgPool) {
+    let s = stack(&pool).await;
+    let id = s.submit(json!({"workflow": "video_accessibility", "args": video_args()})).await;
+    let first = s.waiting_at(&id, "qc_review", 0).await;
+    let captions_job = job_id(&first, "captions");
+    let notes = json!({"decision": "reject", "data": {"notes": "speaker names missing"}});
+    let (code, view) = s.signal_with_key(&id, "qc_review", notes.clone(), "review-1").await;
+    assert_eq!(code, StatusCode::OK, "{view}");
+    let second = s.waiting_at(&id, "qc_review", 1).await;
+    let captions = step_of(&second, "captions");
+    assert_eq!(captions["result"]["revision"], 2);
+    assert_eq!(captions["result"]["captions"], "captions of v1 (revision 2), fixed: speaker names missing");
+    assert_eq!(runs_of(&pool, captions_job).await, 2, "captions ran again, as the same step");
+    assert_eq!(runs_of(&pool, job_id(&second, "audio_description")).await, 2);
+    assert_eq!(step_of(&second, "translate")["counts"], json!({"pending": 3}), "nothing past review ran");
+    // The first rejection, sent again with its key, is answered without another round.
+    let (code, again) = s.signal_with_key(&id, "qc_review", notes, "review-1").await;
+    assert_eq!((code, again["repeated"].as_bool()), (StatusCode::OK, Some(true)));
+    let (code, _) = s.signal(&id, "qc_review", json!({"decision": "approve"})).await;
+    assert_eq!(code, StatusCode::OK);
+    let done = s.finished(&id).await;
+    assert_eq!(done["status"], "succeeded");
+    let tracks = step_of(&done, "deliver")["result"]["tracks"].as_array().unwrap().clone();
+    assert!(tracks[0]["from"].as_str().unwrap().contains("revision 2"), "{}", tracks[0]);
+    let sent_by: Vec<(i32, String, String)> =
+        sqlx::query_as("SELECT round, decision, sent_by FROM workflow_signals ORDER BY round")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(sent_by, [(0, "reject".into(), "alice".into()), (1, "approve".into(), "alice".into())]);
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn rejections_past_the_rounds_fail_the_review_and_cancel_what_follows(pool: PgPool) {
+    let s = stack(&pool).await;
+    let id = s.submit(json!({"workflow": "video_accessibility", "args": video_args()})).await;
+    for round in 0..=2 {
+        s.waiting_at(&id, "qc_review", round).await;
+        let (code, _) = s.signal(&id, "qc_review", json!({"decision": "reject", "data": {"notes": round}})).await;
+        assert_eq!(code, StatusCode::OK);
+    }
+    let done = s.finished(&id).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["failure"]["step"], "qc_review");
+    assert_eq!(done["failure"]["error"]["kind"], "rejected");
+    assert_eq!(step_of(&done, "translate")["counts"], json!({"cancelled": 3}));
+    assert_eq!(step_of(&done, "deliver")["status"], "cancelled");
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_review_that_does_not_come_in_time_fails_the_step_or_takes_its_default(pool: PgPool) {
+    let s = stack(&pool).await;
+    // The same pipeline submitted whole as JSON, with a one-second review.
+    let strict = serde_json::to_value(video::workflow(1.0, false).spec()).unwrap();
+    let mut body = strict.clone();
+    body["args"] = video_args();
+    let id = s.submit(body).await;
+    let done = s.finished(&id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let review = step_of(&done, "qc_review");
+    assert_eq!(
+        (review["status"].as_str(), review["jobs"][0]["error"]["kind"].as_str()),
+        (Some("failed"), Some("timeout"))
+    );
+    assert_eq!(step_of(&done, "deliver")["status"], "cancelled");
+
+    let mut lenient = serde_json::to_value(video::workflow(1.0, true).spec()).unwrap();
+    lenient["args"] = video_args();
+    let id = s.submit(lenient).await;
+    let done = s.finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(step_of(&done, "qc_review")["result"]["by"], "runq (timeout)");
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_thousand_videos_fan_in_to_one_continuation_that_runs_once(pool: PgPool) {
+    let s = stack(&pool).await;
+    let (code, job) = s
+        .post(
+            "/jobs",
+            json!({"function": "index_playlist", "args": {"playlist": "pl", "videos": 1000, "fail_every": 100}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    // The orchestrator's id is its workflow's: its status shows the fan-out's progress meanwhile.
+    let mut partial = None;
+    let done = loop {
+        let status = s.get(&format!("/jobs/{id}/status")).await;
+        if let Some(link) = status.get("workflow").filter(|w| !w.is_null()) {
+            let (finished, total) = (link["finished"].as_i64().unwrap(), link["total"].as_i64().unwrap());
+            assert_eq!(total, 1 + 1000 + 1);
+            if finished > 1 && finished < total {
+                partial.get_or_insert(finished);
+            }
+            if finished == total {
+                break s.get(&format!("/workflows/{id}")).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(partial.is_some(), "the status showed children finished of total while they ran");
+    let summary = step_of(&done, "playlist_summary");
+    assert_eq!(summary["status"], "succeeded");
+    let result = &summary["result"];
+    assert_eq!(
+        (result["videos"].as_u64(), result["succeeded"].as_u64(), result["failed"].as_u64()),
+        (Some(1000), Some(990), Some(10))
+    );
+    assert_eq!(result["inline"]["paged"], true, "1,000 results are a summary, not inline");
+    assert_eq!(result["inline"]["total"], 1000);
+    assert_eq!(runs_of(&pool, job_id(&done, "playlist_summary")).await, 1, "the continuation ran exactly once");
+    assert_eq!(step_of(&done, "index_video")["counts"], json!({"succeeded": 990, "failed": 10}));
+    // A failed child didn't stop its siblings, and the workflow ends as its steps do.
+    assert_eq!(done["status"], "succeeded");
+    // The parents page through the API too.
+    let page = s.get(&format!("/jobs/{}/parents?limit=500", job_id(&done, "playlist_summary"))).await;
+    assert_eq!(page["parents"].as_array().unwrap().len(), 500);
+    let after = page["next_after"].as_str().unwrap();
+    let rest = s.get(&format!("/jobs/{}/parents?limit=500&after={after}", job_id(&done, "playlist_summary"))).await;
+    assert_eq!(rest["parents"].as_array().unwrap().len(), 500);
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_failed_step_fails_the_workflow_cancels_the_rest_and_runs_its_cleanup(pool: PgPool) {
+    let s = stack(&pool).await;
+    let id = s
+        .submit(json!({"steps": [
+            {"name": "a", "function": "fail", "args": {"retryable": false}, "max_attempts": 1},
+            {"name": "b", "function": "noop", "after": ["a"]},
+            {"name": "c", "function": "noop", "after": ["b"]},
+            {"name": "cleanup", "function": "echo", "args": {"value": "tidied"}, "after": ["a"], "run_on_failure": true},
+        ]}))
+        .await;
+    let done = s.finished(&id).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["failure"]["step"], "a");
+    for step in ["b", "c"] {
+        assert_eq!(step_of(&done, step)["status"], "cancelled");
+        assert_eq!(runs_of(&pool, job_id(&done, step)).await, 0, "{step} never ran");
+    }
+    assert_eq!(step_of(&done, "cleanup")["status"], "succeeded");
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn cancelling_a_workflow_stops_its_running_step_and_everything_after(pool: PgPool) {
+    let s = stack(&pool).await;
+    let id = s.submit(json!({"workflow": "speech_to_text", "args": {"audio": "a.flac", "pace_ms": 60_000}})).await;
+    s.follow(&id, Duration::from_secs(30), |v| step_of(v, "transcribe")["status"] == "running").await;
+    let (code, view) = s.post(&format!("/workflows/{id}/cancel"), json!({})).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{view}");
+    let done = s.finished(&id).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    for step in ["transcribe", "summarize", "index"] {
+        assert_eq!(step_of(&done, step)["status"], "cancelled", "{step}");
+    }
+    assert_eq!(runs_of(&pool, job_id(&done, "summarize")).await, 0);
+    let (code, _) = s.post(&format!("/workflows/{id}/cancel"), json!({})).await;
+    assert_eq!(code, StatusCode::OK, "cancelling a cancelled workflow again is fine");
+    s.dev.shutdown().await;
+}
+
+async fn counts(pool: &PgPool) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM workflows), (SELECT count(*) FROM workflow_edges)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn bad_workflows_get_a_clear_422_and_write_nothing(pool: PgPool) {
+    let s = stack(&pool).await;
+    let cases = [
+        (
+            json!({"steps": [{"name": "a", "function": "noop", "after": ["b"]}, {"name": "b", "function": "noop", "after": ["a"]}]}),
+            "cycle",
+        ),
+        (json!({"steps": [{"name": "a", "function": "noop", "after": ["ghost"]}]}), "`ghost`, which is not a step"),
+        (json!({"steps": [{"name": "a", "function": "transmogrify"}]}), "unknown function `transmogrify`"),
+        (json!({"steps": [{"name": "a", "function": "noop"}, {"name": "a", "function": "echo"}]}), "declared twice"),
+        (json!({"steps": [{"name": "a", "function": "echo", "args": {"value": 1, "extra": 2}}]}), "invalid args"),
+        (
+            json!({"steps": [{"name": "t", "function": "echo", "args": {"value": 1}, "for_each": "languages"}], "args": {}}),
+            "languages",
+        ),
+        (json!({"workflow": "no_such_template"}), "unknown workflow"),
+        (json!({"steps": [{"name": "r", "signal": {"on_reject": {"back_to": "r", "max_rounds": 1}}}]}), "back_to"),
+    ];
+    for (body, expect) in cases {
+        let (code, problem) = s.post("/workflows", body.clone()).await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(expect), "{body}: {detail:?} should say {expect:?}");
+    }
+    assert_eq!(counts(&pool).await, (0, 0, 0), "nothing was written");
+    // Signals: to a step that runs a function, 422; to a signal step that doesn't wait yet, 409.
+    let id = s
+        .submit(json!({"steps": [
+            {"name": "work", "function": "sleep", "args": {"seconds": 30}},
+            {"name": "approve", "signal": {}, "after": ["work"]},
+        ]}))
+        .await;
+    let (code, problem) = s.signal(&id, "work", json!({"decision": "approve"})).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let (code, problem) = s.signal(&id, "approve", json!({"decision": "approve"})).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("pending"), "{problem}");
+    let (code, _) = s.signal(&id, "approve", json!({"decision": "maybe"})).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    let (code, _) = s.signal(&id, "nope", json!({"decision": "approve"})).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let signals: i64 = sqlx::query_scalar("SELECT count(*) FROM workflow_signals").fetch_one(&pool).await.unwrap();
+    assert_eq!(signals, 0);
+    // Someone else's workflow is not there for them.
+    let bob = runq::auth::mint_hs256(SECRET, "bob", false, Duration::from_secs(60), "scope", "", None, None).unwrap();
+    let resp = s.http.get(format!("{}/workflows/{id}", s.dev.api_url)).bearer_auth(bob).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    s.dev.shutdown().await;
+}
+
+/// Claims job `id` as a worker would (the store's claim, real SQL).
+async fn claim(pool: &PgPool, id: Uuid) -> Option<runq::store::Claimed> {
+    runq::store::claim(pool, id, "w", Duration::from_secs(30)).await.unwrap()
+}
+
+#[sqlx::test]
+async fn two_parents_finishing_at_the_same_instant_make_their_child_runnable_once_in_200_trials(pool: PgPool) {
+    let registry = registry();
+    let spec: runq::workflow::WorkflowSpec = serde_json::from_value(json!({"steps": [
+        {"name": "a", "function": "noop"}, {"name": "b", "function": "noop"},
+        {"name": "child", "function": "noop", "after": ["a", "b"]},
+    ]}))
+    .unwrap();
+    for trial in 0..200 {
+        let plan = runq::submit::plan_workflow(&registry, "alice", &spec, &json!({})).unwrap();
+        let ids: Vec<Uuid> = plan.jobs.iter().map(|j| j.id).collect();
+        runq::store::submit_workflow(&pool, "alice", None, &json!({}), &plan, None).await.unwrap();
+        let (a, b, child) = (ids[0], ids[1], ids[2]);
+        let (ca, cb) = (claim(&pool, a).await.unwrap(), claim(&pool, b).await.unwrap());
+        assert!(claim(&pool, child).await.is_none(), "a child with parents running is not claimable");
+        let raw = serde_json::value::RawValue::from_string("null".into()).unwrap();
+        let barrier = tokio::sync::Barrier::new(2);
+        let finish = |c: &runq::store::Claimed| {
+            let (pool, barrier, raw) = (&pool, &barrier, &raw);
+            let (id, claim) = (c.id, c.claim_id);
+            async move {
+                barrier.wait().await;
+                runq::store::succeed(pool, id, claim, runq::store::ResultValue::Inline(raw), None).await.unwrap()
+            }
+        };
+        let (da, db) = tokio::join!(finish(&ca), finish(&cb));
+        assert!(da && db, "trial {trial}: both outcomes recorded");
+        // Two workers race for the child: one run, exactly.
+        let (x, y) = tokio::join!(claim(&pool, child), claim(&pool, child));
+        assert!(x.is_some() != y.is_some(), "trial {trial}: the child is claimed exactly once");
+        let runs = runs_of(&pool, child).await;
+        assert_eq!(runs, 1, "trial {trial}: one execution of the child");
+        let (pending, inputs): (i32, Value) =
+            sqlx::query_as("SELECT pending_parents, inputs FROM workflow_steps WHERE job_id = $1")
+                .bind(child)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(pending, 0);
+        assert_eq!(inputs.as_object().unwrap().len(), 2, "trial {trial}: it reads both parents: {inputs}");
+    }
+}
