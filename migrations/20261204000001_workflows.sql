@@ -27,6 +27,9 @@ CREATE TABLE workflows (
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX workflows_owner_id ON workflows (owner, id DESC);
+-- A submit's `Idempotency-Key`, or a schedule's firing time: a repeat answers with the first.
+ALTER TABLE workflows ADD COLUMN idempotency_key text;
+CREATE UNIQUE INDEX workflows_owner_key ON workflows (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
 
 -- The graph facts of each step's job, apart from the hot `jobs` row.
 CREATE TABLE workflow_steps (

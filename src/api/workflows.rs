@@ -76,9 +76,12 @@ async fn submit(
     let plan = crate::submit::plan_workflow(&state.registry, &caller.0.sub, spec, &args)
         .map_err(|e| ApiError::invalid("steps", e.to_string()))?;
     let trace_context = crate::telemetry::job_trace_context(&headers);
+    let key = idempotency_key(&headers)?;
     let submitted =
-        store::submit_workflow(&state.pool, &caller.0.sub, name, &args, &plan, trace_context.as_deref()).await?;
-    tracing::info!(workflow_id = %submitted.id, jobs = plan.jobs.len(), "workflow submitted");
+        store::submit_workflow(&state.pool, &caller.0.sub, name, &args, &plan, trace_context.as_deref(), key).await?;
+    if submitted.created {
+        tracing::info!(workflow_id = %submitted.id, jobs = plan.jobs.len(), "workflow submitted");
+    }
     if let Some(outbox) = &state.outbox {
         for publication in submitted.runnable {
             outbox.dispatch(publication);
@@ -86,7 +89,21 @@ async fn submit(
     }
     let view = store::workflow(&state.pool, submitted.id, None).await?.ok_or(ApiError::Internal)?;
     let location = HeaderValue::from_str(&format!("/workflows/{}", submitted.id)).expect("uuid is a valid header");
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view)).into_response())
+    let code = if submitted.created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    Ok((code, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+/// An `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters")),
+    }
 }
 
 fn not_found(id: Uuid) -> ApiError {
@@ -196,15 +213,7 @@ async fn signal(
     if signal.data.to_string().len() > state.limits.max_args_bytes {
         return Err(ApiError::TooLarge(format!("data is over the limit of {} bytes", state.limits.max_args_bytes)));
     }
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
-                .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?,
-        ),
-    };
+    let key = idempotency_key(&headers)?;
     let sent_by = caller.0.sub.clone();
     let outcome = store::signal(&state.pool, id, &step, caller.owner_filter(), &sent_by, &signal, key).await?;
     let repeated = match outcome {

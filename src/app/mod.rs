@@ -116,6 +116,24 @@ impl App {
         self
     }
 
+    /// Declares a periodic workflow: the template `workflow` (declared before it, with
+    /// [`App::workflow`]) with `args` at every `cron` slot in `time_zone`, each scheduled time
+    /// once, as [`App::schedule`] does for a job.
+    pub fn schedule_workflow(
+        mut self,
+        name: &str,
+        cron: &str,
+        time_zone: &str,
+        workflow: &str,
+        args: serde_json::Value,
+    ) -> Self {
+        let action = Action::Workflow { workflow: workflow.into(), args };
+        if let Err(e) = Schedule::new(name, cron, time_zone, action).and_then(|s| self.schedules.add(s)) {
+            self.errors.push(e.to_string());
+        }
+        self
+    }
+
     /// [`App::schedule`] with unique jobs ([`Schedule::unique`]): a firing while the last
     /// firing's job is still queued, retrying or running submits nothing, so a job slower than
     /// its schedule (or a backlog) never piles up.

@@ -47,6 +47,11 @@ pub enum Fired {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         deduplicated: bool,
     },
+    /// The schedule's workflow for that time: new, or the one an earlier firing created.
+    Workflow {
+        workflow_id: uuid::Uuid,
+        created: bool,
+    },
     Sweep {
         report: SweepReport,
     },
@@ -124,6 +129,28 @@ impl Runner {
                     "cleanup"
                 );
                 Ok(Fired::Cleanup { report })
+            }
+            Action::Workflow { workflow, args } => {
+                let owner = schedule.owner();
+                let spec = self
+                    .registry
+                    .workflows()
+                    .get(workflow)
+                    .ok_or_else(|| FireError::UnknownFunction(format!("workflow {workflow}")))?;
+                let plan = crate::submit::plan_workflow(&self.registry, &owner, spec, args)
+                    .map_err(|e| FireError::Invalid(Invalid::Field { field: "workflow", message: e.to_string() }))?;
+                let key = schedule.idempotency_key(at);
+                let submitted =
+                    store::submit_workflow(&self.pool, &owner, Some(workflow), args, &plan, None, Some(&key)).await?;
+                if submitted.created {
+                    tracing::info!(schedule = %schedule.name, workflow_id = %submitted.id, scheduled = %at, "schedule fired a workflow");
+                    if let Some(outbox) = &self.outbox {
+                        for publication in submitted.runnable {
+                            outbox.dispatch(publication);
+                        }
+                    }
+                }
+                Ok(Fired::Workflow { workflow_id: submitted.id, created: submitted.created })
             }
             Action::Submit { function, args, priority } => {
                 let raw = serde_json::value::to_raw_value(args).expect("a Value serializes");

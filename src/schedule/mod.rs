@@ -36,6 +36,11 @@ pub enum Action {
         args: serde_json::Value,
         priority: Priority,
     },
+    /// Submits a workflow: the template `workflow` with `args` (checked at start-up).
+    Workflow {
+        workflow: String,
+        args: serde_json::Value,
+    },
     /// runq's own maintenance, run inline in the handler (so it works even when the queues don't).
     Sweep,
     Cleanup,
@@ -189,6 +194,14 @@ impl Schedules {
                 submit_spec(registry, &s.owner(), function, &raw, *priority, key.as_deref())
                     .map_err(|e| target(e.to_string()))?;
             }
+            if let Action::Workflow { workflow, args } = &s.action {
+                let target = |reason: String| ScheduleError::Target { name: s.name.clone(), reason };
+                let spec = registry
+                    .workflows()
+                    .get(workflow)
+                    .ok_or_else(|| target(format!("unknown workflow `{workflow}`")))?;
+                crate::submit::plan_workflow(registry, &s.owner(), spec, args).map_err(|e| target(e.to_string()))?;
+            }
         }
         Ok(())
     }
@@ -242,6 +255,7 @@ pub fn listing(schedules: &Schedules, now: DateTime<Utc>, count: usize) -> Vec<L
                     format!("submit {function} ({priority}), unique while live")
                 }
                 Action::Submit { function, priority, .. } => format!("submit {function} ({priority})"),
+                Action::Workflow { workflow, .. } => format!("submit workflow {workflow}"),
                 Action::Sweep => "relay + reaper".into(),
                 Action::Cleanup => "delete finished jobs past retention".into(),
             };

@@ -51,12 +51,17 @@ where
 #[derive(Debug)]
 pub struct SubmittedWorkflow {
     pub id: Uuid,
+    /// False when an earlier submit with the same idempotency key created it (nothing written).
+    pub created: bool,
     /// Its first steps, queued, to publish.
     pub runnable: Vec<Publication>,
 }
 
 /// Inserts a checked workflow in one transaction: its row, every job (`pending`), their step
 /// facts and edges; then its first steps become runnable (queued, or waiting for a signal).
+/// With `key`, a workflow of `owner` with that key already there is the answer (`created:
+/// false`), and nothing is written.
+#[allow(clippy::too_many_arguments)]
 pub async fn submit_workflow(
     pool: &PgPool,
     owner: &str,
@@ -64,16 +69,30 @@ pub async fn submit_workflow(
     args: &Value,
     plan: &Plan,
     trace_context: Option<&str>,
+    key: Option<&str>,
 ) -> Result<SubmittedWorkflow, StoreError> {
     let id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO workflows (id, owner, name, args) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(owner)
-        .bind(name)
-        .bind(Json(args))
-        .execute(&mut *tx)
-        .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO workflows (id, owner, name, args, idempotency_key) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(name)
+    .bind(Json(args))
+    .bind(key)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        tx.rollback().await?;
+        let first: Uuid = sqlx::query_scalar("SELECT id FROM workflows WHERE owner = $1 AND idempotency_key = $2")
+            .bind(owner)
+            .bind(key)
+            .fetch_one(pool)
+            .await?;
+        return Ok(SubmittedWorkflow { id: first, created: false, runnable: Vec::new() });
+    }
     let jobs: Vec<&PlannedJob> = plan.jobs.iter().collect();
     insert_steps(&mut tx, id, owner, &jobs, trace_context, None).await?;
     let edges: Vec<(Uuid, Uuid, String)> = plan
@@ -85,7 +104,7 @@ pub async fn submit_workflow(
     let roots: Vec<Uuid> = plan.jobs.iter().filter(|j| j.parents.is_empty()).map(|j| j.id).collect();
     let runnable = make_runnable(&mut tx, &roots).await?;
     tx.commit().await?;
-    Ok(SubmittedWorkflow { id, runnable })
+    Ok(SubmittedWorkflow { id, created: true, runnable })
 }
 
 /// Inserts `jobs` as `pending` steps of workflow `wf` with their step facts (their parents'

@@ -479,7 +479,7 @@ async fn two_parents_finishing_at_the_same_instant_make_their_child_runnable_onc
     for trial in 0..200 {
         let plan = runq::submit::plan_workflow(&registry, "alice", &spec, &json!({})).unwrap();
         let ids: Vec<Uuid> = plan.jobs.iter().map(|j| j.id).collect();
-        runq::store::submit_workflow(&pool, "alice", None, &json!({}), &plan, None).await.unwrap();
+        runq::store::submit_workflow(&pool, "alice", None, &json!({}), &plan, None, None).await.unwrap();
         let (a, b, child) = (ids[0], ids[1], ids[2]);
         let (ca, cb) = (claim(&pool, a).await.unwrap(), claim(&pool, b).await.unwrap());
         assert!(claim(&pool, child).await.is_none(), "a child with parents running is not claimable");
@@ -509,4 +509,79 @@ async fn two_parents_finishing_at_the_same_instant_make_their_child_runnable_onc
         assert_eq!(pending, 0);
         assert_eq!(inputs.as_object().unwrap().len(), 2, "trial {trial}: it reads both parents: {inputs}");
     }
+}
+
+#[sqlx::test]
+async fn a_schedule_fires_a_workflow_once_per_scheduled_time(pool: PgPool) {
+    use runq::schedule::{Action, Fired, Schedule, Schedules};
+    let registry = std::sync::Arc::new(registry());
+    let action = Action::Workflow { workflow: speech::NAME.into(), args: json!({"audio": "gs://nightly/digest.flac"}) };
+    let mut schedules = Schedules::builtin();
+    schedules.add(Schedule::new("nightly-digest", "0 2 * * *", "Etc/UTC", action).unwrap()).unwrap();
+    schedules.check(&registry).expect("the schedule's workflow checks out");
+    let runner = runq::schedule::Runner {
+        pool: pool.clone(),
+        registry: registry.clone(),
+        outbox: None,
+        dispatcher: None,
+        storage: None,
+        retention: runq::maintenance::Retention::default(),
+        key_retention: Duration::from_secs(3600),
+        redispatch_after: Duration::from_secs(60),
+        sweep_window: Duration::ZERO,
+        sweep_every: Duration::from_millis(10),
+    };
+    let fire = |at: &str| {
+        let (runner, schedules) = (&runner, &schedules);
+        let at: chrono::DateTime<chrono::Utc> = at.parse().unwrap();
+        async move {
+            match runner.fire(schedules.get("nightly-digest").unwrap(), at).await.unwrap() {
+                Fired::Workflow { workflow_id, created } => (workflow_id, created),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let (first, created) = fire("2026-12-03T02:00:00Z").await;
+    assert!(created);
+    // Cloud Scheduler retries a firing: the same time answers with the same workflow.
+    assert_eq!(fire("2026-12-03T02:00:00Z").await, (first, false));
+    let (next, created) = fire("2026-12-04T02:00:00Z").await;
+    assert!(created && next != first);
+    let workflows: i64 = sqlx::query_scalar("SELECT count(*) FROM workflows").fetch_one(&pool).await.unwrap();
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&pool).await.unwrap();
+    assert_eq!((workflows, jobs), (2, 6));
+    let queued: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'queued'").fetch_one(&pool).await.unwrap();
+    assert_eq!(queued, 2, "each firing's first step is queued, the relay publishes it");
+    // A schedule naming a workflow that isn't declared stops the start.
+    let mut bad = Schedules::builtin();
+    let ghost = Action::Workflow { workflow: "ghost".into(), args: json!({}) };
+    bad.add(Schedule::new("ghostly", "0 2 * * *", "Etc/UTC", ghost).unwrap()).unwrap();
+    assert!(bad.check(&registry).unwrap_err().to_string().contains("unknown workflow `ghost`"));
+}
+
+#[sqlx::test]
+async fn a_repeated_submit_with_its_idempotency_key_answers_with_the_first_workflow(pool: PgPool) {
+    let s = stack(&pool).await;
+    let body = json!({"workflow": "speech_to_text", "args": {"audio": "a.flac"}});
+    let send = || async {
+        let resp = s
+            .http
+            .post(format!("{}/workflows", s.dev.api_url))
+            .bearer_auth(&s.token)
+            .header("Idempotency-Key", "upload-7")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let code = resp.status();
+        (code, resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned())
+    };
+    let (code, first) = send().await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let (code, again) = send().await;
+    assert_eq!((code, again), (StatusCode::OK, first));
+    let workflows: i64 = sqlx::query_scalar("SELECT count(*) FROM workflows").fetch_one(&pool).await.unwrap();
+    assert_eq!(workflows, 1);
+    s.dev.shutdown().await;
 }

@@ -19,6 +19,8 @@ pub struct Book {
     pub accepted: Vec<String>,
     /// Answers by `what: status` (submit errors, poison answers).
     pub answers: BTreeMap<String, usize>,
+    /// Every workflow the API accepted (its steps' jobs are in `accepted` too).
+    pub workflows: Vec<String>,
 }
 
 pub type SharedBook = Arc<Mutex<Book>>;
@@ -44,6 +46,22 @@ fn ledger_job(rng: &mut StdRng) -> Value {
     job
 }
 
+/// A workflow of four ledger steps, a diamond (`a` → `b`, `c` → `d`), each step a ledger job
+/// like the others: the verdict holds every step to the same rules, and a step can only start
+/// once its parents succeeded.
+fn ledger_workflow(rng: &mut StdRng) -> Value {
+    let mut step = |name: &str, after: &[&str]| {
+        let job = ledger_job(rng);
+        let mut step = json!({"name": name, "function": "ledger", "args": job["args"], "after": after,
+                              "priority": job["priority"]});
+        if let Some(n) = job.get("max_attempts") {
+            step["max_attempts"] = n.clone();
+        }
+        step
+    };
+    json!({"steps": [step("a", &[]), step("b", &["a"]), step("c", &["a"]), step("d", &["b", "c"])]})
+}
+
 impl Client {
     /// POSTs `body` to `path`; records 202-accepted ids under `what`.
     async fn submit(&self, book: &SharedBook, what: &str, path: &str, body: &Value, traceparent: Option<&str>) -> u16 {
@@ -56,10 +74,23 @@ impl Client {
             Err(_) => (0, Value::Null),
         };
         let mut book = book.lock().unwrap();
+        if status == 202 && answer.get("steps").is_some() {
+            book.workflows.push(answer["id"].as_str().expect("a 202 has the workflow's id").to_owned());
+        }
         if status == 202 {
-            let ids: Vec<String> = match answer.get("jobs") {
-                Some(jobs) => jobs.as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect(),
-                None => vec![answer["id"].as_str().expect("a 202 has the job's id").to_owned()],
+            let ids: Vec<String> = match (answer.get("jobs"), answer.get("steps")) {
+                (Some(jobs), _) => {
+                    jobs.as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect()
+                }
+                // A workflow: every step's job is an accepted job the verdict follows.
+                (None, Some(steps)) => steps
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|s| s["jobs"].as_array().unwrap().iter())
+                    .map(|j| j["job_id"].as_str().unwrap().to_owned())
+                    .collect(),
+                (None, None) => vec![answer["id"].as_str().expect("a 202 has the job's id").to_owned()],
             };
             book.accepted.extend(ids);
         }
@@ -75,6 +106,11 @@ impl Client {
         while sent < total {
             let due = start + over.mul_f64(sent as f64 / total as f64);
             tokio::time::sleep_until(due.into()).await;
+            if total - sent >= 4 && rng.random_bool(0.08) {
+                self.submit(&book, "workflow", "/workflows", &ledger_workflow(&mut rng), None).await;
+                sent += 4;
+                continue;
+            }
             let n = if rng.random_bool(0.6) { 1 } else { rng.random_range(2..=12).min(total - sent) };
             if n == 1 {
                 self.submit(&book, "submit", "/jobs", &ledger_job(&mut rng), None).await;
@@ -84,6 +120,43 @@ impl Client {
             }
             sent += n;
         }
+    }
+
+    /// Checks every workflow once its jobs are settled: it has finished, and no step started
+    /// before every step it runs after had succeeded (by their jobs' timestamps). Returns the
+    /// workflows that broke either rule, with why.
+    pub async fn judge_workflows(&self, ids: &[String]) -> Vec<String> {
+        let mut wrong = Vec::new();
+        for id in ids {
+            let view = match self.get(&format!("/workflows/{id}")).await {
+                Ok((200, view)) => view,
+                other => {
+                    wrong.push(format!("{id}: GET answered {other:?}"));
+                    continue;
+                }
+            };
+            if !["succeeded", "failed", "cancelled"].contains(&view["status"].as_str().unwrap_or("?")) {
+                wrong.push(format!("{id}: still {}", view["status"]));
+            }
+            let steps = view["steps"].as_array().cloned().unwrap_or_default();
+            let find = |name: &str| steps.iter().find(|s| s["name"] == name);
+            for step in &steps {
+                let time = |v: &Value| v.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                let Some(started) = time(&step["jobs"][0]["started_at"]) else { continue };
+                for parent in step["after"].as_array().into_iter().flatten() {
+                    let parent = find(parent.as_str().unwrap_or_default());
+                    let done = parent.and_then(|p| time(&p["jobs"][0]["finished_at"]));
+                    let ok = parent.is_some_and(|p| p["status"] == "succeeded") && done.is_some_and(|d| d <= started);
+                    if !ok {
+                        wrong.push(format!(
+                            "{id}: step {} started at {started} before its parent {parent:?} succeeded",
+                            step["name"]
+                        ));
+                    }
+                }
+            }
+        }
+        wrong
     }
 
     /// Cancels job `id` (whatever it is doing now).
@@ -138,7 +211,7 @@ impl Client {
         }
     }
 
-    async fn get(&self, path: &str) -> Result<(u16, Value), String> {
+    pub async fn get(&self, path: &str) -> Result<(u16, Value), String> {
         let r = self.http.get(format!("{}{path}", self.api)).bearer_auth(&self.token).send().await;
         let r = r.map_err(|e| e.to_string())?;
         let status = r.status().as_u16();

@@ -193,6 +193,8 @@ async fn run(profile: Profile) {
     let _ = stop_tx.send(true);
     let fired = scheduler.await.unwrap();
     sys.stop_workers().await;
+    let workflows = book.lock().unwrap().workflows.clone();
+    let wrong_workflows = client.judge_workflows(&workflows).await;
     let ledger = std::fs::read_to_string(&sys.ledger).unwrap_or_default();
     let v = verdict::judge(&ledger, &finals);
 
@@ -225,12 +227,18 @@ async fn run(profile: Profile) {
     if v.failed() || !v.wrong.is_empty() {
         report(&v, &ledger, &finals);
     }
+    println!("faults: workflows {}, out of order or unfinished {}", workflows.len(), wrong_workflows.len());
+    for w in &wrong_workflows {
+        println!("faults: WORKFLOW {w}");
+    }
     println!("{summary}");
-    if !v.failed() && crashed.is_empty() && std::env::var_os("RUNQ_FAULTS_KEEP").is_none() {
+    if !v.failed() && wrong_workflows.is_empty() && crashed.is_empty() && std::env::var_os("RUNQ_FAULTS_KEEP").is_none()
+    {
         let _ = std::fs::remove_dir_all(&dir);
     }
     drop(sys);
     assert!(!v.failed(), "{summary} (seed {seed}; ledger and logs in {})", dir.display());
+    assert!(wrong_workflows.is_empty(), "{wrong_workflows:?} (seed {seed}; ledger and logs in {})", dir.display());
 }
 
 /// A worker running an execution now (mid-run is where a kill or freeze hurts): waits up to
