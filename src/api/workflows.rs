@@ -22,7 +22,7 @@ use crate::workflow::{self, Signal, WorkflowSpec};
 
 pub(super) fn router() -> Router<ApiState> {
     Router::new()
-        .route("/workflows", post(submit))
+        .route("/workflows", post(submit).get(list))
         .route("/workflows/{id}", get(status))
         .route("/workflows/{id}/cancel", post(cancel))
         .route("/workflows/{id}/steps/{step}/signal", post(signal))
@@ -104,6 +104,30 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
             .map(Some)
             .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters")),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+    /// Workflows older than this one (the last id of the previous page).
+    before: Option<Uuid>,
+}
+
+/// `GET /workflows?limit=&before=`: the caller's workflows (an admin's: everyone's), newest first.
+async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 200"));
+    }
+    let page = store::list_workflows(&state.pool, caller.owner_filter(), query.before, limit).await?;
+    let next = (page.len() as i64 == limit).then(|| page.last().map(|w| w.id)).flatten();
+    Ok(Json(serde_json::json!({ "workflows": page, "next_before": next })).into_response())
 }
 
 fn not_found(id: Uuid) -> ApiError {

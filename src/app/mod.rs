@@ -450,8 +450,10 @@ mod tests {
         let mut tree: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
         for sub in cli.get_subcommands() {
             let name = sub.get_name();
-            let reader = if ["submit", "status", "cancel", "retry", "wait", "jobs", "bulk", "limits", "pause", "resume"]
-                .contains(&name)
+            let reader = if [
+                "submit", "status", "cancel", "retry", "wait", "jobs", "bulk", "limits", "pause", "resume", "workflow",
+            ]
+            .contains(&name)
             {
                 "CLI"
             } else {

@@ -504,6 +504,68 @@ pub async fn workflow(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Op
     }))
 }
 
+/// A line of the workflow list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowSummary {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub status: WorkflowState,
+    pub progress: f32,
+    pub total: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The newest `limit` workflows of `owner` (`None`: everyone's), before `before` when given.
+pub async fn list_workflows(
+    pool: &PgPool,
+    owner: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<WorkflowSummary>, StoreError> {
+    let rows = sqlx::query(
+        r#"SELECT w.id, w.name, w.failure->>'status' AS failed_as, w.created_at, c.total, c.unfinished, c.waiting,
+                  c.active, c.progress
+           FROM workflows w
+           CROSS JOIN LATERAL (
+              SELECT count(*) AS total,
+                     count(*) FILTER (WHERE j.status NOT IN ('succeeded', 'failed', 'cancelled')) AS unfinished,
+                     count(*) FILTER (WHERE j.status = 'waiting') AS waiting,
+                     count(*) FILTER (WHERE j.status IN ('queued', 'running', 'retrying')) AS active,
+                     coalesce(avg(CASE WHEN j.status IN ('succeeded', 'failed', 'cancelled') THEN 1 ELSE j.progress END), 0)::float4
+                        AS progress
+              FROM jobs j WHERE j.workflow_id = w.id) c
+           WHERE ($1::text IS NULL OR w.owner = $1) AND ($2::uuid IS NULL OR w.id < $2)
+           ORDER BY w.id DESC LIMIT $3"#,
+    )
+    .bind(owner)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let (unfinished, waiting, active): (i64, i64, i64) =
+                (r.try_get("unfinished")?, r.try_get("waiting")?, r.try_get("active")?);
+            let failed_as: Option<String> = r.try_get("failed_as")?;
+            let status = match (unfinished, failed_as.as_deref()) {
+                (0, None) => WorkflowState::Succeeded,
+                (0, Some("cancelled")) => WorkflowState::Cancelled,
+                (0, Some(_)) => WorkflowState::Failed,
+                _ if waiting > 0 && active == 0 => WorkflowState::Waiting,
+                _ => WorkflowState::Running,
+            };
+            Ok(WorkflowSummary {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                status,
+                progress: r.try_get("progress")?,
+                total: r.try_get("total")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
 /// The workflow job `id` is a step of, with its jobs finished of all; `None` outside workflows.
 pub async fn step_of(pool: &PgPool, id: Uuid) -> Result<Option<WorkflowLink>, StoreError> {
     let row = sqlx::query(

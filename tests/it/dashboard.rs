@@ -342,7 +342,7 @@ async fn chromium_previews_a_bulk_action_and_lists_operations_as_text(pool: PgPo
 
 /// Opens `{base}/dashboard#{fragment}` in headless Chromium, writes a screenshot to `png` and
 /// returns the DOM after the page's scripts ran.
-fn screenshot(browser: &str, png: &std::path::Path, base: &str, fragment: &str) -> String {
+pub(crate) fn screenshot(browser: &str, png: &std::path::Path, base: &str, fragment: &str) -> String {
     let url = format!("{base}/dashboard#{fragment}");
     let run = |extra: &str| {
         std::process::Command::new(browser)

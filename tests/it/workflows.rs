@@ -585,3 +585,37 @@ async fn a_repeated_submit_with_its_idempotency_key_answers_with_the_first_workf
     assert_eq!(workflows, 1);
     s.dev.shutdown().await;
 }
+
+/// Headless Chromium (with `RUNQ_TEST_CHROMIUM`, as the dashboard's other browser tests): a
+/// workflow waiting for review shows its steps in order and the review's approve and reject
+/// controls; the workflow list shows it.
+#[sqlx::test]
+async fn chromium_shows_a_workflow_as_its_steps_with_the_review_controls(pool: PgPool) {
+    let Ok(browser) = std::env::var("RUNQ_TEST_CHROMIUM") else {
+        eprintln!("skipped: set RUNQ_TEST_CHROMIUM to run it");
+        return;
+    };
+    let browser = if browser == "1" { "chromium".to_owned() } else { browser };
+    let out = std::env::var("RUNQ_TEST_CHROMIUM_OUT").map_or_else(|_| std::env::temp_dir(), std::path::PathBuf::from);
+    let s = stack(&pool).await;
+    let id = s.submit(json!({"workflow": "video_accessibility", "args": video_args()})).await;
+    s.waiting_at(&id, "qc_review", 0).await;
+    let (base, token) = (s.dev.api_url.clone(), s.token.clone());
+    let fragment = format!("workflow/{id}&token={token}");
+    let overview = format!("token={token}");
+    let (dom, list) = tokio::task::spawn_blocking(move || {
+        let dom = crate::dashboard::screenshot(&browser, &out.join("runq-dashboard-workflow.png"), &base, &fragment);
+        let list = crate::dashboard::screenshot(&browser, &out.join("runq-dashboard-workflows.png"), &base, &overview);
+        (dom, list)
+    })
+    .await
+    .unwrap();
+    let at = |needle: &str| dom.find(needle).unwrap_or_else(|| panic!("{needle} not in the page: {dom}"));
+    assert!(
+        at(">ingest<") < at(">captions<") && at(">captions<") < at("qc_review") && at("qc_review") < at(">deliver<")
+    );
+    assert!(dom.contains("Approve") && dom.contains("Reject"), "the waiting review has its controls");
+    assert!(dom.contains("3: pending 3"), "the fan-out shows its members: {dom}");
+    assert!(list.contains(&id) && list.contains("video_accessibility"), "the list shows the workflow");
+    s.dev.shutdown().await;
+}

@@ -456,6 +456,10 @@ function renderJob(job) {
     }, 'list them'));
   }
   if (job.result_uri) row('result uri', job.result_uri);
+  if (job.workflow) {
+    row('workflow', el('a', { href: '#workflow/' + encodeURIComponent(job.workflow.workflow_id) }, job.workflow.workflow_id),
+      ' step ' + job.workflow.step + ' (' + job.workflow.finished + ' of ' + job.workflow.total + ' jobs finished)');
+  }
   $('job-args').textContent = json(job.args);
   $('job-result').textContent = json(job.result);
   $('job-error').textContent = json(job.error);
@@ -764,11 +768,104 @@ function openBulk(query) {
   previewBulk().catch((e) => showError('bulk: ' + e.message));
 }
 
+// ---- workflows ----
+
+async function refreshWorkflows() {
+  const page = await getJson('workflows?limit=20');
+  const tbody = clear($('wf-table').tBodies[0]);
+  for (const w of page.workflows) {
+    tbody.appendChild(el('tr', { onclick: () => { location.hash = '#workflow/' + encodeURIComponent(w.id); } },
+      el('td', { class: 'mono' }, w.id), el('td', null, w.name || '(submitted as JSON)'), el('td', null, badge(w.status)),
+      el('td', null, Math.round(w.progress * 100) + '%'), el('td', null, String(w.total)), el('td', null, fmtTime(w.created_at))));
+  }
+  $('workflows').hidden = page.workflows.length === 0;
+}
+
+let wfView = null;
+
+function closeWorkflow() {
+  if (wfView) wfView.ctl.abort();
+  wfView = null;
+  $('workflow').hidden = true;
+  $('flow').hidden = false;
+}
+
+/** A workflow as its steps in order, following it by long-poll; a waiting signal step gets its controls. */
+async function openWorkflow(id) {
+  closeJob();
+  closeWorkflow();
+  const v = { id, etag: null, ctl: new AbortController() };
+  wfView = v;
+  view = v;
+  for (const s of ['jobs', 'stats', 'insights', 'bulk', 'workflows', 'flow']) $(s).hidden = true;
+  $('workflow').hidden = false;
+  $('wf-result').textContent = '';
+  while (wfView === v) {
+    try {
+      const headers = v.etag ? { 'If-None-Match': v.etag } : {};
+      const resp = await api('workflows/' + encodeURIComponent(id) + (v.etag ? '?wait=25' : ''), { headers, signal: v.ctl.signal });
+      if (resp.status !== 304) {
+        v.etag = resp.headers.get('ETag');
+        const w = await body(resp);
+        if (wfView !== v) return;
+        renderWorkflow(w);
+        if (['succeeded', 'failed', 'cancelled'].includes(w.status)) return;
+        // Only a person moves a waiting workflow on: look again now and then, not by long-poll.
+        if (w.status === 'waiting') { await sleep(2000); v.etag = null; }
+      }
+    } catch (e) {
+      if (wfView === v) showError('workflow ' + id + ': ' + e.message);
+      return;
+    }
+  }
+}
+
+function renderWorkflow(w) {
+  $('wf-name').textContent = w.name || '';
+  $('wf-id').textContent = w.id;
+  const status = $('wf-status');
+  status.textContent = w.status;
+  status.className = 'badge s-' + w.status;
+  $('wf-bar').style.width = Math.round(w.progress * 100) + '%';
+  $('wf-failure').textContent = w.failure ? 'failed at ' + w.failure.step + ': ' + ((w.failure.error || {}).message || w.failure.status) : '';
+  const tbody = clear($('wf-steps').tBodies[0]);
+  for (const s of w.steps) {
+    const first = s.jobs[0] || {};
+    const name = s.total === 1 ? el('a', { href: '#job/' + encodeURIComponent(first.job_id) }, s.name) : s.name;
+    const counts = Object.entries(s.counts).map(([k, n]) => k + ' ' + n).join(', ');
+    const controls = s.signal && s.status === 'waiting' ? signalControls(w.id, s.name) : '';
+    tbody.appendChild(el('tr', { class: 'step-' + s.status },
+      el('td', null, name, s.signal ? ' (signal)' : ''), el('td', null, s.after.join(', ')), el('td', null, badge(s.status)),
+      el('td', null, Math.round(s.progress * 100) + '%' + (s.message ? ' ' + s.message : '')),
+      el('td', null, s.total === 1 ? '' : s.total + ': ' + counts), el('td', null, String(s.round)),
+      el('td', null, fmtTime(first.started_at)), el('td', null, fmtTime(first.finished_at)), el('td', null, controls)));
+  }
+}
+
+/** Approve, reject, or approve with edited data (JSON), for a waiting signal step. */
+function signalControls(id, step) {
+  const data = el('textarea', { class: 'signal-data', rows: 2, cols: 22, placeholder: '{"notes": "..."} (optional JSON)' });
+  const send = async (decision) => {
+    let parsed = {};
+    try { if (data.value.trim()) parsed = JSON.parse(data.value); } catch (e) { $('wf-result').textContent = 'data is not JSON: ' + e.message; return; }
+    const resp = await api('workflows/' + encodeURIComponent(id) + '/steps/' + encodeURIComponent(step) + '/signal',
+      { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ decision, data: parsed }) });
+    if (resp.ok) $('wf-result').textContent = decision + ' sent for ' + step;
+    else $('wf-result').textContent = (await detailOf(resp));
+  };
+  return el('span', { class: 'signal' }, data,
+    el('button', { type: 'button', class: 'approve', onclick: () => send('approve').catch((e) => showError(e.message)) }, 'Approve'),
+    el('button', { type: 'button', class: 'danger reject', onclick: () => send('reject').catch((e) => showError(e.message)) }, 'Reject'));
+}
+
 // ---- wiring ----
 
 function route() {
   const m = location.hash.match(/^#job\/(.+)$/);
+  const wf = location.hash.match(/^#workflow\/(.+)$/);
   const bulk = location.hash.match(/^#bulk\?(.*)$/);
+  if (wf) { openWorkflow(decodeURIComponent(wf[1])); return; }
+  closeWorkflow();
   if (m) openJob(decodeURIComponent(m[1]));
   else { closeJob(); tick(); if (bulk) openBulk(bulk[1]); }
 }
@@ -784,6 +881,7 @@ async function tick() {
     if (!view && list.cursor === null) await loadJobs(null, []);
     if (!view) await refreshOperations();
     if (!view) await refreshFlow();
+    if (!view) await refreshWorkflows();
     $('refreshed').textContent = 'updated ' + new Date().toLocaleTimeString();
     showError('');
   } catch (e) {
@@ -822,6 +920,12 @@ $('act-form').addEventListener('submit', (ev) => { ev.preventDefault(); actOnFil
 $('fn-window').addEventListener('change', () => refreshInsights().catch((e) => showError(e.message)));
 $('first').addEventListener('click', () => loadJobs(null, []).catch((e) => showError(e.message)));
 $('back').addEventListener('click', (ev) => { ev.preventDefault(); location.hash = ''; });
+$('wf-back').addEventListener('click', (ev) => { ev.preventDefault(); location.hash = ''; });
+$('wf-cancel').addEventListener('click', async () => {
+  if (!wfView) return;
+  const resp = await api('workflows/' + encodeURIComponent(wfView.id) + '/cancel', { method: 'POST' });
+  $('wf-result').textContent = resp.ok ? 'cancel requested' : await detailOf(resp);
+});
 $('cancel').addEventListener('click', () => cancelJob().catch((e) => showError(e.message)));
 $('retry').addEventListener('click', () => retryJob().catch((e) => showError(e.message)));
 $('delete').addEventListener('click', () => deleteJob().catch((e) => showError(e.message)));
