@@ -7,6 +7,7 @@ use super::jobs::{DEFAULT_PAGE, MAX_IDEMPOTENCY_KEY, MAX_PAGE, MAX_WAIT_SECONDS}
 use super::narrowing::MAX_SEARCH_CHARS;
 use crate::function::{MAX_ATTEMPTS_LIMIT, Registry};
 use crate::submit::{MAX_DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, MAX_UNIQUE_KEY};
+use crate::workflow;
 
 /// The shape of a `next_cursor`: base64url (no padding) of a version byte 1 and a job id's 16
 /// bytes, so any string it matches is a cursor the API accepts.
@@ -15,6 +16,9 @@ pub const CURSOR_PATTERN: &str = "^A[Q-Za-f][A-Za-z0-9_-]{20}[AEIMQUYcgkosw048]$
 /// What a function name may look like ([`Registry::register`]'s rule), for filters that may
 /// name a function no longer registered.
 const FUNCTION_NAME_PATTERN: &str = "^[a-z0-9_.-]{1,100}$";
+
+/// What a workflow step's name may look like ([`workflow::valid_step_name`]).
+const STEP_NAME_PATTERN: &str = "^[a-z0-9_-]{1,64}$";
 
 fn problem(description: &str) -> Value {
     json!({ "description": description, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } })
@@ -81,8 +85,9 @@ fn traceparent_param() -> Value {
 /// The OpenAPI document. The functions `registry` holds are the `function` enum of a submit.
 pub fn openapi(registry: &Registry) -> Value {
     let functions: Vec<&str> = registry.names().collect();
+    let templates: Vec<&str> = registry.workflows().names().collect();
     let error_kinds: Vec<&str> = crate::job::ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "runq",
@@ -376,7 +381,8 @@ pub fn openapi(registry: &Registry) -> Value {
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" } },
             "schemas": {
-                "Status": { "type": "string", "enum": ["queued", "running", "retrying", "succeeded", "failed", "cancelled"] },
+                "Status": { "type": "string", "enum": ["pending", "waiting", "queued", "running", "retrying", "succeeded", "failed", "cancelled"],
+                            "description": "pending: a workflow step whose parents haven't finished; waiting: a signal step waiting for a person." },
                 "Priority": { "type": "string", "enum": ["high", "medium", "low"] },
                 "SubmitRequest": {
                     "type": "object", "required": ["function"], "additionalProperties": false,
@@ -533,6 +539,196 @@ pub fn openapi(registry: &Registry) -> Value {
                         "detail": { "type": "string" }, "field": { "type": "string" }
                     }
                 }
+            }
+        }
+    });
+    for (section, more) in
+        [("paths", workflow_paths(&functions, &templates)), ("schemas", workflow_schemas(&functions))]
+    {
+        let target = if section == "paths" { &mut doc["paths"] } else { &mut doc["components"]["schemas"] };
+        target.as_object_mut().expect("an object").extend(map(more));
+    }
+    doc
+}
+
+/// The workflow routes: submit, list, status, cancel, signals, and a fan-in's parents.
+fn workflow_paths(functions: &[&str], templates: &[&str]) -> Value {
+    let step_param = json!({ "name": "step", "in": "path", "required": true,
+                             "schema": { "type": "string", "pattern": STEP_NAME_PATTERN } });
+    let idempotency = json!({ "name": "Idempotency-Key", "in": "header", "required": false,
+                              "schema": { "type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY, "pattern": "^[!-~]+$" },
+                              "description": "The same key again answers 200 with the workflow the first request created (or, for a signal, the signal it applied), writing nothing." });
+    let workflow_response = |description: &str| {
+        json!({ "description": description,
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Workflow" } } } })
+    };
+    let mut step_function =
+        json!({ "type": "string", "description": "A registered function (exactly one of `function` and `signal`)." });
+    step_function["enum"] = json!(functions);
+    let mut template =
+        json!({ "type": "string", "description": "A template declared with App::workflow (or none: give `steps`)." });
+    if !templates.is_empty() {
+        template["enum"] = json!(templates);
+    }
+    json!({
+        "/workflows": {
+            "post": {
+                "summary": "Submit a workflow: a template by name with args, or its steps as JSON",
+                "description": "Checked whole before anything is written: a cycle, an unknown step in `after`, an unknown function, a step name used twice, bad args or a bad fan-out is a 422 naming the step. The steps with no parents are queued at once, the rest wait (`pending`) for their parents.",
+                "parameters": [idempotency.clone(), traceparent_param()],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "additionalProperties": false,
+                    "properties": {
+                        "workflow": template,
+                        "steps": { "type": "array", "minItems": 1, "maxItems": workflow::MAX_STEPS, "items": { "$ref": "#/components/schemas/StepSpec" } },
+                        "args": { "description": "The workflow's args: every step's unless it has its own, and the lists fan-outs run over (default {})." }
+                    } } } } },
+                "responses": auth_errors(map(json!({
+                    "202": workflow_response("Created; `Location` is the workflow's URL."),
+                    "200": workflow_response("Replay of an earlier submit with the same Idempotency-Key; nothing was written."),
+                    "400": problem("Malformed JSON."),
+                    "413": problem("Args over the limit."),
+                    "415": problem("Content-Type is not application/json."),
+                    "422": problem("Neither or both of `workflow` and `steps`, an unknown template, a cycle, an unknown step or function, a duplicate step name, bad args, a bad fan-out, signal or rework, or a bad Idempotency-Key. Nothing was written.")
+                })))
+            },
+            "get": {
+                "summary": "List workflows, newest first (an admin's: everyone's)",
+                "parameters": [
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE } },
+                    { "name": "before", "in": "query", "schema": { "type": "string", "format": "uuid" }, "description": "`next_before` of the previous page." }
+                ],
+                "responses": auth_errors(map(json!({
+                    "200": { "description": "A page of workflows.", "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["workflows"],
+                        "properties": { "workflows": { "type": "array", "items": { "type": "object",
+                                            "required": ["id", "status", "progress", "total", "created_at"] } },
+                                        "next_before": { "type": ["string", "null"], "format": "uuid" } } } } } },
+                    "422": problem("Bad limit or before, or an unknown parameter.")
+                })))
+            }
+        },
+        "/workflows/{id}": {
+            "get": {
+                "summary": "A workflow: its state, its progress and every step, with an ETag",
+                "parameters": [id_param(), { "name": "If-None-Match", "in": "header", "schema": { "type": "string" } },
+                               { "name": "wait", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS },
+                                 "description": "Long-poll: answer as soon as any of its jobs changes (or a fan-out adds some), or after this many seconds." }],
+                "responses": auth_errors(map(json!({
+                    "200": workflow_response("The workflow, with an `ETag`."),
+                    "304": { "description": "Unchanged since the `If-None-Match` ETag." },
+                    "404": problem("No such workflow, or another owner's."),
+                    "422": problem("The id is not a UUID, or wait is over 30.")
+                })))
+            }
+        },
+        "/workflows/{id}/cancel": {
+            "post": {
+                "summary": "Cancel a workflow: every step not yet finished",
+                "parameters": [id_param()],
+                "responses": auth_errors(map(json!({
+                    "202": workflow_response("Pending, waiting, queued and retrying steps cancelled; running ones asked to stop."),
+                    "200": workflow_response("It was cancelled already."),
+                    "404": problem("No such workflow, or another owner's."),
+                    "409": problem("It already succeeded or failed."),
+                    "422": problem("The id is not a UUID.")
+                })))
+            }
+        },
+        "/workflows/{id}/steps/{step}/signal": {
+            "post": {
+                "summary": "Answer a waiting signal step (the workflow's owner, or an admin): approve or reject, with data",
+                "description": "Recorded with who sent it. Approve: the step succeeds with the data as its result. Reject: the workflow goes back to the step's `on_reject.back_to` with the data as its input `rework`, or the step fails (kind `rejected`).",
+                "parameters": [id_param(), step_param, idempotency],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Signal" } } } },
+                "responses": auth_errors(map(json!({
+                    "200": { "description": "The workflow, and `repeated`: true when this same signal (or Idempotency-Key) was applied before and nothing changed.",
+                             "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Workflow" } } } },
+                    "400": problem("Malformed JSON."),
+                    "404": problem("No such workflow or step, or another owner's."),
+                    "409": problem("The step is not waiting for a signal (not yet reached, or already answered); nothing changed."),
+                    "413": problem("Data over the limit."),
+                    "415": problem("Content-Type is not application/json."),
+                    "422": problem("The step runs a function (not a signal step), an unknown decision, or a bad id or Idempotency-Key.")
+                })))
+            }
+        },
+        "/jobs/{id}/parents": {
+            "get": {
+                "summary": "The jobs a workflow step or continuation ran after, with their results, page by page",
+                "parameters": [id_param(),
+                    { "name": "after", "in": "query", "schema": { "type": "string", "format": "uuid" }, "description": "`next_after` of the previous page." },
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": crate::store::MAX_PARENTS_PAGE, "default": 100 } }],
+                "responses": auth_errors(map(json!({
+                    "200": { "description": "`{parents: [{job_id, name, index?, item?, status, result?, error?}], next_after}`, by job id.",
+                             "content": { "application/json": { "schema": { "type": "object", "required": ["parents"] } } } },
+                    "404": problem("No such job, or another owner's."),
+                    "422": problem("Bad id, after or limit, or an unknown parameter.")
+                })))
+            }
+        }
+    })
+}
+
+/// The workflow schemas.
+fn workflow_schemas(functions: &[&str]) -> Value {
+    let decision = json!({ "type": "string", "enum": ["approve", "reject"] });
+    let signal = json!({ "type": "object", "required": ["decision"], "additionalProperties": false,
+                         "properties": { "decision": decision, "data": { "description": "Any JSON (default {}): an edited file, a reviewer's notes." } } });
+    let mut function = json!({ "type": "string" });
+    function["enum"] = json!(functions);
+    json!({
+        "Signal": signal,
+        "StepSpec": {
+            "type": "object", "required": ["name"], "additionalProperties": false,
+            "description": "A step: a function to run, or a signal to wait for (exactly one of the two).",
+            "properties": {
+                "name": { "type": "string", "pattern": STEP_NAME_PATTERN, "description": "Unique in the workflow." },
+                "function": function,
+                "args": { "description": "The step's args; the workflow's when absent." },
+                "after": { "type": "array", "items": { "type": "string", "pattern": STEP_NAME_PATTERN }, "description": "Steps it runs after, all of which must succeed (unless run_on_failure)." },
+                "priority": { "$ref": "#/components/schemas/Priority" },
+                "max_attempts": { "type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT },
+                "run_on_failure": { "type": "boolean", "description": "Runs once its parents finished, whatever their outcome; not cancelled when the workflow fails." },
+                "for_each": { "type": "string", "description": "Fan-out: one job per element of the array at this field of the workflow's args." },
+                "item_as": { "type": "string", "description": "The args field each member finds its element in (default `item`)." },
+                "signal": { "type": "object", "additionalProperties": false, "properties": {
+                    "timeout_secs": { "type": "number", "exclusiveMinimum": 0, "maximum": workflow::MAX_SIGNAL_TIMEOUT_SECS },
+                    "on_timeout": { "$ref": "#/components/schemas/Signal" },
+                    "on_reject": { "type": "object", "required": ["back_to", "max_rounds"], "additionalProperties": false, "properties": {
+                        "back_to": { "type": "string", "pattern": STEP_NAME_PATTERN },
+                        "max_rounds": { "type": "integer", "minimum": 1, "maximum": workflow::MAX_ROUNDS } } } } }
+            }
+        },
+        "Workflow": {
+            "type": "object",
+            "required": ["id", "status", "progress", "args", "cancel_requested", "created_at", "updated_at", "counts", "total", "steps"],
+            "properties": {
+                "id": { "type": "string", "format": "uuid" },
+                "name": { "type": ["string", "null"], "description": "The template it was submitted by." },
+                "status": { "type": "string", "enum": ["running", "waiting", "succeeded", "failed", "cancelled"] },
+                "progress": { "type": "number", "minimum": 0, "maximum": 1 },
+                "args": {},
+                "failure": { "description": "The first step that failed or was cancelled, and why." },
+                "cancel_requested": { "type": "boolean" },
+                "created_at": { "type": "string", "format": "date-time" },
+                "updated_at": { "type": "string", "format": "date-time" },
+                "finished_at": { "type": ["string", "null"], "format": "date-time" },
+                "counts": { "type": "object", "additionalProperties": { "type": "integer" }, "description": "Its jobs by status." },
+                "total": { "type": "integer" },
+                "poll_after_ms": { "type": "integer", "description": "When to poll again; absent once finished." },
+                "steps": { "type": "array", "items": { "type": "object",
+                    "required": ["name", "signal", "after", "status", "progress", "round", "counts", "total", "jobs"],
+                    "properties": {
+                        "name": { "type": "string" }, "function": { "type": "string" }, "signal": { "type": "boolean" },
+                        "after": { "type": "array", "items": { "type": "string" } },
+                        "status": { "$ref": "#/components/schemas/Status" },
+                        "progress": { "type": "number" }, "message": { "type": ["string", "null"] },
+                        "round": { "type": "integer", "description": "Rework rounds it went through." },
+                        "counts": { "type": "object", "additionalProperties": { "type": "integer" } },
+                        "total": { "type": "integer" },
+                        "jobs": { "type": "array", "description": "Its jobs (up to 100; beyond, only counts): job_id, index/item of a fan-out member, status, progress, attempt, timestamps, error." },
+                        "result": { "description": "A single job's inline result (a signal step: the decision)." } } } }
             }
         }
     })

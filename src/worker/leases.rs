@@ -90,6 +90,17 @@ impl Leases {
         });
     }
 
+    /// A client asked to cancel job `job_id`: every run of it here is told at once.
+    pub fn cancel_requested(&self, job_id: Uuid) {
+        let claims: Vec<Uuid> = {
+            let held = self.held.lock().expect("leases lock");
+            held.iter().filter(|(_, h)| h.job_id == job_id).map(|(claim, _)| *claim).collect()
+        };
+        for claim_id in claims {
+            self.update(claim_id, |s| s.cancel_requested = true);
+        }
+    }
+
     /// The claim no longer holds: its run must stop.
     pub fn lost(&self, claim_id: Uuid) {
         self.update(claim_id, |s| s.lost = true);
@@ -141,6 +152,46 @@ impl Leases {
                 }
             }
         })
+    }
+}
+
+/// The Postgres channel a running job's cancel request is notified on (the `jobs_notify_cancel`
+/// trigger), with the job's id as payload.
+pub const CANCEL_CHANNEL: &str = "runq_cancel";
+
+impl Leases {
+    /// Listens on [`CANCEL_CHANNEL`] until the process ends and tells the runs of a cancelled
+    /// job at once. A notification lost while the listener reconnects costs only time: the next
+    /// heartbeat carries the same flag. Its connection is its own (a pool of one beside
+    /// `pool`, to the same server), so it never takes a connection the heartbeats need.
+    pub fn spawn_cancel_listener(&self, pool: &PgPool) -> tokio::task::JoinHandle<()> {
+        let leases = self.clone();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = leases.listen_for_cancels(&pool).await {
+                    tracing::warn!(error = %e, "cancel listener failed; reconnecting (heartbeats still carry cancels)");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    }
+
+    async fn listen_for_cancels(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(CANCEL_CHANNEL).await?;
+        loop {
+            // `None`: the connection dropped and the next call reconnects.
+            if let Some(n) = listener.try_recv().await?
+                && let Ok(job_id) = Uuid::parse_str(n.payload())
+            {
+                self.cancel_requested(job_id);
+            }
+        }
     }
 }
 
@@ -228,5 +279,22 @@ mod tests {
         assert_eq!(rx_b.borrow().renewed_at, t1);
         drop(guard_b);
         assert!(leases.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_notification_reaches_every_run_of_that_job_and_no_other() {
+        let leases = Leases::default();
+        let (job, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let t0 = Instant::now();
+        let (_a, mut rx_a) = leases.hold(job, Uuid::new_v4(), t0);
+        let (_b, mut rx_b) = leases.hold(job, Uuid::new_v4(), t0);
+        let (_c, rx_c) = leases.hold(other, Uuid::new_v4(), t0);
+        leases.cancel_requested(job);
+        assert!(rx_a.has_changed().unwrap() && rx_a.borrow_and_update().cancel_requested);
+        assert!(rx_b.has_changed().unwrap() && rx_b.borrow_and_update().cancel_requested);
+        assert!(!rx_c.has_changed().unwrap(), "another job's run hears nothing");
+        // A second notification of the same cancel changes nothing.
+        leases.cancel_requested(job);
+        assert!(!rx_a.has_changed().unwrap());
     }
 }

@@ -39,7 +39,11 @@ pub struct Wf {
 }
 
 pub async fn stack(pool: &PgPool) -> Wf {
-    let dev = DevStack::start(options(pool), registry()).await.expect("dev stack starts");
+    stack_with(options(pool)).await
+}
+
+pub async fn stack_with(options: runq::dev::DevOptions) -> Wf {
+    let dev = DevStack::start(options, registry()).await.expect("dev stack starts");
     let token =
         runq::auth::mint_hs256(SECRET, "alice", false, Duration::from_secs(3600), "scope", "", None, None).unwrap();
     Wf { dev, http: reqwest::Client::new(), token }
@@ -387,17 +391,30 @@ async fn a_failed_step_fails_the_workflow_cancels_the_rest_and_runs_its_cleanup(
 
 #[sqlx::test]
 async fn cancelling_a_workflow_stops_its_running_step_and_everything_after(pool: PgPool) {
-    let s = stack(&pool).await;
+    // A 90 s lease: the worker heartbeats every 30 s, so only the cancel notification
+    // (`runq_cancel`) can stop the running step within the 5 s this test waits.
+    let mut o = options(&pool);
+    o.lease = Duration::from_secs(90);
+    let s = stack_with(o).await;
     let id = s.submit(json!({"workflow": "speech_to_text", "args": {"audio": "a.flac", "pace_ms": 60_000}})).await;
     s.follow(&id, Duration::from_secs(30), |v| step_of(v, "transcribe")["status"] == "running").await;
+    let asked = Instant::now();
     let (code, view) = s.post(&format!("/workflows/{id}/cancel"), json!({})).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{view}");
-    let done = s.finished(&id).await;
+    let finished = |v: &Value| ["succeeded", "failed", "cancelled"].contains(&v["status"].as_str().unwrap());
+    let done = s.follow(&id, Duration::from_secs(5), finished).await.pop().unwrap();
+    println!("running step cancelled {:?} after the request", asked.elapsed());
     assert_eq!(done["status"], "cancelled", "{done}");
     for step in ["transcribe", "summarize", "index"] {
         assert_eq!(step_of(&done, step)["status"], "cancelled", "{step}");
     }
     assert_eq!(runs_of(&pool, job_id(&done, "summarize")).await, 0);
+    let outcome: Option<String> = sqlx::query_scalar("SELECT outcome FROM job_runs WHERE job_id = $1")
+        .bind(job_id(&done, "transcribe"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(outcome.as_deref(), Some("cancelled"), "the run itself stopped and recorded the cancel");
     let (code, _) = s.post(&format!("/workflows/{id}/cancel"), json!({})).await;
     assert_eq!(code, StatusCode::OK, "cancelling a cancelled workflow again is fine");
     s.dev.shutdown().await;
