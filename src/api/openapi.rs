@@ -565,24 +565,27 @@ fn workflow_paths(functions: &[&str], templates: &[&str]) -> Value {
     let mut step_function =
         json!({ "type": "string", "description": "A registered function (exactly one of `function` and `signal`)." });
     step_function["enum"] = json!(functions);
-    let mut template =
-        json!({ "type": "string", "description": "A template declared with App::workflow (or none: give `steps`)." });
-    if !templates.is_empty() {
-        template["enum"] = json!(templates);
-    }
+    let args = json!({ "description": "The workflow's args: every step's unless it has its own, and the lists fan-outs run over (default {})." });
+    let steps = json!({ "type": "array", "minItems": 1, "maxItems": workflow::MAX_STEPS, "items": { "$ref": "#/components/schemas/StepSpec" } });
+    let by_steps = json!({ "type": "object", "required": ["steps"], "additionalProperties": false,
+                           "properties": { "steps": steps, "args": args } });
+    // Exactly one of a template's name (when the application declares any) and the steps.
+    let submit_schema = if templates.is_empty() {
+        by_steps
+    } else {
+        let by_name = json!({ "type": "object", "required": ["workflow"], "additionalProperties": false,
+                              "properties": { "workflow": { "type": "string", "enum": templates,
+                                                            "description": "A template declared with App::workflow." },
+                                              "args": args } });
+        json!({ "oneOf": [by_name, by_steps] })
+    };
     json!({
         "/workflows": {
             "post": {
                 "summary": "Submit a workflow: a template by name with args, or its steps as JSON",
                 "description": "Checked whole before anything is written: a cycle, an unknown step in `after`, an unknown function, a step name used twice, bad args or a bad fan-out is a 422 naming the step. The steps with no parents are queued at once, the rest wait (`pending`) for their parents.",
                 "parameters": [idempotency.clone(), traceparent_param()],
-                "requestBody": { "required": true, "content": { "application/json": { "schema": {
-                    "type": "object", "additionalProperties": false,
-                    "properties": {
-                        "workflow": template,
-                        "steps": { "type": "array", "minItems": 1, "maxItems": workflow::MAX_STEPS, "items": { "$ref": "#/components/schemas/StepSpec" } },
-                        "args": { "description": "The workflow's args: every step's unless it has its own, and the lists fan-outs run over (default {})." }
-                    } } } } },
+                "requestBody": { "required": true, "content": { "application/json": { "schema": submit_schema } } },
                 "responses": auth_errors(map(json!({
                     "202": workflow_response("Created; `Location` is the workflow's URL."),
                     "200": workflow_response("Replay of an earlier submit with the same Idempotency-Key; nothing was written."),
@@ -682,6 +685,7 @@ fn workflow_schemas(functions: &[&str]) -> Value {
         "StepSpec": {
             "type": "object", "required": ["name"], "additionalProperties": false,
             "description": "A step: a function to run, or a signal to wait for (exactly one of the two).",
+            "oneOf": [{ "required": ["function"] }, { "required": ["signal"] }],
             "properties": {
                 "name": { "type": "string", "pattern": STEP_NAME_PATTERN, "description": "Unique in the workflow." },
                 "function": function,

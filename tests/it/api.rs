@@ -501,6 +501,12 @@ async fn health_and_openapi_describe_every_route(pool: PgPool) {
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/openapi.json", "get"),
+        ("/workflows", "post"),
+        ("/workflows", "get"),
+        ("/workflows/{id}", "get"),
+        ("/workflows/{id}/cancel", "post"),
+        ("/workflows/{id}/steps/{step}/signal", "post"),
+        ("/jobs/{id}/parents", "get"),
     ] {
         assert!(paths[path][method].is_object(), "{method} {path} is described");
     }
@@ -526,6 +532,13 @@ async fn health_and_openapi_describe_every_route(pool: PgPool) {
     assert_eq!(param("/jobs/{id}/status", "get", "wait")["maximum"], 30);
     assert_eq!(param("/jobs", "post", "Idempotency-Key")["maxLength"], 255);
     assert!(param("/jobs:batch", "post", "traceparent").is_object());
+    // A workflow's steps name registered functions; a job's status may be a step's.
+    let step = &spec["components"]["schemas"]["StepSpec"]["properties"];
+    assert_eq!(step["function"]["enum"], json!(registered));
+    assert_eq!(step["name"]["pattern"], "^[a-z0-9_-]{1,64}$");
+    let statuses = spec["components"]["schemas"]["Status"]["enum"].as_array().unwrap();
+    assert!(statuses.contains(&json!("pending")) && statuses.contains(&json!("waiting")));
+    assert_eq!(param("/workflows/{id}", "get", "wait")["maximum"], 30);
 }
 
 #[sqlx::test]
