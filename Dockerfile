@@ -25,12 +25,15 @@ RUN mkdir -p src tests/it bench crates/pubsub-emulator/tests/conformance \
     && mkdir -p crates/pubsub-emulator/benches \
     && echo 'fn main() {}' > crates/pubsub-emulator/benches/emulator.rs \
     && echo 'fn main() {}' > bench/e2e.rs \
+    && echo 'fn main() {}' > bench/workflows.rs \
     && cargo build --release --locked --bin runq \
     && rm -rf src target/release/runq target/release/deps/runq-* target/release/deps/librunq-* \
               target/release/.fingerprint/runq-*
 
 # 2. runq itself. sqlx's macros read .sqlx/ (offline query data) and migrations/ (embedded by
-#    sqlx::migrate!) at compile time. The same command CI builds and tests (.ci/run).
+#    sqlx::migrate!) at compile time; build.rs tells cargo to rebuild when migrations/ changes.
+#    The same command CI builds and tests (.ci/run).
+COPY build.rs ./
 COPY .sqlx ./.sqlx
 COPY migrations ./migrations
 COPY src ./src

@@ -638,6 +638,19 @@ fn workflow_paths(functions: &[&str], templates: &[&str]) -> Value {
                 })))
             }
         },
+        "/workflows/{id}/retry": {
+            "post": {
+                "summary": "Retry a failed or cancelled workflow from where it stopped",
+                "description": "Every step that failed or was cancelled starts over (its attempt budget again, its runs kept), after those of its parents that start over too; steps that succeeded keep their results and don't run again. A signal step that had a decision waits for a new one, in a new round.",
+                "parameters": [id_param()],
+                "responses": auth_errors(map(json!({
+                    "202": workflow_response("Started over: the steps whose parents all succeeded are queued (or waiting) at once."),
+                    "404": problem("No such workflow, or another owner's."),
+                    "409": problem("A step is not finished yet, or the workflow succeeded; nothing changed."),
+                    "422": problem("The id is not a UUID.")
+                })))
+            }
+        },
         "/workflows/{id}/steps/{step}/signal": {
             "post": {
                 "summary": "Answer a waiting signal step (the workflow's owner, or an admin): approve or reject, with data",

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::jobs::{MAX_WAIT_SECONDS, body_error, etag_of, matches_if_none_match, parse_id, parse_json, require_json};
 use super::{ApiError, ApiState, Caller};
-use crate::store::{self, SignalOutcome, WorkflowCancel};
+use crate::store::{self, SignalOutcome, WorkflowCancel, WorkflowRetry};
 use crate::workflow::{self, Signal, WorkflowSpec};
 
 pub(super) fn router() -> Router<ApiState> {
@@ -25,6 +25,7 @@ pub(super) fn router() -> Router<ApiState> {
         .route("/workflows", post(submit).get(list))
         .route("/workflows/{id}", get(status))
         .route("/workflows/{id}/cancel", post(cancel))
+        .route("/workflows/{id}/retry", post(retry))
         .route("/workflows/{id}/steps/{step}/signal", post(signal))
         .route("/jobs/{id}/parents", get(parents))
 }
@@ -213,6 +214,32 @@ async fn cancel(State(state): State<ApiState>, caller: Caller, Path(id): Path<St
         }
         WorkflowCancel::Cancelled(jobs) => {
             tracing::info!(workflow_id = %id, jobs, "workflow cancelled");
+            let view = store::workflow(&state.pool, id, caller.owner_filter()).await?.ok_or_else(|| not_found(id))?;
+            Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+        }
+    }
+}
+
+/// `POST /workflows/{id}/retry`: a failed or cancelled workflow starts over from where it
+/// stopped (its failed and cancelled steps; those that succeeded keep their results). 202 with
+/// the workflow; 409 while a step is unfinished, or when it succeeded.
+async fn retry(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match store::retry_workflow(&state.pool, id, caller.owner_filter()).await? {
+        WorkflowRetry::NotFound => Err(not_found(id)),
+        WorkflowRetry::Unfinished => Err(ApiError::Conflict(format!(
+            "workflow {id} has steps not finished yet; cancel it first, or wait for it to finish"
+        ))),
+        WorkflowRetry::Succeeded => {
+            Err(ApiError::Conflict(format!("workflow {id} succeeded; there is nothing to retry")))
+        }
+        WorkflowRetry::Retried { jobs, runnable } => {
+            tracing::info!(workflow_id = %id, jobs, "workflow retried");
+            if let Some(outbox) = &state.outbox {
+                for publication in runnable {
+                    outbox.dispatch(publication);
+                }
+            }
             let view = store::workflow(&state.pool, id, caller.owner_filter()).await?.ok_or_else(|| not_found(id))?;
             Ok((StatusCode::ACCEPTED, Json(view)).into_response())
         }

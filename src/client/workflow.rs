@@ -51,6 +51,12 @@ pub enum WorkflowCommand {
     },
     /// Cancel a workflow: every step not yet finished.
     Cancel { id: String },
+    /// Retry a failed or cancelled workflow from where it stopped; with --wait, follow it.
+    Retry {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 pub(super) async fn run(a: WorkflowArgs) -> Result<u8, ClientError> {
@@ -92,6 +98,15 @@ pub(super) async fn run(a: WorkflowArgs) -> Result<u8, ClientError> {
         WorkflowCommand::Cancel { id } => {
             print_json(&api.call(Method::POST, &["workflows", &id, "cancel"], None).await?);
             Ok(EXIT_SUCCEEDED)
+        }
+        WorkflowCommand::Retry { id, wait } => {
+            let view = api.call(Method::POST, &["workflows", &id, "retry"], None).await?;
+            if !wait {
+                print_json(&view);
+                return Ok(EXIT_SUCCEEDED);
+            }
+            eprintln!("retried workflow {id}");
+            follow(&api, &id).await
         }
     }
 }

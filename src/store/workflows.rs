@@ -846,7 +846,8 @@ pub enum WorkflowCancel {
 }
 
 /// Cancels workflow `id`: every pending, waiting, queued or retrying job is cancelled and every
-/// running one asked to stop (its run sees it at its next heartbeat or progress write).
+/// running one asked to stop (its worker hears of it at once through `runq_cancel`, or at its
+/// next heartbeat).
 pub async fn cancel_workflow(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<WorkflowCancel, StoreError> {
     let found = sqlx::query(
         "UPDATE workflows SET cancel_requested = true, updated_at = now()
@@ -870,6 +871,91 @@ pub async fn cancel_workflow(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Re
     }
     let acted = retrying_deadlocks(|| super::cancel_many(pool, &ids, None)).await?;
     Ok(WorkflowCancel::Cancelled(acted.len()))
+}
+
+/// What a workflow retry did.
+#[derive(Debug)]
+pub enum WorkflowRetry {
+    /// Its failed and cancelled steps start over: how many jobs, and those queued at once.
+    Retried {
+        jobs: usize,
+        runnable: Vec<Publication>,
+    },
+    /// Some of its steps are not finished yet.
+    Unfinished,
+    /// It succeeded: there is nothing to retry.
+    Succeeded,
+    NotFound,
+}
+
+/// Retries a failed or cancelled workflow from where it stopped, in one transaction: every step
+/// job that failed or was cancelled starts over (its attempt budget again, its runs kept, as a
+/// job's retry does), after its parents that start over too; the steps that succeeded keep
+/// their results and don't run again. Those whose parents all succeeded are queued (or waiting,
+/// for a signal step: a fresh timeout, and a new round if it had a decision) at once.
+pub async fn retry_workflow(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<WorkflowRetry, StoreError> {
+    let mut tx = pool.begin().await?;
+    let found: Option<Option<Json<Value>>> = sqlx::query_scalar(
+        "SELECT failure FROM workflows WHERE id = $1 AND ($2::text IS NULL OR owner = $2) FOR UPDATE",
+    )
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(_failure) = found else {
+        return Ok(WorkflowRetry::NotFound);
+    };
+    // Lock the jobs, so nothing (a job's own retry, the reaper) moves one while we decide.
+    let jobs: Vec<(Uuid, Status)> =
+        sqlx::query_as("SELECT id, status FROM jobs WHERE workflow_id = $1 ORDER BY id FOR UPDATE")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+    if jobs.iter().any(|(_, s)| !s.is_finished()) {
+        return Ok(WorkflowRetry::Unfinished);
+    }
+    let again: Vec<Uuid> =
+        jobs.iter().filter(|(_, s)| matches!(s, Status::Failed | Status::Cancelled)).map(|(j, _)| *j).collect();
+    if again.is_empty() {
+        return Ok(WorkflowRetry::Succeeded);
+    }
+    sqlx::query(
+        r#"UPDATE jobs SET status = 'pending',
+              max_attempts = attempt + (max_attempts - attempt_base), attempt_base = attempt,
+              run_after = now(), dispatched_at = NULL, cancel_requested = false, claim_id = NULL, worker_id = NULL,
+              lease_until = NULL, progress = 0, message = NULL, result = NULL, result_uri = NULL, error = NULL,
+              started_at = NULL, finished_at = NULL, updated_at = now()
+           WHERE id = ANY($1)"#,
+    )
+    .bind(&again)
+    .execute(&mut *tx)
+    .await?;
+    // Each waits for its parents that start over; a rework's notes stay its input; a signal step
+    // that had a decision this round waits in the next (one decision per step and round).
+    sqlx::query(
+        r#"UPDATE workflow_steps s SET
+              pending_parents = (SELECT count(*) FROM workflow_edges e WHERE e.child = s.job_id AND e.parent = ANY($1)),
+              failed_parents = 0,
+              inputs = CASE WHEN s.inputs ? 'rework' THEN jsonb_build_object('rework', s.inputs->'rework') END,
+              round = s.round + (s.signal IS NOT NULL AND EXISTS (
+                  SELECT 1 FROM workflow_signals g WHERE g.job_id = s.job_id AND g.round = s.round))::int
+           WHERE s.job_id = ANY($1)"#,
+    )
+    .bind(&again)
+    .execute(&mut *tx)
+    .await?;
+    let roots: Vec<Uuid> =
+        sqlx::query_scalar("SELECT job_id FROM workflow_steps WHERE job_id = ANY($1) AND pending_parents = 0")
+            .bind(&again)
+            .fetch_all(&mut *tx)
+            .await?;
+    sqlx::query("UPDATE workflows SET failure = NULL, cancel_requested = false, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let runnable = make_runnable(&mut tx, &roots).await?;
+    tx.commit().await?;
+    Ok(WorkflowRetry::Retried { jobs: again.len(), runnable })
 }
 
 /// Most parents one page holds.

@@ -43,8 +43,21 @@ struct Held {
 /// must keep its own lease and signals. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Leases {
-    held: Arc<Mutex<HashMap<Uuid, Held>>>,
+    held: Arc<Mutex<Runs>>,
 }
+
+/// The runs by claim, and cancels that arrived for a claim before its run was held (the
+/// notification can beat the claim's caller to [`Leases::hold`]). One lock for both, so a
+/// cancel is either delivered to the run or found by its `hold`.
+#[derive(Default)]
+struct Runs {
+    by_claim: HashMap<Uuid, Held>,
+    early_cancels: HashMap<Uuid, Instant>,
+}
+
+/// How long a cancel for a claim not (yet) held here is kept for its `hold`: the claim's run
+/// starts within moments of it, or on another process (which hears the same notification).
+const EARLY_CANCEL_KEPT: Duration = Duration::from_secs(60);
 
 /// Removes a run from the keeper when its execution ends, however it ends.
 pub struct LeaseGuard {
@@ -54,7 +67,7 @@ pub struct LeaseGuard {
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        self.leases.held.lock().expect("leases lock").remove(&self.claim_id);
+        self.leases.held.lock().expect("leases lock").by_claim.remove(&self.claim_id);
     }
 }
 
@@ -62,19 +75,21 @@ impl Leases {
     /// Starts keeping the lease of claim `claim_id` of job `job_id`, taken at `claimed_at`; the
     /// receiver reports cancel requests, renewals and a lost claim.
     pub fn hold(&self, job_id: Uuid, claim_id: Uuid, claimed_at: Instant) -> (LeaseGuard, watch::Receiver<RunSignal>) {
-        let (tx, rx) = watch::channel(RunSignal::claimed(claimed_at));
-        self.held.lock().expect("leases lock").insert(claim_id, Held { job_id, signal: tx });
+        let mut runs = self.held.lock().expect("leases lock");
+        let cancelled = runs.early_cancels.remove(&claim_id).is_some();
+        let (tx, rx) = watch::channel(RunSignal { cancel_requested: cancelled, ..RunSignal::claimed(claimed_at) });
+        runs.by_claim.insert(claim_id, Held { job_id, signal: tx });
         (LeaseGuard { leases: self.clone(), claim_id }, rx)
     }
 
     /// The runs held now, as `(job id, claim id)`.
     pub fn snapshot(&self) -> Vec<(Uuid, Uuid)> {
-        self.held.lock().expect("leases lock").iter().map(|(claim, h)| (h.job_id, *claim)).collect()
+        self.held.lock().expect("leases lock").by_claim.iter().map(|(claim, h)| (h.job_id, *claim)).collect()
     }
 
     /// How many runs are live.
     pub fn len(&self) -> usize {
-        self.held.lock().expect("leases lock").len()
+        self.held.lock().expect("leases lock").by_claim.len()
     }
 
     /// True when no run is live.
@@ -90,14 +105,19 @@ impl Leases {
         });
     }
 
-    /// A client asked to cancel job `job_id`: every run of it here is told at once.
-    pub fn cancel_requested(&self, job_id: Uuid) {
-        let claims: Vec<Uuid> = {
-            let held = self.held.lock().expect("leases lock");
-            held.iter().filter(|(_, h)| h.job_id == job_id).map(|(claim, _)| *claim).collect()
-        };
-        for claim_id in claims {
-            self.update(claim_id, |s| s.cancel_requested = true);
+    /// A client asked to cancel the run of claim `claim_id`: it is told at once, or when this
+    /// process holds it, if that is soon.
+    pub fn cancel_requested(&self, claim_id: Uuid) {
+        let mut runs = self.held.lock().expect("leases lock");
+        match runs.by_claim.get(&claim_id) {
+            Some(h) => {
+                h.signal.send_if_modified(|s| !std::mem::replace(&mut s.cancel_requested, true));
+            }
+            None => {
+                let now = Instant::now();
+                runs.early_cancels.retain(|_, at| now.duration_since(*at) < EARLY_CANCEL_KEPT);
+                runs.early_cancels.insert(claim_id, now);
+            }
         }
     }
 
@@ -107,7 +127,7 @@ impl Leases {
     }
 
     fn update(&self, claim_id: Uuid, change: impl FnOnce(&mut RunSignal)) {
-        if let Some(h) = self.held.lock().expect("leases lock").get(&claim_id) {
+        if let Some(h) = self.held.lock().expect("leases lock").by_claim.get(&claim_id) {
             h.signal.send_if_modified(|s| {
                 let before = *s;
                 change(s);
@@ -156,7 +176,7 @@ impl Leases {
 }
 
 /// The Postgres channel a running job's cancel request is notified on (the `jobs_notify_cancel`
-/// trigger), with the job's id as payload.
+/// trigger), with `job_id:claim_id` as payload.
 pub const CANCEL_CHANNEL: &str = "runq_cancel";
 
 impl Leases {
@@ -164,33 +184,52 @@ impl Leases {
     /// job at once. A notification lost while the listener reconnects costs only time: the next
     /// heartbeat carries the same flag. Its connection is its own (a pool of one beside
     /// `pool`, to the same server), so it never takes a connection the heartbeats need.
-    pub fn spawn_cancel_listener(&self, pool: &PgPool) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_cancel_listener(&self, relaxed: &PgPool, lease: Duration) -> tokio::task::JoinHandle<()> {
         let leases = self.clone();
-        let pool = sqlx::postgres::PgPoolOptions::new()
+        let relaxed = relaxed.clone();
+        let own = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_lazy_with((*pool.connect_options()).clone());
+            .connect_lazy_with((*relaxed.connect_options()).clone());
         tokio::spawn(async move {
             loop {
-                if let Err(e) = leases.listen_for_cancels(&pool).await {
-                    tracing::warn!(error = %e, "cancel listener failed; reconnecting (heartbeats still carry cancels)");
+                match leases.listen_for_cancels(&own, &relaxed, lease).await {
+                    Ok(()) => tracing::warn!("cancel listener lost its connection; listening again"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cancel listener failed; reconnecting (heartbeats still carry cancels)")
+                    }
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
     }
 
-    async fn listen_for_cancels(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    async fn listen_for_cancels(&self, own: &PgPool, relaxed: &PgPool, lease: Duration) -> Result<(), sqlx::Error> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(own).await?;
         listener.listen(CANCEL_CHANNEL).await?;
+        // Cancels sent before we listened (runs claimed while the process started, or while
+        // the connection was down) were never heard: one heartbeat now reads them all.
+        self.catch_up(relaxed, lease).await;
         loop {
-            // `None`: the connection dropped and the next call reconnects.
-            if let Some(n) = listener.try_recv().await?
-                && let Ok(job_id) = Uuid::parse_str(n.payload())
-            {
-                self.cancel_requested(job_id);
+            match listener.try_recv().await? {
+                Some(n) => {
+                    if let Some(claim_id) = n.payload().split_once(':').and_then(|(_, c)| Uuid::parse_str(c).ok()) {
+                        self.cancel_requested(claim_id);
+                    }
+                }
+                // The connection dropped, and what is sent until we listen again is lost: start
+                // over (listen, then catch up).
+                None => return Ok(()),
             }
+        }
+    }
+
+    async fn catch_up(&self, relaxed: &PgPool, lease: Duration) {
+        match tokio::time::timeout(lease / 3, self.beat(relaxed, lease)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat after (re)listening failed"),
+            Err(_) => tracing::warn!("heartbeat after (re)listening timed out"),
         }
     }
 }
@@ -282,19 +321,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_cancel_notification_reaches_every_run_of_that_job_and_no_other() {
+    async fn a_cancel_notification_reaches_its_run_even_one_not_held_yet() {
         let leases = Leases::default();
-        let (job, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let job = Uuid::now_v7();
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let t0 = Instant::now();
-        let (_a, mut rx_a) = leases.hold(job, Uuid::new_v4(), t0);
-        let (_b, mut rx_b) = leases.hold(job, Uuid::new_v4(), t0);
-        let (_c, rx_c) = leases.hold(other, Uuid::new_v4(), t0);
-        leases.cancel_requested(job);
+        let (_a, mut rx_a) = leases.hold(job, a, t0);
+        let (_b, rx_b) = leases.hold(job, b, t0);
+        leases.cancel_requested(a);
         assert!(rx_a.has_changed().unwrap() && rx_a.borrow_and_update().cancel_requested);
-        assert!(rx_b.has_changed().unwrap() && rx_b.borrow_and_update().cancel_requested);
-        assert!(!rx_c.has_changed().unwrap(), "another job's run hears nothing");
+        assert!(!rx_b.has_changed().unwrap(), "another claim's run hears nothing");
         // A second notification of the same cancel changes nothing.
-        leases.cancel_requested(job);
+        leases.cancel_requested(a);
         assert!(!rx_a.has_changed().unwrap());
+        // The notification beat the claim's caller to `hold`: the run starts cancelled.
+        leases.cancel_requested(c);
+        let (_c, rx_c) = leases.hold(job, c, t0);
+        assert!(rx_c.borrow().cancel_requested);
+        // ... once: a later hold of that claim (there is none) or of another starts clean.
+        let (_d, rx_d) = leases.hold(job, Uuid::new_v4(), t0);
+        assert!(!rx_d.borrow().cancel_requested);
+        // Early cancels don't pile up: one older than the keep time is dropped with the next.
+        leases.cancel_requested(Uuid::new_v4());
+        tokio::time::advance(EARLY_CANCEL_KEPT).await;
+        leases.cancel_requested(Uuid::new_v4());
+        assert_eq!(leases.held.lock().unwrap().early_cancels.len(), 1);
     }
 }

@@ -181,6 +181,7 @@ async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let keeper = state.leases.spawn_keeper(state.relaxed.clone(), state.lease);
+    let cancels = state.leases.spawn_cancel_listener(&state.relaxed, state.lease);
     let background = state.background.clone();
     let queue = state.queue.clone();
     let leases = state.leases.clone();
@@ -196,5 +197,6 @@ async fn serve(
         tracing::warn!(running = background.len(), "detached runs still going at exit; their leases will expire");
     }
     keeper.abort();
+    cancels.abort();
     result
 }

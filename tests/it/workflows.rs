@@ -390,6 +390,50 @@ async fn a_failed_step_fails_the_workflow_cancels_the_rest_and_runs_its_cleanup(
 }
 
 #[sqlx::test]
+async fn a_failed_workflow_retried_starts_over_from_its_failed_step(pool: PgPool) {
+    let s = stack(&pool).await;
+    // `a` fails on its first two attempts and has two: the workflow fails. Its retry gives `a`
+    // its two attempts again (attempt 3 succeeds), then b and c run; cleanup, which ran, doesn't.
+    let id = s
+        .submit(json!({"steps": [
+            {"name": "a", "function": "fail", "args": {"times": 2}, "max_attempts": 2},
+            {"name": "b", "function": "noop", "args": {}, "after": ["a"]},
+            {"name": "c", "function": "noop", "args": {}, "after": ["b"]},
+            {"name": "cleanup", "function": "echo", "args": {"value": "tidied"}, "after": ["a"], "run_on_failure": true},
+        ]}))
+        .await;
+    let failed = s.finished(&id).await;
+    assert_eq!((failed["status"].as_str(), failed["failure"]["step"].as_str()), (Some("failed"), Some("a")));
+    let (code, view) = s.post(&format!("/workflows/{id}/retry"), json!({})).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["status"], "running", "{view}");
+    assert!(view["failure"].is_null(), "{view}");
+    let done = s.finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(runs_of(&pool, job_id(&done, "a")).await, 3, "two runs before the retry, one after");
+    for (step, runs) in [("b", 1), ("c", 1), ("cleanup", 1)] {
+        assert_eq!(step_of(&done, step)["status"], "succeeded", "{step}");
+        assert_eq!(runs_of(&pool, job_id(&done, step)).await, runs, "{step} ran once");
+    }
+    // Nothing to retry now, and a running workflow can't be retried: 409s that change nothing.
+    let (code, _) = s.post(&format!("/workflows/{id}/retry"), json!({})).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    let running = s.submit(json!({"workflow": "speech_to_text", "args": {"audio": "a.flac", "pace_ms": 60_000}})).await;
+    s.follow(&running, Duration::from_secs(30), |v| step_of(v, "transcribe")["status"] == "running").await;
+    let (code, problem) = s.post(&format!("/workflows/{running}/retry"), json!({})).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{problem}");
+    // Cancelled, then retried: it resumes with the step the cancel stopped.
+    s.post(&format!("/workflows/{running}/cancel"), json!({})).await;
+    assert_eq!(s.finished(&running).await["status"], "cancelled");
+    let (code, _) = s.post(&format!("/workflows/{running}/retry"), json!({})).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    s.follow(&running, Duration::from_secs(30), |v| step_of(v, "transcribe")["status"] == "running").await;
+    let (code, _) = s.post(&format!("/workflows/{}/retry", Uuid::now_v7()), json!({})).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
 async fn cancelling_a_workflow_stops_its_running_step_and_everything_after(pool: PgPool) {
     // A 90 s lease: the worker heartbeats every 30 s, so only the cancel notification
     // (`runq_cancel`) can stop the running step within the 5 s this test waits.
@@ -632,6 +676,8 @@ async fn chromium_shows_a_workflow_as_its_steps_with_the_review_controls(pool: P
         at(">ingest<") < at(">captions<") && at(">captions<") < at("qc_review") && at("qc_review") < at(">deliver<")
     );
     assert!(dom.contains("Approve") && dom.contains("Reject"), "the waiting review has its controls");
+    assert!(dom.contains(r#"id="wf-retry" type="button" disabled"#), "a waiting workflow can't be retried: {dom}");
+    assert!(!dom.contains(r#"id="wf-cancel" type="button" class="danger" disabled"#), "but can be cancelled");
     assert!(dom.contains("3: pending 3"), "the fan-out shows its members: {dom}");
     assert!(list.contains(&id) && list.contains("video_accessibility"), "the list shows the workflow");
     s.dev.shutdown().await;

@@ -827,6 +827,8 @@ function renderWorkflow(w) {
   status.textContent = w.status;
   status.className = 'badge s-' + w.status;
   $('wf-bar').style.width = Math.round(w.progress * 100) + '%';
+  $('wf-cancel').disabled = ['succeeded', 'failed', 'cancelled'].includes(w.status);
+  $('wf-retry').disabled = !['failed', 'cancelled'].includes(w.status);
   $('wf-failure').textContent = w.failure ? 'failed at ' + w.failure.step + ': ' + ((w.failure.error || {}).message || w.failure.status) : '';
   const tbody = clear($('wf-steps').tBodies[0]);
   for (const s of w.steps) {
@@ -925,6 +927,15 @@ $('wf-cancel').addEventListener('click', async () => {
   if (!wfView) return;
   const resp = await api('workflows/' + encodeURIComponent(wfView.id) + '/cancel', { method: 'POST' });
   $('wf-result').textContent = resp.ok ? 'cancel requested' : await detailOf(resp);
+});
+$('wf-retry').addEventListener('click', async () => {
+  if (!wfView) return;
+  const id = wfView.id;
+  const resp = await api('workflows/' + encodeURIComponent(id) + '/retry', { method: 'POST' });
+  if (!resp.ok) { $('wf-result').textContent = await detailOf(resp); return; }
+  // Follow it again: the view had stopped at the finished state.
+  openWorkflow(id).catch((e) => showError(e.message));
+  $('wf-result').textContent = 'retried';
 });
 $('cancel').addEventListener('click', () => cancelJob().catch((e) => showError(e.message)));
 $('retry').addEventListener('click', () => retryJob().catch((e) => showError(e.message)));
