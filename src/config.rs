@@ -408,6 +408,11 @@ pub struct WorkerArgs {
     /// sets it to the revision).
     #[arg(long, env = "K_REVISION", value_name = "NAME", default_value = DEFAULT_INSTANCE)]
     pub instance: String,
+    /// The metadata server that gives the identity tokens HTTP functions are called with (the
+    /// variable Google's client libraries read too; the Pub/Sub emulator's address in tests).
+    #[arg(long, env = "GCE_METADATA_HOST", value_name = "HOST:PORT",
+          default_value = crate::function::http::DEFAULT_METADATA_HOST)]
+    pub metadata_host: String,
 }
 
 impl WorkerArgs {

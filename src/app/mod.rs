@@ -25,6 +25,8 @@ pub struct App {
     /// Declaration errors, reported when the app runs (so a bad schedule stops start-up with a
     /// message naming it, whatever order functions and schedules were declared in).
     errors: Vec<String>,
+    /// HTTP functions declared with a plain `http://` URL: refused outside `runq dev`.
+    plain_http: Vec<String>,
 }
 
 impl Default for App {
@@ -41,6 +43,7 @@ impl App {
             schedules: Schedules::builtin(),
             queues: crate::infra::QueueSpec::defaults(),
             errors: Vec::new(),
+            plain_http: Vec::new(),
         }
     }
 
@@ -51,6 +54,7 @@ impl App {
             schedules: Schedules::builtin(),
             queues: crate::infra::QueueSpec::defaults(),
             errors: Vec::new(),
+            plain_http: Vec::new(),
         }
     }
 
@@ -60,6 +64,23 @@ impl App {
     /// On a duplicate or invalid name or policy: a programming error found at start-up.
     pub fn function<F: Function>(mut self, function: F) -> Self {
         if let Err(e) = self.registry.register(function) {
+            panic!("runq: {e}");
+        }
+        self
+    }
+
+    /// Registers an HTTP function: a URL that runs the jobs (any language; `docs/http-functions.md`
+    /// is the protocol), with the same policy as any function:
+    /// `App::new().http_function(HttpFunction::new("transcribe", "https://stt-xyz.a.run.app/run"))`.
+    /// A plain `http://` URL is for `runq dev` only: other commands refuse to start with it.
+    ///
+    /// # Panics
+    /// On a duplicate or invalid name, policy or URL, as [`App::function`].
+    pub fn http_function(mut self, function: crate::function::http::HttpFunction) -> Self {
+        if function.url().starts_with("http://") {
+            self.plain_http.push(function.name().to_owned());
+        }
+        if let Err(e) = self.registry.register_http(function, true) {
             panic!("runq: {e}");
         }
         self
@@ -214,6 +235,14 @@ impl App {
         };
         if let Err(e) = self.check() {
             eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        if !matches!(cli.command, Command::Dev(_))
+            && let Some(name) = self.plain_http.first()
+        {
+            eprintln!(
+                "error: HTTP function `{name}`: its URL is plain http://, allowed in `runq dev` only; use https://"
+            );
             return ExitCode::FAILURE;
         }
         let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

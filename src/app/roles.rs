@@ -45,6 +45,10 @@ pub async fn worker(config: WorkerConfig, registry: Registry, schedules: Schedul
         results_bucket: storage.results_bucket.clone(),
         instance: args.instance.clone(),
     };
+    registry.http().tokens().set_source(crate::function::http::TokenSource {
+        metadata_host: args.metadata_host.clone(),
+        account: crate::function::http::DEFAULT_ACCOUNT.into(),
+    });
     // Without Pub/Sub settings the relay publishes the children runs spawn.
     let connect = connect(&database, pubsub.settings(&log), storage.settings(), &oidc)?;
     let services = Services::connect(&connect, registry, schedules).await?;

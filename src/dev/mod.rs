@@ -31,6 +31,9 @@ pub use local::{DEV_CLUSTER_PORT, LocalCluster, dev_secret, find_database};
 
 /// The service account the dev push subscriptions sign as.
 pub const DEV_PUSH_ACCOUNT: &str = "runq-push@runq-dev.iam.gserviceaccount.com";
+/// The service account `runq dev`'s workers call HTTP functions as: the `email` of their identity
+/// tokens, signed by the embedded emulator (verify them against its JWKS).
+pub const DEV_INVOKER_ACCOUNT: &str = "runq-invoker@runq-dev.iam.gserviceaccount.com";
 /// The service account of the dev dead-letter subscription.
 pub const DEV_DEAD_LETTER_ACCOUNT: &str = "runq-dead-letter@runq-dev.iam.gserviceaccount.com";
 
@@ -143,6 +146,12 @@ impl DevStack {
                 .with_time_scale(options.emulator_time_scale),
         )
         .await?;
+        // HTTP functions get their identity tokens from the emulator, standing in for the
+        // metadata server of a Cloud Run instance.
+        registry.http().tokens().set_source(crate::function::http::TokenSource {
+            metadata_host: emulator.host(),
+            account: DEV_INVOKER_ACCOUNT.into(),
+        });
         let settings = PubSubSettings {
             emulator_host: Some(emulator.host()),
             project: options.project.clone(),
@@ -363,6 +372,7 @@ pub async fn run(config: DevConfig, registry: Registry, schedules: Schedules) ->
     println!("  API       {}", stack.api_url);
     println!("  Pub/Sub   export PUBSUB_EMULATOR_HOST={}", stack.emulator_host());
     println!("  token     export RUNQ_TOKEN={token}");
+    println!("  invoker   HTTP functions are called as {DEV_INVOKER_ACCOUNT}, tokens verified by {}", stack.jwks_url());
     if !cors.is_empty() {
         println!("  CORS      {cors}");
     }

@@ -326,6 +326,39 @@ pub async fn release(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, St
     Ok(done.rows_affected() == 1)
 }
 
+/// Defers a run at its function's request (an HTTP function's `429` with `Retry-After`): the job
+/// goes back to `queued`, due after `delay`, with its attempt given back (being asked to wait is
+/// not a failure), and `message` saying why; or `cancelled` when a cancel was asked. Fenced by
+/// the claim; `None` when it was lost. The relay publishes it once it is due.
+pub async fn defer(
+    pool: &PgPool,
+    id: Uuid,
+    claim_id: Uuid,
+    delay: Duration,
+    message: &str,
+) -> Result<Option<Status>, StoreError> {
+    let status = sqlx::query_scalar!(
+        r#"WITH done AS (
+              UPDATE jobs SET
+                 status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+                 finished_at = CASE WHEN cancel_requested THEN now() END,
+                 message = $4,
+                 attempt = greatest(attempt - 1, 0), claim_id = NULL, worker_id = NULL, lease_until = NULL,
+                 dispatched_at = NULL, run_after = now() + make_interval(secs => $3), updated_at = now()
+              WHERE id = $1 AND claim_id = $2 AND status = 'running' RETURNING status),
+           runs AS (UPDATE job_runs SET finished_at = now(), outcome = 'deferred'
+                    WHERE claim_id = $2 AND EXISTS (SELECT 1 FROM done))
+           SELECT status AS "status!: Status" FROM done"#,
+        id,
+        claim_id,
+        secs(delay),
+        message,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(status)
+}
+
 /// Gives back a run its worker stopped because its lease couldn't be renewed in time, before
 /// the reaper would: what the reaper does to it (queued again while attempts are left, the
 /// lapsed attempt counted; else failed as `lost`, or cancelled if a cancel was asked), fenced by

@@ -16,6 +16,7 @@ mod e2e;
 mod e2e_faults;
 mod faults;
 mod gcs;
+mod http_functions;
 mod limits;
 mod operations;
 mod python_client;
