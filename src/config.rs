@@ -313,6 +313,17 @@ pub struct CorsArgs {
     pub cors_origins: Vec<String>,
 }
 
+/// The declarations file of the stock binary.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Declarations")]
+pub struct DeclarationsArgs {
+    /// A `runq.toml` declaring HTTP functions, queues, limits and schedules (what `App` declares
+    /// in Rust), read at start; an error in it stops start-up naming its file, line and key.
+    /// Default: none.
+    #[arg(long = "config", env = "RUNQ_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+}
+
 /// What only `runq api` reads.
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "API")]
@@ -455,6 +466,8 @@ impl DevArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ApiConfig {
     #[command(flatten)]
+    pub declarations: DeclarationsArgs,
+    #[command(flatten)]
     pub server: ServerArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -478,6 +491,8 @@ pub struct ApiConfig {
 #[derive(Args, Debug, Clone)]
 pub struct WorkerConfig {
     #[command(flatten)]
+    pub declarations: DeclarationsArgs,
+    #[command(flatten)]
     pub worker: WorkerArgs,
     #[command(flatten)]
     pub server: ServerArgs,
@@ -496,6 +511,8 @@ pub struct WorkerConfig {
 /// The whole of `runq dev`'s configuration.
 #[derive(Args, Debug, Clone)]
 pub struct DevConfig {
+    #[command(flatten)]
+    pub declarations: DeclarationsArgs,
     #[command(flatten)]
     pub dev: DevArgs,
     #[command(flatten)]

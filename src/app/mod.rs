@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod declarations;
 mod roles;
 
 use crate::auth::mint_hs256;
@@ -233,12 +234,22 @@ impl App {
                 return ExitCode::SUCCESS;
             }
         };
-        if let Err(e) = self.check() {
+        let mut app = self;
+        if let Some(path) = cli.command.declarations() {
+            match app.declare_file(path, matches!(cli.command, Command::Dev(_))) {
+                Ok(declared) => app = declared,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        if let Err(e) = app.check() {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
         if !matches!(cli.command, Command::Dev(_))
-            && let Some(name) = self.plain_http.first()
+            && let Some(name) = app.plain_http.first()
         {
             eprintln!(
                 "error: HTTP function `{name}`: its URL is plain http://, allowed in `runq dev` only; use https://"
@@ -252,7 +263,7 @@ impl App {
                 return ExitCode::FAILURE;
             }
         };
-        let result = runtime.block_on(self.run_command(cli.command));
+        let result = runtime.block_on(app.run_command(cli.command));
         if let Err(e) = &result {
             tracing::error!(error = %e, "exiting");
         }
@@ -376,6 +387,21 @@ enum Command {
     Client(crate::client::ClientCommand),
 }
 
+impl Command {
+    /// The `runq.toml` this command reads (`RUNQ_CONFIG`), if any.
+    fn declarations(&self) -> Option<&std::path::Path> {
+        let args = match self {
+            Command::Api(c) => &c.declarations,
+            Command::Worker(c) => &c.declarations,
+            Command::Dev(c) => &c.declarations,
+            Command::Schedules(a) => &a.declarations,
+            Command::Infra(InfraCommand::Export(a)) => &a.declarations,
+            _ => return None,
+        };
+        args.config.as_deref()
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct EmulatorCommand {
     #[command(flatten)]
@@ -392,6 +418,8 @@ struct SchedulesArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    declarations: crate::config::DeclarationsArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -405,6 +433,8 @@ struct ExportArgs {
     /// Write to this file instead of stdout.
     #[arg(long, short)]
     output: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    declarations: crate::config::DeclarationsArgs,
 }
 
 #[derive(clap::Args, Debug)]

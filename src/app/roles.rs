@@ -36,7 +36,7 @@ async fn bind(port: u16) -> Result<tokio::net::TcpListener, StartError> {
 
 /// `runq worker --queue Q`.
 pub async fn worker(config: WorkerConfig, registry: Registry, schedules: Schedules) -> Result<(), StartError> {
-    let WorkerConfig { worker: args, server, database, pubsub, storage, oidc, log } = config;
+    let WorkerConfig { worker: args, server, database, pubsub, storage, oidc, log, .. } = config;
     let settings = WorkerSettings {
         queue: args.queue.clone(),
         push: args.push_callers()?,
@@ -59,7 +59,7 @@ pub async fn worker(config: WorkerConfig, registry: Registry, schedules: Schedul
 
 /// `runq api`.
 pub async fn api(config: ApiConfig, registry: Registry, schedules: Schedules) -> Result<(), StartError> {
-    let ApiConfig { server, database, auth, pubsub, storage, oidc, api: args, cors, log } = config;
+    let ApiConfig { server, database, auth, pubsub, storage, oidc, api: args, cors, log, .. } = config;
     let settings = ApiSettings {
         auth: auth.required()?,
         limits: Limits {
