@@ -418,7 +418,10 @@ args = { audio = "gs://talks/daily.flac" }
             let err = load(text, false).err().unwrap_or_else(|| panic!("accepted: {text}"));
             assert!(err.starts_with(expected), "{text:?}\n  got:      {err}\n  expected: {expected}...");
         }
-        // Plain http:// is for `runq dev`.
+        // Plain http:// is for `runq dev`, as in the example's file.
         load("[functions.f]\nurl = \"http://127.0.0.1:9000/run\"\n", true).unwrap();
+        let example = include_str!("../../examples/speech_to_text/runq.toml");
+        load(example, true).unwrap().check().unwrap();
+        assert!(load(example, false).err().unwrap().contains("functions.transcribe.url"));
     }
 }

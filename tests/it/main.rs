@@ -20,6 +20,7 @@ mod http_functions;
 mod limits;
 mod operations;
 mod python_client;
+mod python_functions;
 mod reliability;
 mod schedules;
 mod store_types;

@@ -229,6 +229,10 @@ struct Call<'a> {
     args: &'a RawValue,
     /// When runq stops waiting (RFC 3339, UTC).
     deadline: String,
+    /// A workflow step's inputs (its parents' results by step name), as `Context::inputs`
+    /// gives them; absent outside a workflow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inputs: Option<serde_json::Value>,
 }
 
 async fn exchange(
@@ -241,12 +245,15 @@ async fn exchange(
     let client = invoker.client();
     let token = invoker.tokens.get(client, &target.audience).await.map_err(FunctionError::retryable)?;
     let deadline = chrono::Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    // One read by primary key; `{}` (so left out) for a job outside a workflow.
+    let inputs = ctx.inputs().await.ok().filter(|v| v.as_object().is_some_and(|o| !o.is_empty()));
     let call = Call {
         job_id: ctx.job_id(),
         attempt: ctx.attempt(),
         max_attempts: ctx.max_attempts(),
         args,
         deadline: deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        inputs,
     };
     let body = serde_json::to_vec(&call).map_err(|e| FunctionError::Fatal(format!("args: {e}")))?;
     let response = client
