@@ -419,11 +419,55 @@ pub struct WorkerArgs {
     /// sets it to the revision).
     #[arg(long, env = "K_REVISION", value_name = "NAME", default_value = DEFAULT_INSTANCE)]
     pub instance: String,
+}
+
+/// The identity HTTP functions are called with.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Identity")]
+pub struct IdentityArgs {
     /// The metadata server that gives the identity tokens HTTP functions are called with (the
     /// variable Google's client libraries read too; the Pub/Sub emulator's address in tests).
     #[arg(long, env = "GCE_METADATA_HOST", value_name = "HOST:PORT",
           default_value = crate::function::http::DEFAULT_METADATA_HOST)]
     pub metadata_host: String,
+}
+
+/// What only `runq exec` reads: the claim it runs (the worker that claimed it passes these).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Execution")]
+pub struct ExecArgs {
+    /// The job.
+    #[arg(long)]
+    pub job_id: uuid::Uuid,
+    /// The claim the worker took, which fences every write of this run.
+    #[arg(long)]
+    pub claim_id: uuid::Uuid,
+    /// Seconds of the run's lease (the worker's), renewed every third of it.
+    #[arg(long = "lease-secs", default_value = "30", value_parser = lease)]
+    pub lease: Duration,
+    /// The service account HTTP functions' tokens are for (`default`: the instance's own).
+    #[arg(long, default_value = crate::function::http::DEFAULT_ACCOUNT)]
+    pub invoker_account: String,
+    /// Accept plain http:// URLs in `runq.toml` (the executions `runq dev` starts).
+    #[arg(long)]
+    pub allow_http: bool,
+}
+
+/// The whole of `runq exec`'s configuration.
+#[derive(Args, Debug, Clone)]
+pub struct ExecConfig {
+    #[command(flatten)]
+    pub exec: ExecArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub declarations: DeclarationsArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl WorkerArgs {
@@ -494,6 +538,8 @@ pub struct WorkerConfig {
     pub declarations: DeclarationsArgs,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     #[command(flatten)]
     pub server: ServerArgs,
     #[command(flatten)]

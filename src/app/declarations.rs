@@ -43,6 +43,9 @@ struct FunctionDecl {
     backoff: Option<BackoffDecl>,
     #[serde(default)]
     detached: bool,
+    /// Each call from an execution of its own (`runq exec`).
+    #[serde(default)]
+    cloud_run_job: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,7 +175,9 @@ impl App {
                 errors.push(at(queue.span(), format!("{key}.queue"), what));
                 continue;
             }
-            let mut f = HttpFunction::new(name.get_ref(), decl.url.into_inner()).detached(decl.detached);
+            let mut f = HttpFunction::new(name.get_ref(), decl.url.into_inner())
+                .detached(decl.detached)
+                .cloud_run_job(decl.cloud_run_job);
             if let Some(audience) = decl.audience {
                 f = f.audience(audience);
             }

@@ -236,7 +236,12 @@ impl App {
         };
         let mut app = self;
         if let Some(path) = cli.command.declarations() {
-            match app.declare_file(path, matches!(cli.command, Command::Dev(_))) {
+            let dev = match &cli.command {
+                Command::Dev(_) => true,
+                Command::Exec(c) => c.exec.allow_http,
+                _ => false,
+            };
+            match app.declare_file(path, dev) {
                 Ok(declared) => app = declared,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -248,7 +253,8 @@ impl App {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
-        if !matches!(cli.command, Command::Dev(_))
+        if !matches!(&cli.command, Command::Dev(_))
+            && !matches!(&cli.command, Command::Exec(c) if c.exec.allow_http)
             && let Some(name) = app.plain_http.first()
         {
             eprintln!(
@@ -299,6 +305,10 @@ impl App {
             Command::Dev(config) => {
                 config.log.install_local()?;
                 crate::dev::run(*config, self.registry, self.schedules).await.map_err(|e| e as _)
+            }
+            Command::Exec(config) => {
+                config.log.install("exec")?;
+                roles::exec(*config, self.registry, self.schedules).await.map_err(|e| e as _)
             }
             Command::Emulator(command) => {
                 command.log.install("emulator")?;
@@ -378,6 +388,8 @@ enum Command {
     Dev(Box<DevConfig>),
     /// Run the Pub/Sub emulator alone.
     Emulator(EmulatorCommand),
+    /// Run one claimed job of a Cloud Run Job function (started by the worker that claimed it).
+    Exec(Box<crate::config::ExecConfig>),
     /// List the declared schedules with their next fire times.
     Schedules(SchedulesArgs),
     /// Infrastructure as code generated from the declarations.
@@ -394,6 +406,7 @@ impl Command {
             Command::Api(c) => &c.declarations,
             Command::Worker(c) => &c.declarations,
             Command::Dev(c) => &c.declarations,
+            Command::Exec(c) => &c.declarations,
             Command::Schedules(a) => &a.declarations,
             Command::Infra(InfraCommand::Export(a)) => &a.declarations,
             _ => return None,

@@ -40,6 +40,8 @@ pub const DEFAULT_HARD_TIME_LIMIT: Duration = Duration::from_secs(540);
 /// The longest hard limit of an inline function: Pub/Sub's push deadline (600 s, which is also
 /// the push request's timeout) less a margin for claiming and recording.
 pub const MAX_INLINE_TIME_LIMIT: Duration = Duration::from_secs(570);
+/// The longest hard limit of a function run as a Cloud Run Job execution (a task's 24 h).
+pub const MAX_JOB_TIME_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 /// Exponential backoff with full jitter: retry `n` (1-based) waits a random time in
 /// `0..=min(max, initial * 2^(n-1))`.
@@ -85,6 +87,8 @@ pub struct Policy {
     pub detached: bool,
     /// A queue of its own (see [`Function::queue`]).
     pub queue: Option<&'static str>,
+    /// Runs in an execution of its own (see [`Function::cloud_run_job`]).
+    pub cloud_run_job: bool,
 }
 
 /// Why a function's run failed. The variant carries the retry intent; runq owns the backoff.
@@ -168,6 +172,15 @@ pub trait Function: Send + Sync + 'static {
     /// worker service has CPU always allocated (Cloud Run throttles CPU between requests
     /// otherwise). Default: inline.
     fn detached(&self) -> bool {
+        false
+    }
+
+    /// Whether each run is an execution of its own, `runq exec` for that claim (a Cloud Run Job
+    /// execution, for work of hours; a subprocess locally): the worker claims the job, starts
+    /// the execution and answers Pub/Sub at once; the execution heartbeats, streams progress and
+    /// records the outcome, fenced by the claim. Its hard limit may reach
+    /// [`MAX_JOB_TIME_LIMIT`]. Default: no.
+    fn cloud_run_job(&self) -> bool {
         false
     }
 
@@ -260,6 +273,8 @@ pub enum RegistryError {
     BadQueue(String, String),
     #[error("function `{0}`: {1}")]
     BadUrl(String, String),
+    #[error("function `{0}`: its hard time limit of {1} s is over a Cloud Run Job task's 24 h")]
+    TooLongForAJob(String, u64),
 }
 
 /// Checks a function's name and policy.
@@ -278,7 +293,10 @@ fn check(name: &str, policy: &Policy) -> Result<(), RegistryError> {
     {
         return Err(RegistryError::BadQueue(name.into(), queue.into()));
     }
-    if !policy.detached && policy.hard_time_limit > MAX_INLINE_TIME_LIMIT {
+    if policy.cloud_run_job && policy.hard_time_limit > MAX_JOB_TIME_LIMIT {
+        return Err(RegistryError::TooLongForAJob(name.into(), policy.hard_time_limit.as_secs()));
+    }
+    if !policy.detached && !policy.cloud_run_job && policy.hard_time_limit > MAX_INLINE_TIME_LIMIT {
         return Err(RegistryError::TooLongForInline(name.into(), policy.hard_time_limit.as_secs()));
     }
     if !(1..=MAX_ATTEMPTS_LIMIT).contains(&policy.max_attempts) {
@@ -314,6 +332,7 @@ impl Registry {
             hard_time_limit: function.hard_time_limit(),
             detached: function.detached(),
             queue: function.queue(),
+            cloud_run_job: function.cloud_run_job(),
         };
         check(name, &policy)?;
         if self.functions.contains_key(name) {

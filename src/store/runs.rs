@@ -85,6 +85,43 @@ pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) ->
     }))
 }
 
+/// Takes over the run of claim `claim_id` in another process (`runq exec`, started by the worker
+/// that claimed it): renews its lease from now and records `worker_id`, fenced by the claim.
+/// `None` when the claim no longer holds (reaped, finished, cancelled meanwhile).
+pub async fn take_over(
+    pool: &PgPool,
+    id: Uuid,
+    claim_id: Uuid,
+    worker_id: &str,
+    lease: Duration,
+) -> Result<Option<Claimed>, StoreError> {
+    let asked_at = tokio::time::Instant::now();
+    let row = sqlx::query!(
+        r#"UPDATE jobs SET lease_until = now() + make_interval(secs => $4), worker_id = $3, updated_at = now()
+           WHERE id = $1 AND claim_id = $2 AND status = 'running'
+           RETURNING id, owner, function, args AS "args: Json<Box<RawValue>>", attempt, max_attempts,
+                     claim_id AS "claim_id!", limit_keys, workflow_id"#,
+        id,
+        claim_id,
+        worker_id,
+        secs(lease),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| Claimed {
+        id: r.id,
+        owner: r.owner,
+        function: r.function,
+        args: r.args.0,
+        attempt: r.attempt,
+        max_attempts: r.max_attempts,
+        claim_id: r.claim_id,
+        limit_keys: r.limit_keys,
+        workflow_id: r.workflow_id,
+        asked_at,
+    }))
+}
+
 /// Why a delivery found nothing to claim, for the log line that acknowledges it.
 #[derive(Debug)]
 pub struct Unclaimable {

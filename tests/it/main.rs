@@ -7,6 +7,7 @@ mod auth;
 mod binary;
 mod browser;
 mod client;
+mod cloud_run_jobs;
 mod common;
 mod dashboard;
 mod dashboard_insights;

@@ -51,6 +51,7 @@ impl HttpFunction {
                 hard_time_limit: super::DEFAULT_HARD_TIME_LIMIT,
                 detached: false,
                 queue: None,
+                cloud_run_job: false,
             },
         }
     }
@@ -95,6 +96,13 @@ impl HttpFunction {
     /// [`super::MAX_INLINE_TIME_LIMIT`]), as [`super::Function::detached`].
     pub fn detached(mut self, detached: bool) -> Self {
         self.policy.detached = detached;
+        self
+    }
+
+    /// Runs each call from an execution of its own (`runq exec`; a Cloud Run Job execution),
+    /// as [`super::Function::cloud_run_job`]: for calls of hours.
+    pub fn cloud_run_job(mut self, cloud_run_job: bool) -> Self {
+        self.policy.cloud_run_job = cloud_run_job;
         self
     }
 
