@@ -317,7 +317,7 @@ pub struct CorsArgs {
 #[derive(Args, Debug, Clone, Default)]
 #[command(next_help_heading = "Declarations")]
 pub struct DeclarationsArgs {
-    /// A `runq.toml` declaring HTTP functions, queues, limits and schedules (what `App` declares
+    /// A `runq.toml` declaring HTTP functions, queues, limits, workflows and schedules (what `App` declares
     /// in Rust), read at start; an error in it stops start-up naming its file, line and key.
     /// Default: none.
     #[arg(long = "config", env = "RUNQ_CONFIG", value_name = "FILE")]

@@ -1,5 +1,5 @@
 //! `runq.toml`: what an [`App`] declares in Rust, declared in a file for the stock binary
-//! (`RUNQ_CONFIG`): HTTP functions, queues, limits and schedules. Every error names the file,
+//! (`RUNQ_CONFIG`): HTTP functions, queues, limits, workflow templates and schedules. Every error names the file,
 //! the line and column, and the key, and nothing is declared from a file that has one.
 
 use std::path::Path;
@@ -26,6 +26,8 @@ struct File {
     queues: std::collections::BTreeMap<Spanned<String>, Spanned<QueueDecl>>,
     #[serde(default)]
     limits: std::collections::BTreeMap<Spanned<String>, Spanned<LimitDecl>>,
+    #[serde(default)]
+    workflows: std::collections::BTreeMap<Spanned<String>, Spanned<crate::workflow::WorkflowSpec>>,
     #[serde(default)]
     schedules: std::collections::BTreeMap<Spanned<String>, Spanned<ScheduleDecl>>,
 }
@@ -247,6 +249,17 @@ impl App {
                 errors.push(at(span, key, e));
             }
         }
+        for (name, spec) in file.workflows {
+            let key = format!("workflows.{}", name.get_ref());
+            let (span, spec) = (spec.span(), spec.into_inner());
+            let declared = template(name.get_ref(), spec).and_then(|workflow| {
+                crate::submit::check_workflow(&self.registry, &workflow)?;
+                self.registry.workflow(workflow)
+            });
+            if let Err(e) = declared {
+                errors.push(at(span, key, e));
+            }
+        }
         for (name, decl) in file.schedules {
             let key = format!("schedules.{}", name.get_ref());
             let (span, decl) = (decl.span(), decl.into_inner());
@@ -278,6 +291,51 @@ impl App {
         }
         errors
     }
+}
+
+/// The template `name` of `spec` (the JSON shape of `POST /workflows`), built with the
+/// [`crate::workflow::Step`] builders a Rust declaration uses.
+fn template(name: &str, spec: crate::workflow::WorkflowSpec) -> Result<crate::workflow::Workflow, String> {
+    use crate::workflow::{Step, Workflow};
+    let mut workflow = Workflow::new(name);
+    for s in spec.steps {
+        let mut step = match (s.function, s.signal) {
+            (Some(function), None) => Step::run(&s.name, function),
+            (None, Some(signal)) => {
+                let mut step = Step::signal(&s.name);
+                match (signal.timeout_secs, signal.on_timeout) {
+                    (Some(secs), default) => step = step.timeout(secs, default),
+                    (None, Some(_)) => return Err(format!("step `{}`: on_timeout needs timeout_secs", s.name)),
+                    (None, None) => {}
+                }
+                if let Some(rework) = signal.on_reject {
+                    step = step.on_reject_back_to(rework.back_to, rework.max_rounds);
+                }
+                step
+            }
+            _ => return Err(format!("step `{}`: give exactly one of `function` and `signal`", s.name)),
+        };
+        step = step.after(s.after);
+        if let Some(args) = s.args {
+            step = step.args(args);
+        }
+        if let Some(priority) = s.priority {
+            step = step.priority(priority);
+        }
+        if let Some(n) = s.max_attempts {
+            step = step.max_attempts(n);
+        }
+        if s.run_on_failure {
+            step = step.run_on_failure();
+        }
+        if let Some(field) = s.for_each {
+            step = step.for_each(field, s.item_as.unwrap_or_else(|| "item".into()));
+        } else if s.item_as.is_some() {
+            return Err(format!("step `{}`: item_as needs for_each", s.name));
+        }
+        workflow = workflow.step(step);
+    }
+    Ok(workflow)
 }
 
 /// The dotted key of the value or key at byte `at`: the table header above it and the key on
@@ -359,6 +417,18 @@ cron = "0 3 * * *"
 time_zone = "Europe/Paris"
 function = "transcribe"
 args = { audio = "gs://talks/daily.flac" }
+
+[workflows.speech]
+steps = [
+  { name = "prepare", function = "echo", args = { value = { audio = "gs://talks/1.flac" } } },
+  { name = "transcribe", function = "transcribe", after = ["prepare"], priority = "low" },
+  { name = "review", after = ["transcribe"], signal = { timeout_secs = 3600, on_reject = { back_to = "transcribe", max_rounds = 2 } } },
+  { name = "notify", function = "echo", after = ["review"], run_on_failure = true, args = { value = "done" } },
+]
+
+[schedules.weekly-speech]
+cron = "0 4 * * 1"
+workflow = "speech"
 "#;
 
     #[test]
@@ -374,6 +444,11 @@ args = { audio = "gs://talks/daily.flac" }
         assert!(heavy.cpu_always_allocated && heavy.memory == "4Gi");
         assert_eq!(app.registry().limits().len(), 1);
         assert!(app.schedules().iter().any(|s| s.name == "nightly"));
+        let speech = app.registry().workflows().get("speech").expect("the workflow is declared");
+        assert_eq!(speech.steps.len(), 4);
+        assert_eq!(speech.steps[2].signal.as_ref().unwrap().on_reject.as_ref().unwrap().max_rounds, 2);
+        assert!(speech.steps[3].run_on_failure);
+        assert!(app.schedules().iter().any(|s| s.name == "weekly-speech"));
         app.check().unwrap();
     }
 
@@ -418,6 +493,18 @@ args = { audio = "gs://talks/daily.flac" }
                 "runq.toml:3:12: schedules.s.function: no function `ghost`",
             ),
             ("[widgets]\n", "runq.toml:1:2: widgets: unknown field `widgets`"),
+            (
+                "[workflows.w]\nsteps = [{ name = \"a\", function = \"ghost\" }]\n",
+                "runq.toml:1:1: workflows.w: workflow `w`:",
+            ),
+            (
+                "[workflows.w]\nsteps = [{ name = \"a\", fn = \"echo\" }]\n",
+                "runq.toml:2:24: workflows.w.steps: unknown field `fn`",
+            ),
+            (
+                "[workflows.w]\nsteps = [{ name = \"a\", function = \"echo\", signal = {} }]\n",
+                "runq.toml:1:1: workflows.w: step `a`: give exactly one",
+            ),
         ];
         for (text, expected) in cases {
             let err = load(text, false).err().unwrap_or_else(|| panic!("accepted: {text}"));

@@ -4,7 +4,7 @@
 //! `runq dev` process reads: progress in `/jobs/{id}/status`, a retryable failure retried, a
 //! fatal one failed at once, a cancel that closes the function's request within a second (the
 //! example reports seeing it on its stdout), and the same function as a workflow step between
-//! two Rust built-ins. And a bad `runq.toml` stopping `runq dev` with file, line and key.
+//! two Rust built-ins (submitted whole, and as a template the `runq.toml` declares). And a bad `runq.toml` stopping `runq dev` with file, line and key.
 //! `scripts/test` installs what the Python side needs (fastapi, uvicorn, pyjwt, pytest).
 
 use std::path::PathBuf;
@@ -177,7 +177,13 @@ async fn a_python_function_declared_in_runq_toml_runs_under_runq_dev(pool: PgPoo
              url = \"http://127.0.0.1:{}/transcribe\"\n\
              timeout_secs = 60\n\
              max_attempts = 3\n\
-             backoff = {{ initial_secs = 0.1, max_secs = 0.2 }}\n",
+             backoff = {{ initial_secs = 0.1, max_secs = 0.2 }}\n\n\
+             [workflows.speech]\n\
+             steps = [\n\
+               {{ name = \"prepare\", function = \"echo\", args = {{ value = {{ audio = \"gs://talks/toml.flac\" }} }} }},\n\
+               {{ name = \"transcribe\", function = \"transcribe\", after = [\"prepare\"], args = {{ chunks = 2, chunk_seconds = 0.05 }} }},\n\
+               {{ name = \"publish\", function = \"echo\", after = [\"transcribe\"], args = {{ value = \"published\" }} }},\n\
+             ]\n",
             example.port
         ),
     )
@@ -244,6 +250,15 @@ async fn a_python_function_declared_in_runq_toml_runs_under_runq_dev(pool: PgPoo
     assert_eq!(step("transcribe")["result"]["audio"], "gs://talks/wf.flac", "{view}");
     assert_eq!(step("transcribe")["result"]["chunks"], 3);
     assert_eq!(step("publish")["result"], "published");
+
+    // And as the template the runq.toml declares, submitted by name.
+    let (status, view) = api.post("/workflows", json!({"workflow": "speech"})).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{view}");
+    let wf = view["id"].as_str().unwrap().to_owned();
+    let view = api.until(&format!("/workflows/{wf}"), done).await;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    let transcribed = view["steps"].as_array().unwrap().iter().find(|s| s["name"] == "transcribe").unwrap();
+    assert_eq!(transcribed["result"]["audio"], "gs://talks/toml.flac", "{view}");
 
     dev.stop().await;
     std::fs::remove_dir_all(&dir).ok();
