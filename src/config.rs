@@ -419,6 +419,25 @@ pub struct WorkerArgs {
     /// sets it to the revision).
     #[arg(long, env = "K_REVISION", value_name = "NAME", default_value = DEFAULT_INSTANCE)]
     pub instance: String,
+    /// The Cloud Run Job (`projects/P/locations/R/jobs/J`, running runq's image) whose
+    /// executions run Cloud Run Job functions. Default: none, they run as subprocesses of the
+    /// worker (route them to a queue with CPU always allocated then).
+    #[arg(long, env = "RUNQ_EXEC_JOB", value_name = "JOB", value_parser = cloud_run_job)]
+    pub exec_job: Option<String>,
+}
+
+fn cloud_run_job(raw: &str) -> Result<String, String> {
+    let parts: Vec<&str> = raw.split('/').collect();
+    let valid = parts.len() == 6
+        && parts[0] == "projects"
+        && parts[2] == "locations"
+        && parts[4] == "jobs"
+        && [1, 3, 5].iter().all(|&i| !parts[i].is_empty());
+    if valid {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!("{raw:?} is not a job name like projects/P/locations/R/jobs/J"))
+    }
 }
 
 /// The identity HTTP functions are called with.
@@ -713,6 +732,14 @@ mod tests {
         api: ApiArgs,
         #[command(flatten)]
         worker: WorkerArgs,
+    }
+
+    #[test]
+    fn the_exec_job_is_a_full_job_name() {
+        assert!(cloud_run_job("projects/p/locations/europe-west1/jobs/runq-exec").is_ok());
+        for bad in ["runq-exec", "projects/p/jobs/j", "projects//locations/r/jobs/j", "projects/p/locations/r/jobs/"] {
+            assert!(cloud_run_job(bad).is_err(), "{bad}");
+        }
     }
 
     /// The settings built without the config tree (`runq dev`, tests) start from the same

@@ -44,7 +44,10 @@ pub async fn worker(config: WorkerConfig, registry: Registry, schedules: Schedul
         grace: server.shutdown_grace,
         results_bucket: storage.results_bucket.clone(),
         instance: args.instance.clone(),
-        launcher: worker::Launcher::this_binary(),
+        executions: match &args.exec_job {
+            Some(job) => worker::Executions::CloudRun(worker::CloudRunJob::new(job)),
+            None => worker::Executions::Subprocess(worker::Launcher::this_binary()),
+        },
     };
     registry.http().tokens().set_source(crate::function::http::TokenSource {
         metadata_host: identity.metadata_host.clone(),
@@ -92,7 +95,7 @@ pub async fn exec(
         results_bucket: storage.results_bucket.clone(),
         outbox: services.outbox(),
         background: worker::Background::default(),
-        launcher: worker::Launcher::this_binary(),
+        executions: worker::Executions::Subprocess(worker::Launcher::this_binary()),
     };
     let grace = crate::config::DEFAULT_SHUTDOWN_GRACE;
     worker::run_claim(state, args.job_id, args.claim_id, tx, crate::server::shutdown_signal(), grace).await?;

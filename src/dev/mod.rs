@@ -207,7 +207,7 @@ impl DevStack {
                 lease: options.lease,
                 grace: options.grace,
                 results_bucket: options.results_bucket.clone(),
-                launcher: launcher.clone(),
+                executions: crate::worker::Executions::Subprocess(launcher.clone()),
                 ..WorkerSettings::new(&queue, push)
             };
             let (services, signal, name) = (services.clone(), stopped(stop_rx.clone()), queue.clone());

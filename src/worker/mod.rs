@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-pub use exec::{Launcher, run_claim};
+pub use exec::{CLOUD_RUN_START_GRACE, CloudRunJob, Executions, Launcher, run_claim};
 pub use leases::{Background, Leases, RunSignal};
 pub use push::{MAX_UNKNOWN_FUNCTION_ROUNDS, PushError, UNKNOWN_FUNCTION_BACKOFF};
 pub use run::{INLINE_RESULT_LIMIT, PROGRESS_INTERVAL, Recorded, execute};
@@ -49,7 +49,7 @@ pub struct WorkerSettings {
     /// This instance's name in claims (the Cloud Run revision).
     pub instance: String,
     /// Starts the executions of Cloud Run Job functions (`runq exec`).
-    pub launcher: Launcher,
+    pub executions: Executions,
 }
 
 impl WorkerSettings {
@@ -62,7 +62,7 @@ impl WorkerSettings {
             grace: crate::config::DEFAULT_SHUTDOWN_GRACE,
             results_bucket: None,
             instance: crate::config::DEFAULT_INSTANCE.into(),
-            launcher: Launcher::this_binary(),
+            executions: Executions::Subprocess(Launcher::this_binary()),
         }
     }
 }
@@ -93,7 +93,7 @@ pub async fn run(
         results_bucket: settings.results_bucket.clone(),
         outbox: services.outbox(),
         background: Background::default(),
-        launcher: settings.launcher.clone(),
+        executions: settings.executions.clone(),
     };
     Ok(serve(listener, state, tx, shutdown, settings.grace).await?)
 }
@@ -125,7 +125,7 @@ pub struct WorkerState {
     /// Detached runs in flight (their push was answered already).
     pub background: Background,
     /// Starts the executions of Cloud Run Job functions.
-    pub launcher: Launcher,
+    pub executions: Executions,
 }
 
 impl WorkerState {

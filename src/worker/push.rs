@@ -155,7 +155,7 @@ async fn handle(state: &WorkerState, id: Uuid) -> Result<(), Redeliver> {
     };
     if function.policy().cloud_run_job {
         // Its own execution takes the run over; Pub/Sub is answered now.
-        return match super::exec::start(state, &claimed).await? {
+        return match super::exec::start(state, &claimed, function.policy().hard_time_limit).await? {
             true => Ok(()),
             false => Err(Redeliver::Released),
         };
