@@ -72,8 +72,15 @@ locals {
       # Workers publish what a run releases (a held job's slot) and the children it spawns.
       RUNQ_PUBSUB_PROJECT = var.project_id
       RUNQ_TOPIC_PREFIX   = local.runq.topic_prefix
+      # Cloud Run Job functions run in executions of this job (run.tf).
+      RUNQ_EXEC_JOB = "projects/${var.project_id}/locations/${var.region}/jobs/${local.exec_job}"
     })
   }
+  # `runq exec` (one run of a Cloud Run Job function) does what a worker's run does.
+  exec_job = "runq-exec"
+  exec_env = merge(local.common_env, {
+    RUNQ_RESULTS_BUCKET = local.results_bucket
+  })
 
   # Secret Manager secrets each role reads, by environment variable (secrets.tf).
   api_secrets = {

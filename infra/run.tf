@@ -1,4 +1,5 @@
-# Cloud Run: the API, one worker service per queue in runq.json, and the migration job. All run
+# Cloud Run: the API, one worker service per queue in runq.json, the migration job, and the job
+# whose executions run Cloud Run Job functions. All run
 # the same image with different arguments. Cloud Build (cloudbuild.yaml) deploys every release
 # after the first apply: the image and gcloud's client fields are ignored here.
 
@@ -238,4 +239,73 @@ resource "google_cloud_run_v2_job" "migrate" {
   }
 
   depends_on = [google_secret_manager_secret_version.runq, google_secret_manager_secret_iam_member.reader]
+}
+
+# `runq exec` as a Cloud Run job: a worker starts one execution per run of a Cloud Run Job
+# function (RUNQ_EXEC_JOB), its arguments overridden with the claim it runs
+# (`exec --job-id J --claim-id C`) and its timeout with the function's. It runs as the workers do.
+resource "google_cloud_run_v2_job" "exec" {
+  name     = local.exec_job
+  location = var.region
+
+  template {
+    task_count = 1
+    template {
+      service_account = google_service_account.runq["worker"].email
+      # runq's own attempts and the claim's lease decide what is run again.
+      max_retries = 0
+      timeout     = "86400s"
+
+      volumes {
+        name = "cloudsql"
+        cloud_sql_instance {
+          instances = [google_sql_database_instance.runq.connection_name]
+        }
+      }
+
+      containers {
+        image = var.image
+        args  = ["exec"]
+
+        dynamic "env" {
+          for_each = local.exec_env
+          content {
+            name  = env.key
+            value = env.value
+          }
+        }
+        dynamic "env" {
+          for_each = local.worker_secrets
+          content {
+            name = env.key
+            value_source {
+              secret_key_ref {
+                secret  = env.value
+                version = "latest"
+              }
+            }
+          }
+        }
+
+        volume_mounts {
+          name       = "cloudsql"
+          mount_path = "/cloudsql"
+        }
+      }
+    }
+  }
+
+  lifecycle {
+    ignore_changes = [client, client_version, template[0].template[0].containers[0].image]
+  }
+
+  depends_on = [google_secret_manager_secret_version.runq, google_secret_manager_secret_iam_member.reader]
+}
+
+# The workers start its executions with overrides (run.jobs.runWithOverrides), on this job only.
+resource "google_cloud_run_v2_job_iam_member" "worker_runs_exec" {
+  name     = google_cloud_run_v2_job.exec.name
+  location = google_cloud_run_v2_job.exec.location
+  role     = "roles/run.developer"
+  member   = "serviceAccount:${google_service_account.runq["worker"].email}"
 }

@@ -313,6 +313,17 @@ pub struct CorsArgs {
     pub cors_origins: Vec<String>,
 }
 
+/// The declarations file of the stock binary.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Declarations")]
+pub struct DeclarationsArgs {
+    /// A `runq.toml` declaring HTTP functions, queues, limits, workflows and schedules (what `App` declares
+    /// in Rust), read at start; an error in it stops start-up naming its file, line and key.
+    /// Default: none.
+    #[arg(long = "config", env = "RUNQ_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+}
+
 /// What only `runq api` reads.
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "API")]
@@ -408,6 +419,74 @@ pub struct WorkerArgs {
     /// sets it to the revision).
     #[arg(long, env = "K_REVISION", value_name = "NAME", default_value = DEFAULT_INSTANCE)]
     pub instance: String,
+    /// The Cloud Run Job (`projects/P/locations/R/jobs/J`, running runq's image) whose
+    /// executions run Cloud Run Job functions. Default: none, they run as subprocesses of the
+    /// worker (route them to a queue with CPU always allocated then).
+    #[arg(long, env = "RUNQ_EXEC_JOB", value_name = "JOB", value_parser = cloud_run_job)]
+    pub exec_job: Option<String>,
+}
+
+fn cloud_run_job(raw: &str) -> Result<String, String> {
+    let parts: Vec<&str> = raw.split('/').collect();
+    let valid = parts.len() == 6
+        && parts[0] == "projects"
+        && parts[2] == "locations"
+        && parts[4] == "jobs"
+        && [1, 3, 5].iter().all(|&i| !parts[i].is_empty());
+    if valid {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!("{raw:?} is not a job name like projects/P/locations/R/jobs/J"))
+    }
+}
+
+/// The identity HTTP functions are called with.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Identity")]
+pub struct IdentityArgs {
+    /// The metadata server that gives the identity tokens HTTP functions are called with (the
+    /// variable Google's client libraries read too; the Pub/Sub emulator's address in tests).
+    #[arg(long, env = "GCE_METADATA_HOST", value_name = "HOST:PORT",
+          default_value = crate::function::http::DEFAULT_METADATA_HOST)]
+    pub metadata_host: String,
+}
+
+/// What only `runq exec` reads: the claim it runs (the worker that claimed it passes these).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Execution")]
+pub struct ExecArgs {
+    /// The job.
+    #[arg(long)]
+    pub job_id: uuid::Uuid,
+    /// The claim the worker took, which fences every write of this run.
+    #[arg(long)]
+    pub claim_id: uuid::Uuid,
+    /// Seconds of the run's lease (the worker's), renewed every third of it.
+    #[arg(long = "lease-secs", default_value = "30", value_parser = lease)]
+    pub lease: Duration,
+    /// The service account HTTP functions' tokens are for (`default`: the instance's own).
+    #[arg(long, default_value = crate::function::http::DEFAULT_ACCOUNT)]
+    pub invoker_account: String,
+    /// Accept plain http:// URLs in `runq.toml` (the executions `runq dev` starts).
+    #[arg(long)]
+    pub allow_http: bool,
+}
+
+/// The whole of `runq exec`'s configuration.
+#[derive(Args, Debug, Clone)]
+pub struct ExecConfig {
+    #[command(flatten)]
+    pub exec: ExecArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub declarations: DeclarationsArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl WorkerArgs {
@@ -450,6 +529,8 @@ impl DevArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ApiConfig {
     #[command(flatten)]
+    pub declarations: DeclarationsArgs,
+    #[command(flatten)]
     pub server: ServerArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -473,7 +554,11 @@ pub struct ApiConfig {
 #[derive(Args, Debug, Clone)]
 pub struct WorkerConfig {
     #[command(flatten)]
+    pub declarations: DeclarationsArgs,
+    #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     #[command(flatten)]
     pub server: ServerArgs,
     #[command(flatten)]
@@ -491,6 +576,8 @@ pub struct WorkerConfig {
 /// The whole of `runq dev`'s configuration.
 #[derive(Args, Debug, Clone)]
 pub struct DevConfig {
+    #[command(flatten)]
+    pub declarations: DeclarationsArgs,
     #[command(flatten)]
     pub dev: DevArgs,
     #[command(flatten)]
@@ -645,6 +732,14 @@ mod tests {
         api: ApiArgs,
         #[command(flatten)]
         worker: WorkerArgs,
+    }
+
+    #[test]
+    fn the_exec_job_is_a_full_job_name() {
+        assert!(cloud_run_job("projects/p/locations/europe-west1/jobs/runq-exec").is_ok());
+        for bad in ["runq-exec", "projects/p/jobs/j", "projects//locations/r/jobs/j", "projects/p/locations/r/jobs/"] {
+            assert!(cloud_run_job(bad).is_err(), "{bad}");
+        }
     }
 
     /// The settings built without the config tree (`runq dev`, tests) start from the same

@@ -110,6 +110,15 @@ ensure_python_client_deps() {
     fi
 }
 
+# FastAPI, uvicorn and PyJWT (with cryptography, for RS256), for the Python SDK of HTTP functions
+# (sdk/python) and its example server, which tests/it/python_functions.rs runs.
+ensure_python_sdk_deps() {
+    if ! python3 -c 'import fastapi, uvicorn, jwt, cryptography, httpx, pytest' 2>/dev/null; then
+        log "installing fastapi, uvicorn and pyjwt[crypto] (the Python SDK's tests)"
+        pip_install 'fastapi>=0.100' 'uvicorn>=0.23' 'pyjwt[crypto]>=2.8' 'httpx>=0.24,<1' 'pytest>=7'
+    fi
+}
+
 # Headless Chromium and its WebDriver, for the browser client's tests (tests/it/browser.rs).
 # Those tests skip, saying why, when this fails; it never stops the other tests.
 ensure_chromium() {

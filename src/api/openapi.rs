@@ -453,7 +453,7 @@ pub fn openapi(registry: &Registry) -> Value {
                         "worker_id": { "type": "string" },
                         "started_at": { "type": "string", "format": "date-time" },
                         "finished_at": { "type": ["string", "null"], "format": "date-time" },
-                        "outcome": { "type": ["string", "null"], "enum": ["succeeded", "retrying", "failed", "cancelled", "released", "reaped", "lapsed", null],
+                        "outcome": { "type": ["string", "null"], "enum": ["succeeded", "retrying", "failed", "cancelled", "released", "reaped", "lapsed", "deferred", null],
                                      "description": "null while the run is running." },
                         "error": { "oneOf": [{ "type": "null" }, { "type": "object", "properties": {
                             "kind": { "type": "string" }, "message": { "type": "string" }, "retryable": { "type": "boolean" } } }] },

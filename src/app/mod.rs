@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod declarations;
 mod roles;
 
 use crate::auth::mint_hs256;
@@ -25,6 +26,8 @@ pub struct App {
     /// Declaration errors, reported when the app runs (so a bad schedule stops start-up with a
     /// message naming it, whatever order functions and schedules were declared in).
     errors: Vec<String>,
+    /// HTTP functions declared with a plain `http://` URL: refused outside `runq dev`.
+    plain_http: Vec<String>,
 }
 
 impl Default for App {
@@ -41,6 +44,7 @@ impl App {
             schedules: Schedules::builtin(),
             queues: crate::infra::QueueSpec::defaults(),
             errors: Vec::new(),
+            plain_http: Vec::new(),
         }
     }
 
@@ -51,6 +55,7 @@ impl App {
             schedules: Schedules::builtin(),
             queues: crate::infra::QueueSpec::defaults(),
             errors: Vec::new(),
+            plain_http: Vec::new(),
         }
     }
 
@@ -60,6 +65,23 @@ impl App {
     /// On a duplicate or invalid name or policy: a programming error found at start-up.
     pub fn function<F: Function>(mut self, function: F) -> Self {
         if let Err(e) = self.registry.register(function) {
+            panic!("runq: {e}");
+        }
+        self
+    }
+
+    /// Registers an HTTP function: a URL that runs the jobs (any language; `docs/http-functions.md`
+    /// is the protocol), with the same policy as any function:
+    /// `App::new().http_function(HttpFunction::new("transcribe", "https://stt-xyz.a.run.app/run"))`.
+    /// A plain `http://` URL is for `runq dev` only: other commands refuse to start with it.
+    ///
+    /// # Panics
+    /// On a duplicate or invalid name, policy or URL, as [`App::function`].
+    pub fn http_function(mut self, function: crate::function::http::HttpFunction) -> Self {
+        if function.url().starts_with("http://") {
+            self.plain_http.push(function.name().to_owned());
+        }
+        if let Err(e) = self.registry.register_http(function, true) {
             panic!("runq: {e}");
         }
         self
@@ -212,8 +234,32 @@ impl App {
                 return ExitCode::SUCCESS;
             }
         };
-        if let Err(e) = self.check() {
+        let mut app = self;
+        if let Some(path) = cli.command.declarations() {
+            let dev = match &cli.command {
+                Command::Dev(_) => true,
+                Command::Exec(c) => c.exec.allow_http,
+                _ => false,
+            };
+            match app.declare_file(path, dev) {
+                Ok(declared) => app = declared,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        if let Err(e) = app.check() {
             eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        if !matches!(&cli.command, Command::Dev(_))
+            && !matches!(&cli.command, Command::Exec(c) if c.exec.allow_http)
+            && let Some(name) = app.plain_http.first()
+        {
+            eprintln!(
+                "error: HTTP function `{name}`: its URL is plain http://, allowed in `runq dev` only; use https://"
+            );
             return ExitCode::FAILURE;
         }
         let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -223,7 +269,7 @@ impl App {
                 return ExitCode::FAILURE;
             }
         };
-        let result = runtime.block_on(self.run_command(cli.command));
+        let result = runtime.block_on(app.run_command(cli.command));
         if let Err(e) = &result {
             tracing::error!(error = %e, "exiting");
         }
@@ -259,6 +305,10 @@ impl App {
             Command::Dev(config) => {
                 config.log.install_local()?;
                 crate::dev::run(*config, self.registry, self.schedules).await.map_err(|e| e as _)
+            }
+            Command::Exec(config) => {
+                config.log.install("exec")?;
+                roles::exec(*config, self.registry, self.schedules).await.map_err(|e| e as _)
             }
             Command::Emulator(command) => {
                 command.log.install("emulator")?;
@@ -338,6 +388,8 @@ enum Command {
     Dev(Box<DevConfig>),
     /// Run the Pub/Sub emulator alone.
     Emulator(EmulatorCommand),
+    /// Run one claimed job of a Cloud Run Job function (started by the worker that claimed it).
+    Exec(Box<crate::config::ExecConfig>),
     /// List the declared schedules with their next fire times.
     Schedules(SchedulesArgs),
     /// Infrastructure as code generated from the declarations.
@@ -345,6 +397,22 @@ enum Command {
     Infra(InfraCommand),
     #[command(flatten)]
     Client(crate::client::ClientCommand),
+}
+
+impl Command {
+    /// The `runq.toml` this command reads (`RUNQ_CONFIG`), if any.
+    fn declarations(&self) -> Option<&std::path::Path> {
+        let args = match self {
+            Command::Api(c) => &c.declarations,
+            Command::Worker(c) => &c.declarations,
+            Command::Dev(c) => &c.declarations,
+            Command::Exec(c) => &c.declarations,
+            Command::Schedules(a) => &a.declarations,
+            Command::Infra(InfraCommand::Export(a)) => &a.declarations,
+            _ => return None,
+        };
+        args.config.as_deref()
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -363,6 +431,8 @@ struct SchedulesArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    declarations: crate::config::DeclarationsArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -376,6 +446,8 @@ struct ExportArgs {
     /// Write to this file instead of stdout.
     #[arg(long, short)]
     output: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    declarations: crate::config::DeclarationsArgs,
 }
 
 #[derive(clap::Args, Debug)]

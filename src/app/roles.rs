@@ -36,7 +36,7 @@ async fn bind(port: u16) -> Result<tokio::net::TcpListener, StartError> {
 
 /// `runq worker --queue Q`.
 pub async fn worker(config: WorkerConfig, registry: Registry, schedules: Schedules) -> Result<(), StartError> {
-    let WorkerConfig { worker: args, server, database, pubsub, storage, oidc, log } = config;
+    let WorkerConfig { worker: args, identity, server, database, pubsub, storage, oidc, log, .. } = config;
     let settings = WorkerSettings {
         queue: args.queue.clone(),
         push: args.push_callers()?,
@@ -44,7 +44,15 @@ pub async fn worker(config: WorkerConfig, registry: Registry, schedules: Schedul
         grace: server.shutdown_grace,
         results_bucket: storage.results_bucket.clone(),
         instance: args.instance.clone(),
+        executions: match &args.exec_job {
+            Some(job) => worker::Executions::CloudRun(worker::CloudRunJob::new(job)),
+            None => worker::Executions::Subprocess(worker::Launcher::this_binary()),
+        },
     };
+    registry.http().tokens().set_source(crate::function::http::TokenSource {
+        metadata_host: identity.metadata_host.clone(),
+        account: crate::function::http::DEFAULT_ACCOUNT.into(),
+    });
     // Without Pub/Sub settings the relay publishes the children runs spawn.
     let connect = connect(&database, pubsub.settings(&log), storage.settings(), &oidc)?;
     let services = Services::connect(&connect, registry, schedules).await?;
@@ -53,9 +61,50 @@ pub async fn worker(config: WorkerConfig, registry: Registry, schedules: Schedul
     worker::run(listener, settings, services, crate::server::shutdown_signal()).await
 }
 
+/// `runq exec --job-id J --claim-id C`: one run of a Cloud Run Job function, for the claim the
+/// worker took, in this process.
+pub async fn exec(
+    config: crate::config::ExecConfig,
+    registry: Registry,
+    schedules: Schedules,
+) -> Result<(), StartError> {
+    let crate::config::ExecConfig { exec: args, database, storage, identity, log, .. } = config;
+    registry.http().tokens().set_source(crate::function::http::TokenSource {
+        metadata_host: identity.metadata_host.clone(),
+        account: args.invoker_account.clone(),
+    });
+    let oidc = OidcArgs { oidc_jwks_url: crate::auth::GOOGLE_JWKS_URL.into() };
+    let mut connect = connect(&database, None, storage.settings(), &oidc)?;
+    connect.max_connections = connect.max_connections.min(4);
+    let services = Services::connect(&connect, registry, schedules).await?;
+    let _ = log;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    // Never used: an execution takes no pushes.
+    let callers = crate::auth::GoogleCallers { audience: "runq-exec".into(), service_accounts: vec!["none".into()] };
+    let state = worker::WorkerState {
+        pool: services.pool.clone(),
+        relaxed: services.relaxed.clone(),
+        registry: services.registry.clone(),
+        verifier: callers.verifier(services.google_jwks.clone()),
+        queue: "exec".into(),
+        worker_id: worker::worker_id("exec", &args.job_id.to_string()[..8]).into(),
+        lease: args.lease,
+        leases: worker::Leases::default(),
+        shutdown: rx,
+        storage: services.storage.clone(),
+        results_bucket: storage.results_bucket.clone(),
+        outbox: services.outbox(),
+        background: worker::Background::default(),
+        executions: worker::Executions::Subprocess(worker::Launcher::this_binary()),
+    };
+    let grace = crate::config::DEFAULT_SHUTDOWN_GRACE;
+    worker::run_claim(state, args.job_id, args.claim_id, tx, crate::server::shutdown_signal(), grace).await?;
+    Ok(())
+}
+
 /// `runq api`.
 pub async fn api(config: ApiConfig, registry: Registry, schedules: Schedules) -> Result<(), StartError> {
-    let ApiConfig { server, database, auth, pubsub, storage, oidc, api: args, cors, log } = config;
+    let ApiConfig { server, database, auth, pubsub, storage, oidc, api: args, cors, log, .. } = config;
     let settings = ApiSettings {
         auth: auth.required()?,
         limits: Limits {

@@ -31,6 +31,9 @@ pub use local::{DEV_CLUSTER_PORT, LocalCluster, dev_secret, find_database};
 
 /// The service account the dev push subscriptions sign as.
 pub const DEV_PUSH_ACCOUNT: &str = "runq-push@runq-dev.iam.gserviceaccount.com";
+/// The service account `runq dev`'s workers call HTTP functions as: the `email` of their identity
+/// tokens, signed by the embedded emulator (verify them against its JWKS).
+pub const DEV_INVOKER_ACCOUNT: &str = "runq-invoker@runq-dev.iam.gserviceaccount.com";
 /// The service account of the dev dead-letter subscription.
 pub const DEV_DEAD_LETTER_ACCOUNT: &str = "runq-dead-letter@runq-dev.iam.gserviceaccount.com";
 
@@ -68,6 +71,10 @@ pub struct DevOptions {
     pub results_bucket: Option<String>,
     /// Browser origins allowed to call the API (a frontend's dev server).
     pub cors_origins: Vec<String>,
+    /// What the workers start Cloud Run Job functions' executions with (`runq exec` of this
+    /// binary by default; tests name the `runq` binary and its `runq.toml`). The stack adds the
+    /// database, its emulator as the metadata server and its invoker account.
+    pub launcher: Option<crate::worker::Launcher>,
 }
 
 impl DevOptions {
@@ -90,6 +97,7 @@ impl DevOptions {
             storage: None,
             results_bucket: None,
             cors_origins: Vec::new(),
+            launcher: None,
         }
     }
 }
@@ -143,6 +151,12 @@ impl DevStack {
                 .with_time_scale(options.emulator_time_scale),
         )
         .await?;
+        // HTTP functions get their identity tokens from the emulator, standing in for the
+        // metadata server of a Cloud Run instance.
+        registry.http().tokens().set_source(crate::function::http::TokenSource {
+            metadata_host: emulator.host(),
+            account: DEV_INVOKER_ACCOUNT.into(),
+        });
         let settings = PubSubSettings {
             emulator_host: Some(emulator.host()),
             project: options.project.clone(),
@@ -177,6 +191,10 @@ impl DevStack {
             .map(|p| p.as_str().to_owned())
             .chain(services.registry.custom_queues().into_iter().map(str::to_owned))
             .collect();
+        let mut launcher = options.launcher.clone().unwrap_or_else(crate::worker::Launcher::this_binary);
+        launcher.env.push(("DATABASE_URL".into(), options.database_url.clone()));
+        launcher.env.push(("GCE_METADATA_HOST".into(), emulator.host()));
+        launcher.exec_args.extend(["--allow-http".into(), "--invoker-account".into(), DEV_INVOKER_ACCOUNT.into()]);
         for queue in queues {
             if let Some((_, url)) = options.external_workers.iter().find(|(q, _)| *q == queue) {
                 worker_urls.push((queue, url.clone()));
@@ -189,6 +207,7 @@ impl DevStack {
                 lease: options.lease,
                 grace: options.grace,
                 results_bucket: options.results_bucket.clone(),
+                executions: crate::worker::Executions::Subprocess(launcher.clone()),
                 ..WorkerSettings::new(&queue, push)
             };
             let (services, signal, name) = (services.clone(), stopped(stop_rx.clone()), queue.clone());
@@ -347,6 +366,13 @@ pub async fn run(config: DevConfig, registry: Registry, schedules: Schedules) ->
     options.emulator_addr = config.dev.emulator_addr;
     options.storage = config.storage.settings();
     options.results_bucket = config.storage.results_bucket.clone();
+    if let Some(path) = &config.declarations.config {
+        // Executions of Cloud Run Job functions read the same declarations.
+        let mut launcher = crate::worker::Launcher::this_binary();
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        launcher.env.push(("RUNQ_CONFIG".into(), path.display().to_string()));
+        options.launcher = Some(launcher);
+    }
     let cors = options.cors_origins.join(", ");
     let stack = DevStack::start_with_schedules(options, registry, schedules).await?;
     let token = crate::auth::mint_hs256(
@@ -363,6 +389,7 @@ pub async fn run(config: DevConfig, registry: Registry, schedules: Schedules) ->
     println!("  API       {}", stack.api_url);
     println!("  Pub/Sub   export PUBSUB_EMULATOR_HOST={}", stack.emulator_host());
     println!("  token     export RUNQ_TOKEN={token}");
+    println!("  invoker   HTTP functions are called as {DEV_INVOKER_ACCOUNT}, tokens verified by {}", stack.jwks_url());
     if !cors.is_empty() {
         println!("  CORS      {cors}");
     }

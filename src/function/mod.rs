@@ -1,9 +1,10 @@
 //! Functions: the [`Function`] trait users implement, its policy defaults, the type-erased
-//! [`Registry`] the API and workers look functions up in, the run [`Context`], and the
-//! built-in functions.
+//! [`Registry`] the API and workers look functions up in, the run [`Context`], the built-in
+//! functions, and [`http`] functions (a URL that is a function).
 
 mod builtin;
 mod context;
+pub mod http;
 mod wordcount;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,8 @@ pub const DEFAULT_HARD_TIME_LIMIT: Duration = Duration::from_secs(540);
 /// The longest hard limit of an inline function: Pub/Sub's push deadline (600 s, which is also
 /// the push request's timeout) less a margin for claiming and recording.
 pub const MAX_INLINE_TIME_LIMIT: Duration = Duration::from_secs(570);
+/// The longest hard limit of a function run as a Cloud Run Job execution (a task's 24 h).
+pub const MAX_JOB_TIME_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 /// Exponential backoff with full jitter: retry `n` (1-based) waits a random time in
 /// `0..=min(max, initial * 2^(n-1))`.
@@ -84,6 +87,8 @@ pub struct Policy {
     pub detached: bool,
     /// A queue of its own (see [`Function::queue`]).
     pub queue: Option<&'static str>,
+    /// Runs in an execution of its own (see [`Function::cloud_run_job`]).
+    pub cloud_run_job: bool,
 }
 
 /// Why a function's run failed. The variant carries the retry intent; runq owns the backoff.
@@ -98,6 +103,10 @@ pub enum FunctionError {
     /// The run stopped because its job was cancelled or its soft time limit passed.
     #[error("cancelled")]
     Cancelled,
+    /// The function asked to be called again after this long (an HTTP function's `429` with
+    /// `Retry-After`): the job is queued again, due then, without using an attempt.
+    #[error("deferred for {0:?}")]
+    Deferred(Duration),
 }
 
 impl FunctionError {
@@ -163,6 +172,15 @@ pub trait Function: Send + Sync + 'static {
     /// worker service has CPU always allocated (Cloud Run throttles CPU between requests
     /// otherwise). Default: inline.
     fn detached(&self) -> bool {
+        false
+    }
+
+    /// Whether each run is an execution of its own, `runq exec` for that claim (a Cloud Run Job
+    /// execution, for work of hours; a subprocess locally): the worker claims the job, starts
+    /// the execution and answers Pub/Sub at once; the execution heartbeats, streams progress and
+    /// records the outcome, fenced by the claim. Its hard limit may reach
+    /// [`MAX_JOB_TIME_LIMIT`]. Default: no.
+    fn cloud_run_job(&self) -> bool {
         false
     }
 
@@ -253,6 +271,41 @@ pub enum RegistryError {
         "function `{0}`: queue name {1:?} is invalid: use 1-30 characters of a-z, 0-9, '-', starting with a letter"
     )]
     BadQueue(String, String),
+    #[error("function `{0}`: {1}")]
+    BadUrl(String, String),
+    #[error("function `{0}`: its hard time limit of {1} s is over a Cloud Run Job task's 24 h")]
+    TooLongForAJob(String, u64),
+}
+
+/// Checks a function's name and policy.
+fn check(name: &str, policy: &Policy) -> Result<(), RegistryError> {
+    let valid_name = !name.is_empty()
+        && name.len() <= 100
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b));
+    if !valid_name {
+        return Err(RegistryError::BadName(name.into()));
+    }
+    if name.starts_with("runq.") {
+        return Err(RegistryError::Reserved(name.into()));
+    }
+    if let Some(queue) = policy.queue
+        && !crate::job::valid_queue_name(queue)
+    {
+        return Err(RegistryError::BadQueue(name.into(), queue.into()));
+    }
+    if policy.cloud_run_job && policy.hard_time_limit > MAX_JOB_TIME_LIMIT {
+        return Err(RegistryError::TooLongForAJob(name.into(), policy.hard_time_limit.as_secs()));
+    }
+    if !policy.detached && !policy.cloud_run_job && policy.hard_time_limit > MAX_INLINE_TIME_LIMIT {
+        return Err(RegistryError::TooLongForInline(name.into(), policy.hard_time_limit.as_secs()));
+    }
+    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&policy.max_attempts) {
+        return Err(RegistryError::BadAttempts(name.into()));
+    }
+    if policy.soft_time_limit.is_some_and(|soft| soft >= policy.hard_time_limit) {
+        return Err(RegistryError::BadLimits(name.into()));
+    }
+    Ok(())
 }
 
 /// The functions of an [`crate::App`], by name.
@@ -263,24 +316,14 @@ pub struct Registry {
     limits: Vec<Limit>,
     /// Workflow templates, submitted by name.
     workflows: crate::workflow::Templates,
+    /// Calls the HTTP functions: their HTTP client and identity tokens.
+    http: Arc<http::Invoker>,
 }
 
 impl Registry {
     /// Adds a function, checking its name and policy.
     pub fn register<F: Function>(&mut self, function: F) -> Result<(), RegistryError> {
         let name = function.name();
-        let valid_name = !name.is_empty()
-            && name.len() <= 100
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b));
-        if !valid_name {
-            return Err(RegistryError::BadName(name.into()));
-        }
-        if self.functions.contains_key(name) {
-            return Err(RegistryError::Duplicate(name.into()));
-        }
-        if name.starts_with("runq.") {
-            return Err(RegistryError::Reserved(name.into()));
-        }
         let policy = Policy {
             priority: function.priority(),
             max_attempts: function.max_attempts(),
@@ -289,24 +332,34 @@ impl Registry {
             hard_time_limit: function.hard_time_limit(),
             detached: function.detached(),
             queue: function.queue(),
+            cloud_run_job: function.cloud_run_job(),
         };
-        if let Some(queue) = policy.queue
-            && !crate::job::valid_queue_name(queue)
-        {
-            return Err(RegistryError::BadQueue(name.into(), queue.into()));
-        }
-        if !policy.detached && policy.hard_time_limit > MAX_INLINE_TIME_LIMIT {
-            return Err(RegistryError::TooLongForInline(name.into(), policy.hard_time_limit.as_secs()));
-        }
-        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&policy.max_attempts) {
-            return Err(RegistryError::BadAttempts(name.into()));
-        }
-        if policy.soft_time_limit.is_some_and(|soft| soft >= policy.hard_time_limit) {
-            return Err(RegistryError::BadLimits(name.into()));
+        check(name, &policy)?;
+        if self.functions.contains_key(name) {
+            return Err(RegistryError::Duplicate(name.into()));
         }
         let erased = Erased { function: Arc::new(function), policy };
         self.functions.insert(name, Arc::new(erased));
         Ok(())
+    }
+
+    /// Adds an HTTP function, checking its name, policy and URL (`https://`, or `http://` too
+    /// when `allow_http`: `runq dev` and tests).
+    pub fn register_http(&mut self, function: http::HttpFunction, allow_http: bool) -> Result<(), RegistryError> {
+        check(function.name(), function.policy())?;
+        if self.functions.contains_key(function.name()) {
+            return Err(RegistryError::Duplicate(function.name().into()));
+        }
+        let name = function.name().to_owned();
+        let registered =
+            function.into_dyn(self.http.clone(), allow_http).map_err(|e| RegistryError::BadUrl(name, e))?;
+        self.functions.insert(registered.name(), registered);
+        Ok(())
+    }
+
+    /// What calls the HTTP functions (to point its identity tokens at a metadata server).
+    pub fn http(&self) -> &Arc<http::Invoker> {
+        &self.http
     }
 
     /// Declares a limit over registered functions; refused when it is invalid, when its name is

@@ -85,6 +85,43 @@ pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) ->
     }))
 }
 
+/// Takes over the run of claim `claim_id` in another process (`runq exec`, started by the worker
+/// that claimed it): renews its lease from now and records `worker_id`, fenced by the claim.
+/// `None` when the claim no longer holds (reaped, finished, cancelled meanwhile).
+pub async fn take_over(
+    pool: &PgPool,
+    id: Uuid,
+    claim_id: Uuid,
+    worker_id: &str,
+    lease: Duration,
+) -> Result<Option<Claimed>, StoreError> {
+    let asked_at = tokio::time::Instant::now();
+    let row = sqlx::query!(
+        r#"UPDATE jobs SET lease_until = now() + make_interval(secs => $4), worker_id = $3, updated_at = now()
+           WHERE id = $1 AND claim_id = $2 AND status = 'running'
+           RETURNING id, owner, function, args AS "args: Json<Box<RawValue>>", attempt, max_attempts,
+                     claim_id AS "claim_id!", limit_keys, workflow_id"#,
+        id,
+        claim_id,
+        worker_id,
+        secs(lease),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| Claimed {
+        id: r.id,
+        owner: r.owner,
+        function: r.function,
+        args: r.args.0,
+        attempt: r.attempt,
+        max_attempts: r.max_attempts,
+        claim_id: r.claim_id,
+        limit_keys: r.limit_keys,
+        workflow_id: r.workflow_id,
+        asked_at,
+    }))
+}
+
 /// Why a delivery found nothing to claim, for the log line that acknowledges it.
 #[derive(Debug)]
 pub struct Unclaimable {
@@ -324,6 +361,39 @@ pub async fn release(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, St
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Defers a run at its function's request (an HTTP function's `429` with `Retry-After`): the job
+/// goes back to `queued`, due after `delay`, with its attempt given back (being asked to wait is
+/// not a failure), and `message` saying why; or `cancelled` when a cancel was asked. Fenced by
+/// the claim; `None` when it was lost. The relay publishes it once it is due.
+pub async fn defer(
+    pool: &PgPool,
+    id: Uuid,
+    claim_id: Uuid,
+    delay: Duration,
+    message: &str,
+) -> Result<Option<Status>, StoreError> {
+    let status = sqlx::query_scalar!(
+        r#"WITH done AS (
+              UPDATE jobs SET
+                 status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+                 finished_at = CASE WHEN cancel_requested THEN now() END,
+                 message = $4,
+                 attempt = greatest(attempt - 1, 0), claim_id = NULL, worker_id = NULL, lease_until = NULL,
+                 dispatched_at = NULL, run_after = now() + make_interval(secs => $3), updated_at = now()
+              WHERE id = $1 AND claim_id = $2 AND status = 'running' RETURNING status),
+           runs AS (UPDATE job_runs SET finished_at = now(), outcome = 'deferred'
+                    WHERE claim_id = $2 AND EXISTS (SELECT 1 FROM done))
+           SELECT status AS "status!: Status" FROM done"#,
+        id,
+        claim_id,
+        secs(delay),
+        message,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(status)
 }
 
 /// Gives back a run its worker stopped because its lease couldn't be renewed in time, before

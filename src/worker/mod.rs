@@ -2,6 +2,7 @@
 //! and records the outcome, plus the lease keeper and graceful shutdown that releases the
 //! runs that can't finish.
 
+mod exec;
 mod leases;
 mod push;
 mod run;
@@ -16,6 +17,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use exec::{CLOUD_RUN_START_GRACE, CloudRunJob, Executions, Launcher, run_claim};
 pub use leases::{Background, Leases, RunSignal};
 pub use push::{MAX_UNKNOWN_FUNCTION_ROUNDS, PushError, UNKNOWN_FUNCTION_BACKOFF};
 pub use run::{INLINE_RESULT_LIMIT, PROGRESS_INTERVAL, Recorded, execute};
@@ -46,6 +48,8 @@ pub struct WorkerSettings {
     pub results_bucket: Option<String>,
     /// This instance's name in claims (the Cloud Run revision).
     pub instance: String,
+    /// Starts the executions of Cloud Run Job functions (`runq exec`).
+    pub executions: Executions,
 }
 
 impl WorkerSettings {
@@ -58,6 +62,7 @@ impl WorkerSettings {
             grace: crate::config::DEFAULT_SHUTDOWN_GRACE,
             results_bucket: None,
             instance: crate::config::DEFAULT_INSTANCE.into(),
+            executions: Executions::Subprocess(Launcher::this_binary()),
         }
     }
 }
@@ -88,6 +93,7 @@ pub async fn run(
         results_bucket: settings.results_bucket.clone(),
         outbox: services.outbox(),
         background: Background::default(),
+        executions: settings.executions.clone(),
     };
     Ok(serve(listener, state, tx, shutdown, settings.grace).await?)
 }
@@ -118,6 +124,8 @@ pub struct WorkerState {
     pub outbox: Option<crate::dispatch::Outbox>,
     /// Detached runs in flight (their push was answered already).
     pub background: Background,
+    /// Starts the executions of Cloud Run Job functions.
+    pub executions: Executions,
 }
 
 impl WorkerState {

@@ -153,6 +153,13 @@ async fn handle(state: &WorkerState, id: Uuid) -> Result<(), Redeliver> {
         tracing::error!(function = %claimed.function, ?status, "this worker has no such function; job released");
         return Ok(());
     };
+    if function.policy().cloud_run_job {
+        // Its own execution takes the run over; Pub/Sub is answered now.
+        return match super::exec::start(state, &claimed, function.policy().hard_time_limit).await? {
+            true => Ok(()),
+            false => Err(Redeliver::Released),
+        };
+    }
     // The run lives on its own task, counted as background work: if Pub/Sub drops the push
     // connection (its deadline passed) and this handler is dropped with it, the run still keeps
     // its lease, limits and signals, and records its outcome; shutdown waits for it.

@@ -367,6 +367,16 @@ async fn record(
             let done = store::finish_cancelled(&state.pool, id, claim).await?;
             return Ok(if done { Recorded::Status(Status::Cancelled) } else { Recorded::Fenced });
         }
+        Ending::Returned(Err(FunctionError::Deferred(delay))) => {
+            let message = format!("deferred by the function for {} s", delay.as_secs());
+            return Ok(match store::defer(&state.pool, id, claim, delay, &message).await? {
+                Some(status) => {
+                    tracing::info!(job_id = %id, attempt = claimed.attempt, %status, defer_ms = delay.as_millis() as u64, "run deferred by its function");
+                    Recorded::Status(status)
+                }
+                None => Recorded::Fenced,
+            });
+        }
         Ending::Returned(Err(FunctionError::Retryable(message))) => {
             error(ErrorKind::Error, without_nul(&message), true)
         }

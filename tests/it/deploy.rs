@@ -687,6 +687,53 @@ fn terraform_gives_each_role_its_own_account_and_the_api_what_it_needs() {
     assert_eq!(s(&migrate_readers[0]["member"]), format!("serviceAccount:{}", tf.email("migrate")));
 }
 
+#[test]
+fn terraform_and_cloudbuild_declare_the_job_that_runs_cloud_run_job_functions() {
+    let tf = Terraform::load();
+    let region = s(&tf.var("region")).to_owned();
+    let job = tf.single("google_cloud_run_v2_job", "exec");
+    let task = first(first(&job, "template"), "template");
+    let container = first(task, "containers");
+    assert_eq!(container["args"], json!(["exec"]), "the workers override the rest: exec --job-id J --claim-id C");
+    assert_eq!(s(&task["service_account"]), tf.email("worker"), "an execution does what a worker's run does");
+    assert_eq!(int(&task["max_retries"]), 0, "runq's attempts and the lease decide what runs again");
+    assert_eq!(secs(&task["timeout"]), 86_400, "a Cloud Run Job function's hard limit may reach 24 h");
+    let (env, secrets) = container_env(container);
+    let worker = tf.instances("google_cloud_run_v2_service", "worker").remove("high").expect("the high worker");
+    let (worker_env, worker_secrets) = container_env(first(first(&worker, "template"), "containers"));
+    assert_eq!(secrets, worker_secrets, "the workers' database user");
+    assert_eq!(env["RUNQ_RESULTS_BUCKET"], worker_env["RUNQ_RESULTS_BUCKET"]);
+    let connection = format!("{PROJECT_ID}:{region}:{}", s(&tf.var("sql_instance_name")));
+    cloudsql_mounted(task, container, &connection, "exec");
+    // Every worker starts executions of this job, and may (on this job only).
+    let name = format!("projects/{PROJECT_ID}/locations/{region}/jobs/{}", s(&job["name"]));
+    for (queue, worker) in tf.instances("google_cloud_run_v2_service", "worker") {
+        let (env, _) = container_env(first(first(&worker, "template"), "containers"));
+        assert_eq!(env["RUNQ_EXEC_JOB"], name, "worker {queue}");
+    }
+    let grant = tf.single("google_cloud_run_v2_job_iam_member", "worker_runs_exec");
+    assert_eq!((&grant["name"], &grant["location"]), (&job["name"], &job["location"]), "{grant}");
+    assert_eq!(s(&grant["role"]), "roles/run.developer", "runWithOverrides");
+    assert_eq!(s(&grant["member"]), format!("serviceAccount:{}", tf.email("worker")));
+
+    // Cloud Build deploys it with each release's image, after the migration.
+    let build = cloudbuild();
+    let steps = build["steps"].as_array().unwrap();
+    let step = steps
+        .iter()
+        .find(|st| step_args(st).starts_with(&["run".into(), "jobs".into(), "deploy".into(), s(&job["name"]).into()]))
+        .expect("a step deploys the exec job");
+    let args = step_args(step);
+    assert_eq!(flag(&args, "--args").as_deref(), Some("exec"));
+    assert_eq!(
+        flag(&args, "--image").as_deref(),
+        Some("${_REGION}-docker.pkg.dev/${PROJECT_ID}/${_REPOSITORY}/runq:${SHORT_SHA}")
+    );
+    assert_eq!(flag(&args, "--service-account").as_deref(), Some("runq-worker@${PROJECT_ID}.iam.gserviceaccount.com"));
+    assert_eq!(pairs(&flag(&args, "--set-secrets").unwrap())["DATABASE_URL"], "runq-database-url:latest");
+    assert_eq!(step["waitFor"], json!(["migrate"]));
+}
+
 // ---- cloudbuild.yaml ---------------------------------------------------------------------------
 
 fn cloudbuild() -> Json {

@@ -21,6 +21,8 @@ mod names;
 mod oidc;
 mod push;
 mod rest;
+
+pub use rest::DEFAULT_SERVICE_ACCOUNT;
 mod server;
 mod subscription;
 

@@ -35,12 +35,23 @@ pub(crate) fn router(broker: Shared, signer: Arc<Signer>) -> Router {
     Router::new().fallback(handle).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(RestState { broker, signer })
 }
 
-async fn handle(State(st): State<RestState>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn handle(
+    State(st): State<RestState>,
+    method: Method,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     // Clients percent-encode names (`has%20space`); rules apply to the decoded name.
     let path = percent_decode(uri.path());
     let path = path.as_str();
     if path == "/oauth2/v3/certs" && method == Method::GET {
         return Json(st.signer.jwks().clone()).into_response();
+    }
+    if method == Method::GET
+        && let Some(account) = path.strip_prefix(IDENTITY_PREFIX).and_then(|rest| rest.strip_suffix("/identity"))
+    {
+        return identity(&st.signer, &headers, account, uri.query().unwrap_or(""));
     }
     if path == "/" && method == Method::GET {
         return "Ok\n".into_response();
@@ -50,6 +61,36 @@ async fn handle(State(st): State<RestState>, method: Method, uri: Uri, body: Byt
     match route(&st.broker, &method, path, query, &body, enc).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// The metadata server's identity-token path, before the account (`default` or an email).
+const IDENTITY_PREFIX: &str = "/computeMetadata/v1/instance/service-accounts/";
+
+/// The account `service-accounts/default/identity` signs as.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default@pubsub-emulator.iam.gserviceaccount.com";
+
+/// `GET /computeMetadata/v1/instance/service-accounts/{account}/identity?audience=A`: an ID
+/// token for `account` with audience `A`, signed like a push token (so it verifies against this
+/// emulator's JWKS), as the metadata server of a Cloud Run instance answers it. Like Google's,
+/// it wants the `Metadata-Flavor: Google` header and an audience; the answer is the bare token.
+fn identity(signer: &Signer, headers: &axum::http::HeaderMap, account: &str, query: &str) -> Response {
+    use axum::http::StatusCode;
+    if headers.get("metadata-flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
+        return (StatusCode::FORBIDDEN, "Missing Metadata-Flavor:Google header.\n").into_response();
+    }
+    let audience = percent_decode(&query_param(query, "audience").unwrap_or_default());
+    if audience.is_empty() {
+        return (StatusCode::BAD_REQUEST, "non-empty audience parameter required\n").into_response();
+    }
+    let email = match account {
+        "default" => DEFAULT_SERVICE_ACCOUNT,
+        email if email.contains('@') => email,
+        _ => return (StatusCode::NOT_FOUND, "no such service account\n").into_response(),
+    };
+    match signer.token("metadata", email, &audience) {
+        Ok(token) => ([(axum::http::header::CONTENT_TYPE, "application/text")], token).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("signing failed: {e}\n")).into_response(),
     }
 }
 
