@@ -329,10 +329,16 @@ async fn retry(State(state): State<ApiState>, caller: Caller, Path(id): Path<Str
             }
             Ok((StatusCode::OK, Json(job)).into_response())
         }
-        RetryOutcome::WrongStatus(job) => Err(ApiError::Conflict(format!(
-            "job {id} is {}; only failed or cancelled jobs can be retried",
-            job.status.status
-        ))),
+        RetryOutcome::WrongStatus(job) => {
+            let link = store::get_status(&state.pool, id, caller.owner_filter()).await?.and_then(|s| s.workflow);
+            Err(ApiError::Conflict(match link {
+                Some(link) => format!(
+                    "job {id} is step `{}` of workflow {}; retry the workflow (POST /workflows/{}/retry), which runs it again in order",
+                    link.step, link.workflow_id, link.workflow_id
+                ),
+                None => format!("job {id} is {}; only failed or cancelled jobs can be retried", job.status.status),
+            }))
+        }
         RetryOutcome::NotFound => Err(ApiError::JobNotFound(id.to_string())),
     }
 }

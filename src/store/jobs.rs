@@ -903,7 +903,9 @@ pub async fn retry(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<Retry
 /// undispatched (so the relay publishes them), with the submitted attempt budget again.
 /// `attempt` keeps counting, so the new runs' numbers follow the old `job_runs` rows, which stay;
 /// `max_attempts - attempt_base` is the budget. The unique key is given up: the key may have a
-/// newer live job. Returns the ids it retried.
+/// newer live job. A workflow's jobs are left alone: a step run again on its own would run out
+/// of order, or a signal step be pushed to a worker; `retry_workflow` takes them up. Returns
+/// the ids it retried.
 pub async fn retry_many(
     conn: impl sqlx::PgExecutor<'_>,
     ids: &[Uuid],
@@ -918,6 +920,7 @@ pub async fn retry_many(
               started_at = NULL, finished_at = NULL, publish_failures = 0, unknown_function_rounds = 0,
               dead_letters = 0, unique_key = NULL, updated_at = now()
            WHERE id = ANY($1) AND ($2::text IS NULL OR owner = $2) AND status IN ('failed', 'cancelled')
+             AND workflow_id IS NULL
            RETURNING id"#,
         ids,
         owner,

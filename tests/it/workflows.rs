@@ -404,6 +404,13 @@ async fn a_failed_workflow_retried_starts_over_from_its_failed_step(pool: PgPool
         .await;
     let failed = s.finished(&id).await;
     assert_eq!((failed["status"].as_str(), failed["failure"]["step"].as_str()), (Some("failed"), Some("a")));
+    // A step's job alone can't be retried (it would run out of order): 409 naming the workflow.
+    for step in ["a", "b"] {
+        let (code, problem) = s.post(&format!("/jobs/{}/retry", job_id(&failed, step)), json!({})).await;
+        assert_eq!(code, StatusCode::CONFLICT, "{problem}");
+        assert!(problem["detail"].as_str().unwrap().contains(&format!("/workflows/{id}/retry")), "{problem}");
+    }
+    assert_eq!(runs_of(&pool, job_id(&failed, "b")).await, 0);
     let (code, view) = s.post(&format!("/workflows/{id}/retry"), json!({})).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{view}");
     assert_eq!(view["status"], "running", "{view}");
@@ -461,6 +468,28 @@ async fn cancelling_a_workflow_stops_its_running_step_and_everything_after(pool:
     assert_eq!(outcome.as_deref(), Some("cancelled"), "the run itself stopped and recorded the cancel");
     let (code, _) = s.post(&format!("/workflows/{id}/cancel"), json!({})).await;
     assert_eq!(code, StatusCode::OK, "cancelling a cancelled workflow again is fine");
+    s.dev.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_review_without_a_timeout_is_listed_like_any_job(pool: PgPool) {
+    // It waits "forever": a timestamp every client decodes (9999-12-31), not Postgres' infinity.
+    let s = stack(&pool).await;
+    let id = s
+        .submit(json!({"steps": [
+            {"name": "draft", "function": "echo", "args": {"value": 1}},
+            {"name": "review", "after": ["draft"], "signal": {}},
+        ]}))
+        .await;
+    let view = s.waiting_at(&id, "review", 0).await;
+    let review = job_id(&view, "review");
+    let listed = s.get("/jobs?status=waiting").await;
+    assert_eq!(listed["jobs"][0]["id"], review.to_string(), "{listed}");
+    assert!(listed["jobs"][0]["run_after"].as_str().unwrap().starts_with("9999-12-31"), "{listed}");
+    assert_eq!(s.get(&format!("/jobs/{review}")).await["status"], "waiting");
+    let (code, _) = s.signal(&id, "review", json!({"decision": "approve"})).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(s.finished(&id).await["status"], "succeeded");
     s.dev.shutdown().await;
 }
 
