@@ -363,10 +363,15 @@ pub async fn release(pool: &PgPool, id: Uuid, claim_id: Uuid) -> Result<bool, St
     Ok(done.rows_affected() == 1)
 }
 
+/// A job deferred this many times by its function (`429`) fails instead of waiting again, so a
+/// function that always answers "later" can't keep a job alive forever.
+pub const MAX_DEFERRALS: i64 = 100;
+
 /// Defers a run at its function's request (an HTTP function's `429` with `Retry-After`): the job
 /// goes back to `queued`, due after `delay`, with its attempt given back (being asked to wait is
-/// not a failure), and `message` saying why; or `cancelled` when a cancel was asked. Fenced by
-/// the claim; `None` when it was lost. The relay publishes it once it is due.
+/// not a failure), and `message` saying why; or `cancelled` when a cancel was asked; or `failed`
+/// once it was deferred [`MAX_DEFERRALS`] times. Fenced by the claim; `None` when it was lost.
+/// The relay publishes it once it is due.
 pub async fn defer(
     pool: &PgPool,
     id: Uuid,
@@ -374,22 +379,36 @@ pub async fn defer(
     delay: Duration,
     message: &str,
 ) -> Result<Option<Status>, StoreError> {
+    let exhausted = JobError::permanent(
+        ErrorKind::Error,
+        format!("the function deferred the job {MAX_DEFERRALS} times (429 Retry-After); given up"),
+    );
     let status = sqlx::query_scalar!(
-        r#"WITH done AS (
+        r#"WITH deferred AS (SELECT count(*) >= $5 AS exhausted FROM job_runs
+                            WHERE job_id = $1 AND outcome = 'deferred'),
+           done AS (
               UPDATE jobs SET
-                 status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
-                 finished_at = CASE WHEN cancel_requested THEN now() END,
+                 status = CASE WHEN cancel_requested THEN 'cancelled'
+                               WHEN (SELECT exhausted FROM deferred) THEN 'failed' ELSE 'queued' END,
+                 finished_at = CASE WHEN cancel_requested OR (SELECT exhausted FROM deferred) THEN now() END,
+                 error = CASE WHEN NOT cancel_requested AND (SELECT exhausted FROM deferred) THEN $6::jsonb
+                              ELSE error END,
                  message = $4,
-                 attempt = greatest(attempt - 1, 0), claim_id = NULL, worker_id = NULL, lease_until = NULL,
+                 attempt = CASE WHEN (SELECT exhausted FROM deferred) THEN attempt ELSE greatest(attempt - 1, 0) END,
+                 claim_id = NULL, worker_id = NULL, lease_until = NULL,
                  dispatched_at = NULL, run_after = now() + make_interval(secs => $3), updated_at = now()
               WHERE id = $1 AND claim_id = $2 AND status = 'running' RETURNING status),
-           runs AS (UPDATE job_runs SET finished_at = now(), outcome = 'deferred'
+           runs AS (UPDATE job_runs SET finished_at = now(),
+                           outcome = CASE WHEN (SELECT status FROM done) = 'queued' THEN 'deferred'
+                                          ELSE (SELECT status FROM done) END
                     WHERE claim_id = $2 AND EXISTS (SELECT 1 FROM done))
            SELECT status AS "status!: Status" FROM done"#,
         id,
         claim_id,
         secs(delay),
         message,
+        MAX_DEFERRALS,
+        Json(&exhausted) as Json<&JobError>,
     )
     .fetch_optional(pool)
     .await?;

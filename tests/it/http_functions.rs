@@ -267,3 +267,42 @@ async fn a_cancel_closes_the_functions_request(pool: PgPool) {
     assert_eq!(job["status"], "cancelled", "{job}");
     r.dev.shutdown().await;
 }
+
+#[sqlx::test]
+async fn a_job_deferred_too_often_fails_instead_of_waiting_forever(pool: PgPool) {
+    let args = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+    let id = uuid::Uuid::now_v7();
+    let spec = runq::store::JobSpec {
+        function: "busy",
+        priority: runq::job::Priority::Medium,
+        queue: None,
+        args: &args,
+        max_attempts: 1,
+        delay_secs: None,
+        unique_key: None,
+        debounce_secs: None,
+        limit_keys: Vec::new(),
+    };
+    let new = runq::store::NewJob { id, owner: "alice", spec, trace_context: None, idempotency: None };
+    runq::store::submit(&pool, &new, Duration::from_secs(60)).await.unwrap();
+    let lease = Duration::from_secs(30);
+    for round in 1..=runq::store::MAX_DEFERRALS {
+        let claimed = runq::store::claim(&pool, id, "w", lease).await.unwrap().expect("claimable again at once");
+        assert_eq!(claimed.attempt, 1, "a deferral gives its attempt back (round {round})");
+        let status = runq::store::defer(&pool, id, claimed.claim_id, Duration::ZERO, "later").await.unwrap();
+        assert_eq!(status, Some(runq::job::Status::Queued));
+    }
+    let claimed = runq::store::claim(&pool, id, "w", lease).await.unwrap().unwrap();
+    let status = runq::store::defer(&pool, id, claimed.claim_id, Duration::ZERO, "later").await.unwrap();
+    assert_eq!(status, Some(runq::job::Status::Failed));
+    let (kind, message): (String, String) =
+        sqlx::query_as("SELECT error->>'kind', error->>'message' FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(kind, "error");
+    assert!(message.contains("deferred the job 100 times"), "{message}");
+    // Fenced: a stale claim defers nothing.
+    assert_eq!(runq::store::defer(&pool, id, claimed.claim_id, Duration::ZERO, "later").await.unwrap(), None);
+}

@@ -228,3 +228,62 @@ async fn one_jobs_spans_form_one_trace_across_api_pubsub_and_worker(pool: PgPool
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An HTTP function gets the run span as its request's `traceparent`: its own spans join the
+/// job's trace.
+#[sqlx::test]
+async fn an_http_functions_request_carries_the_run_span_as_its_traceparent(pool: PgPool) {
+    let collector = Collector::default();
+    let otlp_port = serve_collector(collector.clone()).await;
+    // The function: records the traceparent of each call.
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/f", listener.local_addr().unwrap());
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/f",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let record = record.clone();
+            async move {
+                let tp = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                record.lock().unwrap().push(tp);
+                axum::Json(json!("ok"))
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (api_port, emulator_port) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("runq-tracing-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("runq.toml");
+    std::fs::write(&config, format!("[functions.traced]\nurl = \"{url}\"\n")).unwrap();
+    let endpoint = format!("http://127.0.0.1:{otlp_port}");
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("RUNQ_CONFIG", config.to_str().unwrap())];
+    let dev = Dev::start(&database_url(&pool), api_port, emulator_port, &dir, &env).await;
+    let api = format!("http://127.0.0.1:{api_port}");
+    let http = reqwest::Client::new();
+    let job: Value = http
+        .post(format!("{api}/jobs"))
+        .bearer_auth(&dev.token)
+        .json(&json!({"function": "traced"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_succeeded(&http, &api, &dev.token, &id).await;
+    dev.stop().await;
+
+    let spans = collector.spans.lock().unwrap().clone();
+    let (_, of_job) = job_spans(&spans, &id);
+    let run = one(&of_job, "run traced");
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let tp = calls[0].clone().expect("the call carries a traceparent");
+    let (trace, parent) = runq::telemetry::parse_traceparent(&tp).expect("a valid traceparent");
+    assert_eq!((trace, parent), (run.trace_id.as_str(), run.span_id.as_str()), "{tp} vs {run:#?}");
+    std::fs::remove_dir_all(&dir).ok();
+}

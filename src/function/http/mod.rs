@@ -264,11 +264,16 @@ async fn exchange(
         inputs,
     };
     let body = serde_json::to_vec(&call).map_err(|e| FunctionError::Fatal(format!("args: {e}")))?;
-    let response = client
+    let mut request = client
         .post(&target.url)
         .bearer_auth(token)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(reqwest::header::ACCEPT, format!("{NDJSON}, application/json"))
+        .header(reqwest::header::ACCEPT, format!("{NDJSON}, application/json"));
+    // The run's span, so the function's own spans join the job's trace (when traces are on).
+    if let Some(traceparent) = crate::telemetry::otel::traceparent_of(&tracing::Span::current()) {
+        request = request.header("traceparent", traceparent);
+    }
+    let response = request
         .body(body)
         .send()
         .await
