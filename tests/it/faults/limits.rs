@@ -314,7 +314,15 @@ async fn a_pause_stops_new_starts_within_a_second_and_resume_restarts_them() {
     let (status, body) = post("/functions/ledger_capped/resume".into()).await;
     let resumed_at = now_micros();
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["released"].as_u64().unwrap() as usize, by_pause, "{body}");
+    // Every job the pause held is released. A job the limit held when it was looked at above
+    // can have moved into the pause's hold since (a run's end dispatched it, its claim found
+    // the pause), so the count lies between the two.
+    let released = body["released"].as_u64().unwrap() as usize;
+    assert!(
+        (by_pause..=waiting.len()).contains(&released),
+        "released {released}, held by the pause {by_pause}, waiting {}: {body}",
+        waiting.len()
+    );
     all_succeeded(&client, &ids, Duration::from_secs(120)).await;
     let first_after = events(&sys.ledger)
         .iter()
