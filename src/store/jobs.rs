@@ -412,7 +412,10 @@ pub enum CancelOutcome {
 /// cancels a queued or retrying job at once and flags a running one, whose run then stops and
 /// records it with [`super::finish_cancelled`]. A finished job is left untouched.
 pub async fn request_cancel(pool: &PgPool, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
-    let acted = cancel_many(pool, &[id], owner).await?;
+    // Cancelling a workflow step stops its workflow (a trigger), which can deadlock with a
+    // sibling's outcome; the statement is rolled back whole and tried again.
+    let ids = [id];
+    let acted = super::retrying_deadlocks(|| cancel_many(pool, &ids, owner)).await?;
     let Some(job) = get(pool, id, owner).await? else {
         return Ok(CancelOutcome::NotFound);
     };
