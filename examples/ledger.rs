@@ -118,6 +118,12 @@ impl Drop for Execution {
 
 async fn body(ctx: Context, args: LedgerArgs) -> Result<Token, FunctionError> {
     let mut exec = Execution::begin(&ctx);
+    // Failing is a side effect like a step (it writes the ledger): a run frozen right after its
+    // start must not do it once it wakes past its lease.
+    if ctx.is_cancelled() {
+        exec.finish("abort", "");
+        return Err(FunctionError::Cancelled);
+    }
     if ctx.attempt() <= args.fail_times {
         exec.finish("fail", "");
         return Err(FunctionError::Retryable(format!("failing attempt {} on purpose", ctx.attempt())));

@@ -44,6 +44,8 @@ struct Held {
 #[derive(Clone, Default)]
 pub struct Leases {
     held: Arc<Mutex<Runs>>,
+    /// Woken whenever a run ends (its guard drops), for [`Leases::supersede`].
+    ended: Arc<tokio::sync::Notify>,
 }
 
 /// The runs by claim, and cancels that arrived for a claim before its run was held (the
@@ -68,6 +70,7 @@ pub struct LeaseGuard {
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
         self.leases.held.lock().expect("leases lock").by_claim.remove(&self.claim_id);
+        self.leases.ended.notify_waiters();
     }
 }
 
@@ -80,6 +83,36 @@ impl Leases {
         let (tx, rx) = watch::channel(RunSignal { cancel_requested: cancelled, ..RunSignal::claimed(claimed_at) });
         runs.by_claim.insert(claim_id, Held { job_id, signal: tx });
         (LeaseGuard { leases: self.clone(), claim_id }, rx)
+    }
+
+    /// Before claim `claim_id` of job `job_id` starts its run here: any older run of the same
+    /// job still held by this process has lost its claim (a job has one claim at a time, and this
+    /// is it), so it is told so at once, and this waits until it has ended, at most `bound`. A
+    /// process frozen past its lease (SIGSTOP, a throttled CPU) can be handed the same job again
+    /// the moment it wakes, before the old run's own timers fire; without this the new run would
+    /// start beside the old one for a moment. After `bound` (the old run is stuck in blocking
+    /// code that ignores its cancel) the new run starts anyway, with a warning.
+    pub async fn supersede(&self, job_id: Uuid, claim_id: Uuid, bound: Duration) {
+        let give_up = Instant::now() + bound;
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let older: Vec<Uuid> = {
+                let runs = self.held.lock().expect("leases lock");
+                runs.by_claim.iter().filter(|(c, h)| h.job_id == job_id && **c != claim_id).map(|(c, _)| *c).collect()
+            };
+            if older.is_empty() {
+                return;
+            }
+            for claim in &older {
+                self.lost(*claim);
+            }
+            if tokio::time::timeout_at(give_up, ended).await.is_err() {
+                tracing::warn!(job_id = %job_id, older = older.len(), "an older run of this job has not stopped; starting the new one anyway");
+                return;
+            }
+        }
     }
 
     /// The runs held now, as `(job id, claim id)`.
@@ -318,6 +351,41 @@ mod tests {
         assert_eq!(rx_b.borrow().renewed_at, t1);
         drop(guard_b);
         assert!(leases.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_claim_of_a_job_waits_for_the_older_run_here_to_end() {
+        let leases = Leases::default();
+        let (job, other_job) = (Uuid::now_v7(), Uuid::now_v7());
+        let (old, new, unrelated) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let t0 = Instant::now();
+        let (old_guard, mut old_rx) = leases.hold(job, old, t0);
+        let (_unrelated, unrelated_rx) = leases.hold(other_job, unrelated, t0);
+        let waiting = tokio::spawn({
+            let leases = leases.clone();
+            async move { leases.supersede(job, new, Duration::from_secs(60)).await }
+        });
+        // The old run hears at once that its claim is gone; another job's run hears nothing.
+        old_rx.changed().await.unwrap();
+        assert!(old_rx.borrow().lost);
+        assert!(!unrelated_rx.has_changed().unwrap());
+        // The new run may not start while the old one is held here.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the new run waits for the old one to end");
+        let before = Instant::now();
+        drop(old_guard);
+        waiting.await.unwrap();
+        assert_eq!(Instant::now(), before, "it starts the moment the old run ends");
+
+        // A run that never ends holds the new one back for the bound only.
+        let (_stuck, _rx) = leases.hold(job, old, t0);
+        let start = Instant::now();
+        leases.supersede(job, new, Duration::from_secs(5)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        // Nothing older held: it returns at once.
+        let start = Instant::now();
+        leases.supersede(other_job, unrelated, Duration::from_secs(5)).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

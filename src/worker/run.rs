@@ -191,7 +191,26 @@ where
             }
         }
     };
+    // A run stopped by abort: wait (briefly) for its body to be dropped, so that once this
+    // returns nothing of it runs any more. A new claim of the same job in this process waits for
+    // this run's end (`Leases::supersede`), and must not start beside the old body.
+    if !matches!(ending, Ending::Returned(_) | Ending::Panicked(_)) {
+        let _ = tokio::time::timeout(limits.lease / LEASE_MARGIN_DIVISOR, &mut task).await;
+    }
     Supervised { ending, cancel_seen, soft_fired }
+}
+
+/// Whether a run whose claim was asked for at `asked_at` may start at `now`: `Ok` with the time
+/// it must stop by (its lease's end less the margin), or the lapse it ends with instead. A
+/// process frozen or starved between the claim and the start (SIGSTOP, a throttled CPU) may wake
+/// when the job is about to be, or already is, another run's: it must not start the function.
+fn may_start(asked_at: Instant, now: Instant, lease: Duration) -> Result<Instant, Ending> {
+    let stop_by = asked_at + (lease - lease / LEASE_MARGIN_DIVISOR);
+    if now < stop_by {
+        Ok(stop_by)
+    } else {
+        Err(Ending::LeaseLapsed { lease_ends: stop_by + lease / LEASE_MARGIN_DIVISOR })
+    }
 }
 
 /// Runs `claimed` with `function` and records the outcome; its lease counts from when the
@@ -229,10 +248,24 @@ async fn run_and_record(
         state.storage.clone(),
         Some(Arc::new(spawner)),
     );
+    // An older run of this job still here (this process was frozen past its lease and given the
+    // job again as it woke) stops first.
+    state.leases.supersede(claimed.id, claimed.claim_id, state.lease / LEASE_MARGIN_DIVISOR).await;
     let (_guard, signals) = state.leases.hold(claimed.id, claimed.claim_id, claimed.asked_at);
-    let task = tokio::spawn(function.call(ctx, &claimed.args).in_current_span());
     let started = Instant::now();
     let limits = RunLimits { hard: policy.hard_time_limit, soft: policy.soft_time_limit, lease: state.lease };
+    // The body sees its stop time from its first instruction, not only once `supervise` runs;
+    // and a run whose lease is as good as gone already doesn't start at all.
+    let task = match may_start(claimed.asked_at, started, limits.lease) {
+        Ok(stop_by) => {
+            control.stop_by(stop_by);
+            Ok(tokio::spawn(function.call(ctx, &claimed.args).in_current_span()))
+        }
+        Err(lapsed) => {
+            tracing::warn!(job_id = %claimed.id, "the lease ran out before the run could start (the process was frozen or starved); not starting it");
+            Err(lapsed)
+        }
+    };
     let (id, claim) = (claimed.id, claimed.claim_id);
     let write_progress = |p: Progress| async move {
         let sent = Instant::now();
@@ -243,7 +276,10 @@ async fn run_and_record(
             Err(e) => tracing::warn!(job_id = %id, error = %e, "progress write failed"),
         }
     };
-    let supervised = supervise(task, &mut control, signals, state.shutdown.clone(), limits, write_progress).await;
+    let supervised = match task {
+        Ok(task) => supervise(task, &mut control, signals, state.shutdown.clone(), limits, write_progress).await,
+        Err(ending) => Supervised { ending, cancel_seen: false, soft_fired: false },
+    };
     let final_message = control.progress.borrow().message.as_deref().map(without_nul);
     let function_name = claimed.function.clone();
     let recorded = record(state, &claimed, &policy, supervised, final_message.as_deref()).await;
@@ -554,6 +590,23 @@ mod tests {
         let stopped_after = start.elapsed();
         assert_eq!(stopped_after, LEASE - LEASE / LEASE_MARGIN_DIVISOR, "stops a margin before the lease ends");
         assert!(r.ctx.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_whose_lease_ran_out_before_it_started_does_not_start() {
+        let asked = Instant::now();
+        let lease = Duration::from_secs(8);
+        // Started at once: it must stop a quarter of the lease before the lease ends.
+        assert_eq!(may_start(asked, asked, lease).unwrap(), asked + Duration::from_secs(6));
+        tokio::time::advance(Duration::from_millis(5_999)).await;
+        assert!(may_start(asked, Instant::now(), lease).is_ok(), "still inside the lease less its margin");
+        // Frozen between the claim and the start until the margin: it doesn't start, and gives
+        // the job back when the lease ends.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        match may_start(asked, Instant::now(), lease) {
+            Err(Ending::LeaseLapsed { lease_ends }) => assert_eq!(lease_ends, asked + lease),
+            other => panic!("a lapsed run must not start: {:?}", other.map(|_| ())),
+        }
     }
 
     #[tokio::test(start_paused = true)]
