@@ -22,8 +22,10 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Starts the listener task on its own connection from `pool`'s server.
+    /// Starts the listener task on a connection of its own to `pool`'s server (not one of
+    /// `pool`'s, which the requests need).
     pub fn start(pool: PgPool) -> Self {
+        let pool = crate::store::listener_pool(&pool);
         let (tx, _) = broadcast::channel(4096);
         let sender = tx.clone();
         tokio::spawn(async move {

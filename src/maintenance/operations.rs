@@ -456,7 +456,10 @@ async fn finish(pool: &PgPool, id: Uuid, runner: Uuid) -> Result<bool, StoreErro
 pub async fn drive(pool: &PgPool, storage: Option<&BlobStore>, id: Uuid, runner: Uuid) -> Result<bool, StoreError> {
     freeze(pool, id, runner).await?;
     loop {
-        match step(pool, storage, id, runner, BATCH).await? {
+        // A cancel batch that takes workflow steps stops their workflows (a trigger), which can
+        // deadlock with a step's outcome: the batch's transaction is rolled back whole, and is
+        // tried again at once rather than left to the next sweep.
+        match store::retrying_deadlocks(|| step(pool, storage, id, runner, BATCH)).await? {
             None => return Ok(false),
             Some(0) => return finish(pool, id, runner).await,
             Some(_) => {}

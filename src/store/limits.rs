@@ -172,7 +172,8 @@ async fn claim_in(
     lease: std::time::Duration,
 ) -> Result<Option<Claimed>, StoreError> {
     let asked_at = tokio::time::Instant::now();
-    let row = sqlx::query!(
+    let row = sqlx::query_as!(
+        super::runs::ClaimRow,
         r#"WITH claimed AS (
               UPDATE jobs SET status = 'running', attempt = attempt + 1, claim_id = gen_random_uuid(),
                      worker_id = $2, lease_until = clock_timestamp() + make_interval(secs => $3), started_at = now(),
@@ -196,18 +197,7 @@ async fn claim_in(
     )
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.map(|r| Claimed {
-        id: r.id,
-        owner: r.owner,
-        function: r.function,
-        args: r.args.0,
-        attempt: r.attempt,
-        max_attempts: r.max_attempts,
-        claim_id: r.claim_id,
-        limit_keys: r.limit_keys,
-        workflow_id: r.workflow_id,
-        asked_at,
-    }))
+    Ok(row.map(|r| r.claimed(asked_at)))
 }
 
 /// Holds a claimable job back on `key` with `message`: until `until`, the start a rate reserved

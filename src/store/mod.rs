@@ -88,6 +88,17 @@ pub fn connect_relaxed(url: &str, max_connections: u32, acquire_timeout: Duratio
         .connect_lazy_with(options))
 }
 
+/// A pool of one connection to `pool`'s server, kept open, for a `LISTEN` (`PgListener` holds
+/// its connection for as long as it listens): a listener on `pool` itself would take one of its
+/// connections for good, away from the requests or heartbeats it is sized for.
+pub fn listener_pool(pool: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
 /// Applies every pending migration.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await

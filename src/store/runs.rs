@@ -37,6 +37,38 @@ pub struct Claimed {
     pub asked_at: tokio::time::Instant,
 }
 
+/// The row every claim statement returns ([`claim`], [`super::claim_limited`], [`take_over`]),
+/// one mapping to [`Claimed`] for all three.
+pub(crate) struct ClaimRow {
+    pub id: Uuid,
+    pub owner: String,
+    pub function: String,
+    pub args: Json<Box<RawValue>>,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub claim_id: Uuid,
+    pub limit_keys: Option<Vec<String>>,
+    pub workflow_id: Option<Uuid>,
+}
+
+impl ClaimRow {
+    /// The claim, its statement sent at `asked_at`.
+    pub(crate) fn claimed(self, asked_at: tokio::time::Instant) -> Claimed {
+        Claimed {
+            id: self.id,
+            owner: self.owner,
+            function: self.function,
+            args: self.args.0,
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            claim_id: self.claim_id,
+            limit_keys: self.limit_keys,
+            workflow_id: self.workflow_id,
+            asked_at,
+        }
+    }
+}
+
 pub(crate) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -48,7 +80,8 @@ pub(crate) fn secs(d: Duration) -> f64 {
 /// [`super::claim_limited`], so a job without limits pays nothing for them.
 pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) -> Result<Option<Claimed>, StoreError> {
     let asked_at = tokio::time::Instant::now();
-    let row = sqlx::query!(
+    let row = sqlx::query_as!(
+        ClaimRow,
         r#"WITH claimed AS (
               UPDATE jobs SET status = 'running', attempt = attempt + 1, claim_id = gen_random_uuid(),
                      worker_id = $2, lease_until = now() + make_interval(secs => $3), started_at = now(),
@@ -63,7 +96,8 @@ pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) ->
            run AS (INSERT INTO job_runs (claim_id, job_id, attempt, worker_id)
                    SELECT claim_id, id, attempt, worker_id FROM claimed)
            SELECT id AS "id!", owner AS "owner!", function AS "function!", args AS "args!: Json<Box<RawValue>>",
-                  attempt AS "attempt!", max_attempts AS "max_attempts!", claim_id AS "claim_id!", workflow_id
+                  attempt AS "attempt!", max_attempts AS "max_attempts!", claim_id AS "claim_id!",
+                  NULL::text[] AS limit_keys, workflow_id
            FROM claimed"#,
         id,
         worker_id,
@@ -71,18 +105,7 @@ pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) ->
     )
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| Claimed {
-        id: r.id,
-        owner: r.owner,
-        function: r.function,
-        args: r.args.0,
-        attempt: r.attempt,
-        max_attempts: r.max_attempts,
-        claim_id: r.claim_id,
-        limit_keys: None,
-        workflow_id: r.workflow_id,
-        asked_at,
-    }))
+    Ok(row.map(|r| r.claimed(asked_at)))
 }
 
 /// Takes over the run of claim `claim_id` in another process (`runq exec`, started by the worker
@@ -96,7 +119,8 @@ pub async fn take_over(
     lease: Duration,
 ) -> Result<Option<Claimed>, StoreError> {
     let asked_at = tokio::time::Instant::now();
-    let row = sqlx::query!(
+    let row = sqlx::query_as!(
+        ClaimRow,
         r#"UPDATE jobs SET lease_until = now() + make_interval(secs => $4), worker_id = $3, updated_at = now()
            WHERE id = $1 AND claim_id = $2 AND status = 'running'
            RETURNING id, owner, function, args AS "args: Json<Box<RawValue>>", attempt, max_attempts,
@@ -108,18 +132,7 @@ pub async fn take_over(
     )
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| Claimed {
-        id: r.id,
-        owner: r.owner,
-        function: r.function,
-        args: r.args.0,
-        attempt: r.attempt,
-        max_attempts: r.max_attempts,
-        claim_id: r.claim_id,
-        limit_keys: r.limit_keys,
-        workflow_id: r.workflow_id,
-        asked_at,
-    }))
+    Ok(row.map(|r| r.claimed(asked_at)))
 }
 
 /// Why a delivery found nothing to claim, for the log line that acknowledges it.

@@ -220,11 +220,7 @@ impl Leases {
     pub fn spawn_cancel_listener(&self, relaxed: &PgPool, lease: Duration) -> tokio::task::JoinHandle<()> {
         let leases = self.clone();
         let relaxed = relaxed.clone();
-        let own = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .max_lifetime(None)
-            .idle_timeout(None)
-            .connect_lazy_with((*relaxed.connect_options()).clone());
+        let own = store::listener_pool(&relaxed);
         tokio::spawn(async move {
             loop {
                 match leases.listen_for_cancels(&own, &relaxed, lease).await {

@@ -79,6 +79,14 @@ async fn handle(State(s): State<Arc<Server>>, Path(path): Path<String>, headers:
         }
         "busy" if n == 1 => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "slow down").into_response(),
         "busy" => axum::Json(json!({"attempt": call["attempt"]})).into_response(),
+        // Too late for a 429 once the answer streams: a final defer line instead.
+        "late_busy" if n == 1 => {
+            let (tx, rx) = mpsc::channel(2);
+            tx.try_send(line(json!({"progress": 0.1, "message": "asked the upstream"}))).unwrap();
+            tx.try_send(line(json!({"defer": 0.5}))).unwrap();
+            ndjson(rx)
+        }
+        "late_busy" => axum::Json(json!({"attempt": call["attempt"]})).into_response(),
         "hang" => {
             // Headers, then nothing: no final line before the function's timeout.
             let (tx, rx) = mpsc::channel(1);
@@ -126,6 +134,7 @@ async fn rig(pool: &PgPool) -> Rig {
     }
     registry.register_http(f("flaky").max_attempts(2).backoff(fast()), true).unwrap();
     registry.register_http(f("busy").max_attempts(1), true).unwrap();
+    registry.register_http(f("late_busy").max_attempts(1), true).unwrap();
     registry.register_http(f("hang").timeout(Duration::from_secs(2)), true).unwrap();
     // A plain http:// URL needs `allow_http`; so does an unknown scheme, never.
     assert!(Registry::default().register_http(f("json"), false).is_err());
@@ -215,10 +224,11 @@ async fn an_http_function_answers_json_or_streams_progress_with_a_verified_token
 #[sqlx::test]
 async fn errors_retry_or_fail_by_their_kind_a_429_defers_and_silence_times_out(pool: PgPool) {
     let r = rig(&pool).await;
-    let (flaky, fatal, busy, hang) = (
+    let (flaky, fatal, busy, late_busy, hang) = (
         r.submit("flaky", json!({})).await,
         r.submit("fatal", json!({})).await,
         r.submit("busy", json!({})).await,
+        r.submit("late_busy", json!({})).await,
         r.submit("hang", json!({})).await,
     );
 
@@ -238,6 +248,14 @@ async fn errors_retry_or_fail_by_their_kind_a_429_defers_and_silence_times_out(p
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"], json!({"attempt": 1}));
     let runs = r.runs(&busy).await;
+    assert_eq!(
+        runs.iter().map(|run| run["outcome"].clone()).collect::<Vec<_>>(),
+        [json!("deferred"), json!("succeeded")]
+    );
+    // So does a defer line after progress.
+    let job = r.finished(&late_busy).await;
+    assert_eq!((job["status"].as_str(), job["result"].clone()), (Some("succeeded"), json!({"attempt": 1})), "{job}");
+    let runs = r.runs(&late_busy).await;
     assert_eq!(
         runs.iter().map(|run| run["outcome"].clone()).collect::<Vec<_>>(),
         [json!("deferred"), json!("succeeded")]

@@ -49,6 +49,11 @@ def test_progress_streams_as_ndjson_then_the_final_line(serve: Any) -> None:
         ctx.progress(0.5, "halfway")
         raise FatalError("the file is corrupt")
 
+    @runq.function("/late-defer")
+    async def late_defer(ctx: Context, args: Any) -> Any:
+        ctx.progress(0.1, "asked the upstream")
+        raise DeferError(2.5)
+
     s = serve(runq.app)
     r = httpx.post(f"{s.url}/work", json=call())
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
@@ -62,6 +67,9 @@ def test_progress_streams_as_ndjson_then_the_final_line(serve: Any) -> None:
     r = httpx.post(f"{s.url}/late-failure", json=call())
     assert lines(r) == [{"progress": 0.5, "message": "halfway"},
                         {"error": {"message": "the file is corrupt", "retryable": False}}]
+    # Too late for a 429: the defer is the stream's final line.
+    r = httpx.post(f"{s.url}/late-defer", json=call())
+    assert lines(r) == [{"progress": 0.1, "message": "asked the upstream"}, {"defer": 2.5}]
 
 
 def test_errors_say_whether_to_retry_and_a_defer_is_a_429(serve: Any) -> None:

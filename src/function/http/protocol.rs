@@ -25,6 +25,9 @@ struct Line {
     spawn: Option<Vec<Child>>,
     result: Option<serde_json::Value>,
     error: Option<ExplicitError>,
+    /// Seconds: the final line of a function that must wait (a quota, a busy upstream) after it
+    /// began to stream, when a `429` status can no longer be sent.
+    defer: Option<f64>,
 }
 
 /// `{"error": {"message": "...", "retryable": true}}`, in a line or as a non-2xx JSON body.
@@ -157,6 +160,12 @@ async fn handle_line(
     if let Some(result) = line.result {
         return Ok(Some(result));
     }
+    if let Some(secs) = line.defer {
+        let delay = Duration::try_from_secs_f64(secs).map_err(|_| {
+            FunctionError::Fatal(format!("line {line_no} of the answer defers by {secs} s, not a number of seconds"))
+        })?;
+        return Err(FunctionError::Deferred(delay.min(MAX_DEFER)));
+    }
     if let Some(children) = line.spawn {
         let children = children
             .into_iter()
@@ -233,6 +242,13 @@ mod tests {
         assert_eq!(err, FunctionError::Retryable("rate limited upstream".into()));
         let bad = handle_line(b"progress 0.4", 6, &ctx, &mut message).await.unwrap_err();
         assert!(matches!(bad, FunctionError::Fatal(m) if m.contains("line 6")));
+        // A defer line ends the run like a 429 would, bounded the same way.
+        let defer = handle_line(br#"{"defer": 2.5}"#, 8, &ctx, &mut message).await.unwrap_err();
+        assert_eq!(defer, FunctionError::Deferred(Duration::from_millis(2500)));
+        let long = handle_line(br#"{"defer": 1e9}"#, 9, &ctx, &mut message).await.unwrap_err();
+        assert_eq!(long, FunctionError::Deferred(MAX_DEFER));
+        let negative = handle_line(br#"{"defer": -1}"#, 10, &ctx, &mut message).await.unwrap_err();
+        assert!(matches!(negative, FunctionError::Fatal(m) if m.contains("line 10")));
         // Outside a worker there is no spawner: a spawn line is the run's fatal error.
         let spawn = br#"{"spawn": [{"function": "echo", "args": {"value": 1}}]}"#;
         assert!(matches!(handle_line(spawn, 7, &ctx, &mut message).await, Err(FunctionError::Fatal(_))));

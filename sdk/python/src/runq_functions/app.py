@@ -119,8 +119,7 @@ class RunqApp:
             while True:
                 final = line.get(_FINAL)
                 if final is not None:
-                    if "defer" in final:
-                        final = _error("asked to defer after reporting progress; retry", True)
+                    # A defer after progress is its own final line ({"defer": seconds}).
                     yield _encode(final)
                     return
                 yield _encode(line)

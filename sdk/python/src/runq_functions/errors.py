@@ -28,8 +28,8 @@ class FatalError(RunqFunctionError):
 
 class DeferError(Exception):
     """Not now: runq queues the job again after ``seconds`` without using an attempt (an HTTP
-    ``429`` with ``Retry-After``). Only before the first progress report: once the answer
-    streams, its status is sent."""
+    ``429`` with ``Retry-After``, or a final ``{"defer": seconds}`` line once the answer
+    streams)."""
 
     def __init__(self, seconds: float) -> None:
         super().__init__(f"deferred for {seconds} s")
