@@ -73,21 +73,29 @@ pub struct Snapshot {
     pub wal_lsn: String,
     pub xid: i64,
     pub commits: Option<i64>,
+    /// Row updates of `jobs` so far, and how many of them were HOT (no index touched), read
+    /// with the commits (after the settle: the counters are flushed as the commits are).
+    pub jobs_updates: Option<(i64, i64)>,
 }
 
 /// What the machine and the database have done so far; after `settle` (when not zero) the
 /// commit counter too.
 pub async fn snapshot(pool: &PgPool, settle: Duration) -> Snapshot {
-    let commits = if settle.is_zero() {
-        None
+    let (commits, jobs_updates) = if settle.is_zero() {
+        (None, None)
     } else {
         tokio::time::sleep(settle).await;
-        Some(
+        let commits =
             sqlx::query_scalar::<_, i64>("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
                 .fetch_one(pool)
                 .await
-                .expect("xact_commit"),
-        )
+                .expect("xact_commit");
+        let updates: (i64, i64) =
+            sqlx::query_as("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'jobs'")
+                .fetch_one(pool)
+                .await
+                .expect("jobs updates");
+        (Some(commits), Some(updates))
     };
     // pg_current_xact_id() takes an id itself: one per snapshot, negligible per job.
     let (wal_lsn, xid): (String, i64) =
@@ -102,6 +110,7 @@ pub async fn snapshot(pool: &PgPool, settle: Duration) -> Snapshot {
         wal_lsn,
         xid,
         commits,
+        jobs_updates,
     }
 }
 
@@ -123,11 +132,16 @@ pub async fn report_costs(pool: &PgPool, prefix: &str, jobs: usize, before: &Sna
         (Some(b), Some(a)) => Some((a - b) as f64 / n),
         _ => None,
     };
+    let updates = match (before.jobs_updates, after.jobs_updates) {
+        (Some((u0, h0)), Some((u1, h1))) => Some(((u1 - u0) as f64 / n, (h1 - h0) as f64 / n)),
+        _ => None,
+    };
     let secs = (after.at - before.at).as_secs_f64();
     println!(
-        "cost        per job ({prefix}): runq process CPU {runq_ms:.3} ms, Postgres CPU {pg_ms:.3} ms, WAL {:.0} bytes, {xids:.2} transaction ids, {} commits (over {secs:.1} s)",
+        "cost        per job ({prefix}): runq process CPU {runq_ms:.3} ms, Postgres CPU {pg_ms:.3} ms, WAL {:.0} bytes, {xids:.2} transaction ids, {} commits, {} (over {secs:.1} s)",
         wal / n,
         commits.map_or("-".into(), |c| format!("{c:.2}")),
+        updates.map_or("- updates of jobs".into(), |(u, h)| format!("{u:.2} updates of jobs ({h:.2} HOT)")),
     );
     if kv {
         println!("kv {prefix}.cpu_ms_per_job {runq_ms:.4}");
@@ -136,6 +150,10 @@ pub async fn report_costs(pool: &PgPool, prefix: &str, jobs: usize, before: &Sna
         println!("kv {prefix}.xids_per_job {xids:.3}");
         if let Some(c) = commits {
             println!("kv {prefix}.commits_per_job {c:.3}");
+        }
+        if let Some((u, h)) = updates {
+            println!("kv {prefix}.jobs_updates_per_job {u:.3}");
+            println!("kv {prefix}.jobs_hot_updates_per_job {h:.3}");
         }
     }
 }

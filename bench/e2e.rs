@@ -54,6 +54,11 @@ struct Args {
     /// (Postgres 15 flushes an idle backend's within 10 s). 0 skips the commit counts.
     #[arg(long, default_value_t = 11)]
     settle_secs: u64,
+    /// Drops this index of the scratch database after its migrations (repeatable): measures
+    /// what an index costs the job path (a lever of the hot table's design; the queries that
+    /// use it get slower, which this bench does not measure).
+    #[arg(long = "drop-index", value_name = "NAME")]
+    drop_indexes: Vec<String>,
     /// Also print every figure as a `kv NAME VALUE` line (read by bench/vs-celery).
     #[arg(long)]
     kv: bool,
@@ -172,7 +177,7 @@ async fn throughput(
     }
     // Read the commit counters after the settle, but charge the CPU and WAL up to the finish.
     let settled = snapshot(&stack.pool, Duration::from_secs(args.settle_secs)).await;
-    let after = Snapshot { commits: settled.commits, ..after };
+    let after = Snapshot { commits: settled.commits, jobs_updates: settled.jobs_updates, ..after };
     report_costs(&stack.pool, prefix, args.jobs, &before, &after, args.kv).await;
     settled
 }
@@ -187,6 +192,17 @@ async fn main() {
     let stack = runq::dev::DevStack::start(options, runq::function::Registry::builtin()).await.expect("dev stack");
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build().unwrap();
     let api = stack.api_url.clone();
+    for index in &args.drop_indexes {
+        let name: String =
+            sqlx::query_scalar("SELECT quote_ident($1)").bind(index).fetch_one(&stack.pool).await.unwrap();
+        sqlx::raw_sql(&format!("DROP INDEX {name}")).execute(&stack.pool).await.expect("drop index");
+    }
+    let indexes: Vec<String> =
+        sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE tablename = 'jobs' ORDER BY 1")
+            .fetch_all(&stack.pool)
+            .await
+            .unwrap();
+    println!("indexes     of jobs: {} ({})", indexes.len(), indexes.join(", "));
 
     if args.prefill > 0 {
         let t = Instant::now();

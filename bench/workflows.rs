@@ -194,7 +194,7 @@ async fn main() {
                 jobs as f64 / m.secs
             );
             let settled = snapshot(&pool, settle).await;
-            let after = Snapshot { commits: settled.commits, ..m.after };
+            let after = Snapshot { commits: settled.commits, jobs_updates: settled.jobs_updates, ..m.after };
             report_costs(&pool, &format!("fan-out {side}"), jobs, &before, &after, false).await;
             if side == "plain" { plain_secs.push(m.secs) } else { wf_secs.push(m.secs) }
         }

@@ -76,6 +76,8 @@ def main():
         row(f"Postgres WAL per job ({phase})", None, f"{phase}.wal_bytes_per_job", "B", "lower")
         row(f"Postgres transaction ids per job ({phase})", None, f"{phase}.xids_per_job", "", "lower")
         row(f"Postgres commits per job, read-only incl. ({phase})", None, f"{phase}.commits_per_job", "", "lower")
+        row(f"row updates of jobs per job ({phase})", None, f"{phase}.jobs_updates_per_job", "", "lower")
+        row(f"  of them HOT, no index touched ({phase})", None, f"{phase}.jobs_hot_updates_per_job", "", "higher")
 
     headers = ("figure", "Celery", "runq", "runq / Celery", "better")
     widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(5)]
