@@ -22,9 +22,7 @@ fn runq() -> Command {
     cmd
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::common::free_port;
 
 #[tokio::test]
 async fn help_lists_the_subcommands() {

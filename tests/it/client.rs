@@ -348,7 +348,7 @@ async fn wait_rides_out_an_api_that_is_down_and_comes_back(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut client = Running::spawn({
         let mut cmd = runq(&base);

@@ -122,8 +122,24 @@ pub fn runq_bin() -> String {
     std::env::var("RUNQ_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_runq").to_owned())
 }
 
-/// A port free on 127.0.0.1 a moment ago, for a process that must be told its port.
+/// A port free on 127.0.0.1 a moment ago, for a process that must be told its port. Drawn
+/// below the kernel's ephemeral range (`ip_local_port_range`): a port from `bind(0)` is one the
+/// kernel may hand to any outgoing connection or other `bind(0)` before the process binds it
+/// (a CI run lost a test to that), while a port below the range is only taken by another
+/// test drawing the same one of some ten thousand at the same moment.
 pub fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > 12_000 {
+        for _ in 0..100 {
+            let port = rand::random_range(low - 10_000..low);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 #[tokio::test]
 async fn throwaway_cluster_starts_answers_and_stops() {
     let dir = std::env::temp_dir().join(format!("runq-cluster-{}", uuid::Uuid::new_v4().simple()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::common::free_port();
     let cluster = runq::dev::LocalCluster::start(&dir, port).expect("initdb and pg_ctl are installed");
     let pool = runq::store::connect_lazy(&cluster.url("postgres"), 1, Duration::from_secs(10)).unwrap();
     let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await.unwrap();

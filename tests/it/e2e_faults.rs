@@ -19,9 +19,7 @@ use tokio::sync::mpsc;
 use crate::common::database_url;
 use crate::e2e::{options, stack, stack_with};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::common::free_port;
 
 /// A local server that records the `Authorization` header of each push it gets.
 pub async fn capture_server() -> (String, mpsc::UnboundedReceiver<String>) {

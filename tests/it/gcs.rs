@@ -85,7 +85,7 @@ impl FakeGcs {
         // The free port is found by binding and releasing it, so another process may take it first:
         // a server that exits at once is retried on a new port.
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = crate::common::free_port();
             let url = format!("http://127.0.0.1:{port}");
             let child = Command::new(&bin)
                 .args(["-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string(), "-backend", "memory"])

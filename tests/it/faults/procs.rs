@@ -47,9 +47,7 @@ pub async fn ledger_bin() -> PathBuf {
     built.clone().unwrap()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use crate::common::free_port;
 
 /// How to start (and restart) one process.
 #[derive(Clone)]
