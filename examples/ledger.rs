@@ -101,6 +101,16 @@ impl Execution {
         Self { head, done: false }
     }
 
+    /// Before a side effect: a run told to stop (a cancel, or past its lease's stop time) writes
+    /// `abort` and stops instead.
+    fn stop_if_cancelled(&mut self, ctx: &Context) -> Result<(), FunctionError> {
+        if ctx.is_cancelled() {
+            self.finish("abort", "");
+            return Err(FunctionError::Cancelled);
+        }
+        Ok(())
+    }
+
     fn finish(&mut self, what: &str, extra: &str) {
         self.done = true;
         let sep = if extra.is_empty() { "" } else { " " };
@@ -120,10 +130,7 @@ async fn body(ctx: Context, args: LedgerArgs) -> Result<Token, FunctionError> {
     let mut exec = Execution::begin(&ctx);
     // Failing is a side effect like a step (it writes the ledger): a run frozen right after its
     // start must not do it once it wakes past its lease.
-    if ctx.is_cancelled() {
-        exec.finish("abort", "");
-        return Err(FunctionError::Cancelled);
-    }
+    exec.stop_if_cancelled(&ctx)?;
     if ctx.attempt() <= args.fail_times {
         exec.finish("fail", "");
         return Err(FunctionError::Retryable(format!("failing attempt {} on purpose", ctx.attempt())));
@@ -131,24 +138,15 @@ async fn body(ctx: Context, args: LedgerArgs) -> Result<Token, FunctionError> {
     let steps = args.steps.max(1);
     let step = Duration::from_millis(args.ms) / steps;
     for i in 0..steps {
-        if ctx.is_cancelled() {
-            exec.finish("abort", "");
-            return Err(FunctionError::Cancelled);
-        }
+        exec.stop_if_cancelled(&ctx)?;
         tokio::time::sleep(step).await;
         // Before each side effect: past its lease deadline (a frozen process that woke up late)
         // the run must not act, another run may own the job now.
-        if ctx.is_cancelled() {
-            exec.finish("abort", "");
-            return Err(FunctionError::Cancelled);
-        }
+        exec.stop_if_cancelled(&ctx)?;
         append(&format!("step {} {}", exec.head, i + 1));
         ctx.progress((i + 1) as f32 / steps as f32, format!("step {} of {steps}", i + 1));
     }
-    if ctx.is_cancelled() {
-        exec.finish("abort", "");
-        return Err(FunctionError::Cancelled);
-    }
+    exec.stop_if_cancelled(&ctx)?;
     let token = format!("{:032x}", rand::random::<u128>());
     exec.finish("end", &token);
     Ok(Token { token })

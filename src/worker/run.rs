@@ -107,7 +107,7 @@ where
     let started = Instant::now();
     let hard_deadline = started + limits.hard;
     let soft_deadline = limits.soft.map(|soft| started + soft);
-    let keep = limits.lease - limits.lease / LEASE_MARGIN_DIVISOR;
+    let keep = kept_of(limits.lease);
     let mut lease_deadline = signals.borrow().renewed_at + keep;
     control.stop_by(lease_deadline);
     let mut soft_fired = false;
@@ -200,12 +200,17 @@ where
     Supervised { ending, cancel_seen, soft_fired }
 }
 
+/// How long after a renewal a run may go on: the lease less its margin ([`LEASE_MARGIN_DIVISOR`]).
+fn kept_of(lease: Duration) -> Duration {
+    lease - lease / LEASE_MARGIN_DIVISOR
+}
+
 /// Whether a run whose claim was asked for at `asked_at` may start at `now`: `Ok` with the time
 /// it must stop by (its lease's end less the margin), or the lapse it ends with instead. A
 /// process frozen or starved between the claim and the start (SIGSTOP, a throttled CPU) may wake
 /// when the job is about to be, or already is, another run's: it must not start the function.
 fn may_start(asked_at: Instant, now: Instant, lease: Duration) -> Result<Instant, Ending> {
-    let stop_by = asked_at + (lease - lease / LEASE_MARGIN_DIVISOR);
+    let stop_by = asked_at + kept_of(lease);
     if now < stop_by {
         Ok(stop_by)
     } else {
