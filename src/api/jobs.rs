@@ -180,7 +180,11 @@ async fn submit(
     let trace_context = crate::telemetry::job_trace_context(&headers);
     let trace_context = trace_context.as_deref();
     let new = NewJob { id: Uuid::now_v7(), owner: &caller.0.sub, spec, trace_context, idempotency };
-    let result = store::submit(&state.pool, &new, state.limits.idempotency_retention).await?;
+    let result = if new.idempotency.is_none() && new.spec.unique_key.is_none() {
+        store::Submitted { job: state.submits.plain(&new).await?, created: true, deduplicated: false }
+    } else {
+        store::submit(&state.pool, &new, state.limits.idempotency_retention).await?
+    };
     let job = result.job;
     if result.created {
         tracing::info!(job_id = %job.status.id, function = %job.function, priority = %job.priority, "job submitted");

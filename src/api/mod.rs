@@ -58,6 +58,8 @@ pub struct Limits {
 pub(crate) struct ApiState {
     /// The job store.
     pub pool: PgPool,
+    /// Plain `POST /jobs` submits, coalesced into one insert and commit per moment.
+    pub submits: crate::store::Submits,
     /// Functions that may be submitted, with their policies.
     pub registry: Arc<Registry>,
     /// Verifies the callers' bearer tokens.
@@ -161,6 +163,7 @@ pub async fn run(
         runner: runner.clone(),
     };
     let state = ApiState {
+        submits: crate::store::Submits::start(services.pool.clone()),
         pool: services.pool.clone(),
         registry: services.registry.clone(),
         verifier,

@@ -81,13 +81,15 @@ pub async fn exec(
     let (tx, rx) = tokio::sync::watch::channel(None);
     // Never used: an execution takes no pushes.
     let callers = crate::auth::GoogleCallers { audience: "runq-exec".into(), service_accounts: vec!["none".into()] };
+    let worker_id: std::sync::Arc<str> = worker::worker_id("exec", &args.job_id.to_string()[..8]).into();
     let state = worker::WorkerState {
+        writes: crate::store::RunWrites::start(services.pool.clone(), worker_id.clone(), args.lease),
         pool: services.pool.clone(),
         relaxed: services.relaxed.clone(),
         registry: services.registry.clone(),
         verifier: callers.verifier(services.google_jwks.clone()),
         queue: "exec".into(),
-        worker_id: worker::worker_id("exec", &args.job_id.to_string()[..8]).into(),
+        worker_id,
         lease: args.lease,
         leases: worker::Leases::default(),
         shutdown: rx,

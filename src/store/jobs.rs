@@ -10,6 +10,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::StoreError;
+use super::coalesce::{Coalescer, each_on_failure};
 use crate::job::{ErrorKind, Job, JobError, JobStatus, Priority, Status, poll_after_ms};
 
 /// A `jobs` row as stored.
@@ -722,7 +723,7 @@ pub async fn list(
 }
 
 /// Columns of a multi-row insert, one vector per column (what `UNNEST` takes).
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Columns {
     ids: Vec<Uuid>,
     owners: Vec<String>,
@@ -738,6 +739,20 @@ struct Columns {
 }
 
 impl Columns {
+    /// Moves `other`'s rows after these.
+    fn append(&mut self, mut other: Columns) {
+        self.ids.append(&mut other.ids);
+        self.owners.append(&mut other.owners);
+        self.functions.append(&mut other.functions);
+        self.priorities.append(&mut other.priorities);
+        self.args.append(&mut other.args);
+        self.max_attempts.append(&mut other.max_attempts);
+        self.delay_secs.append(&mut other.delay_secs);
+        self.trace_contexts.append(&mut other.trace_contexts);
+        self.queues.append(&mut other.queues);
+        self.limit_keys.append(&mut other.limit_keys);
+    }
+
     fn push(&mut self, id: Uuid, owner: &str, spec: &JobSpec<'_>, trace_context: Option<&str>) {
         self.ids.push(id);
         self.owners.push(owner.to_owned());
@@ -832,6 +847,65 @@ pub(super) async fn insert_keyed_and_plain(
         }
     }
     Ok(answers.into_iter().map(|a| a.expect("every item answered")).collect())
+}
+
+/// The API's plain submits (`POST /jobs` with neither an idempotency key nor a unique key),
+/// coalesced ([`super::coalesce`]): the submits of one moment go in one multi-row insert and one
+/// durable commit, each answered (`202`) only after that commit. Keyed submits go through
+/// [`submit`], which has reads and rounds of its own. Cheap to clone.
+#[derive(Clone)]
+pub struct Submits {
+    plain: Coalescer<Columns, Job>,
+}
+
+/// Submits in flight at most, and how many one insert carries.
+const SUBMIT_LANES: usize = 1;
+const SUBMIT_BATCH: usize = 100;
+
+impl Submits {
+    /// Starts the coalescer on `pool`.
+    pub fn start(pool: PgPool) -> Self {
+        let plain = Coalescer::start(SUBMIT_LANES, SUBMIT_BATCH, move |rows: Vec<Columns>| {
+            let pool = pool.clone();
+            async move {
+                let together = |rows: &[Columns]| {
+                    let ids: Vec<Uuid> = rows.iter().flat_map(|r| r.ids.iter().copied()).collect();
+                    let pool = pool.clone();
+                    let mut all = Columns::default();
+                    // The rows are moved below, so copy the few columns out of the borrowed slice.
+                    for r in rows {
+                        all.append(r.clone());
+                    }
+                    async move {
+                        let mut conn = pool.acquire().await?;
+                        let mut inserted: std::collections::HashMap<Uuid, Job> =
+                            insert_many(&mut conn, &all, None).await?.into_iter().map(|j| (j.status.id, j)).collect();
+                        ids.iter()
+                            .map(|id| inserted.remove(id).ok_or_else(|| sqlx::Error::RowNotFound.into()))
+                            .collect()
+                    }
+                };
+                let alone = |row: Columns| {
+                    let pool = pool.clone();
+                    async move {
+                        let mut conn = pool.acquire().await?;
+                        insert_many(&mut conn, &row, None).await?.pop().ok_or_else(|| sqlx::Error::RowNotFound.into())
+                    }
+                };
+                each_on_failure(rows, together, alone).await
+            }
+        });
+        Self { plain }
+    }
+
+    /// Inserts `new`, which must have neither an idempotency key nor a unique key (those go
+    /// through [`submit`]), committed durably with the other submits of this moment.
+    pub async fn plain(&self, new: &NewJob<'_>) -> Result<Job, StoreError> {
+        debug_assert!(new.idempotency.is_none() && new.spec.unique_key.is_none());
+        let mut row = Columns::default();
+        row.push(new.id, new.owner, &new.spec, new.trace_context);
+        self.plain.call(row).await
+    }
 }
 
 /// Inserts child jobs of a running job, fenced by its claim: nothing is inserted unless the

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub mod coalesce;
 mod history;
 mod insights;
 mod jobs;

@@ -4,6 +4,7 @@
 //! Every write of a run is fenced by its `claim_id` and `status = 'running'`: a run whose
 //! claim was taken away (reaped, re-claimed) writes nothing.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
@@ -12,6 +13,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::StoreError;
+use super::coalesce::{Coalescer, each_on_failure};
 use crate::job::{ErrorKind, JobError, Priority, Status};
 
 /// A job a worker has claimed: what it needs to run it, and the claim that fences its writes.
@@ -77,17 +79,31 @@ pub(crate) fn secs(d: Duration) -> f64 {
 /// can never overlap even across a database crash. `None` when the job isn't claimable
 /// (running, finished, cancelled, not due, out of attempts, or unknown), when its queue or
 /// function is paused, or when it has limit keys: those are claimed by
-/// [`super::claim_limited`], so a job without limits pays nothing for them.
+/// [`super::claim_limited`], so a job without limits pays nothing for them. A worker's
+/// concurrent claims go through [`RunWrites::claim`] instead, which sends them together.
 pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) -> Result<Option<Claimed>, StoreError> {
     let asked_at = tokio::time::Instant::now();
-    let row = sqlx::query_as!(
+    let ids = [id];
+    let rows = super::retrying_deadlocks(|| claim_many(pool, &ids, worker_id, lease)).await?;
+    Ok(rows.into_iter().next().map(|r| r.claimed(asked_at)))
+}
+
+/// [`claim`] of every job of `ids` in one statement and one durable commit: the claimable ones'
+/// rows, in no particular order (an id given twice is claimed once).
+async fn claim_many(
+    pool: &PgPool,
+    ids: &[Uuid],
+    worker_id: &str,
+    lease: Duration,
+) -> Result<Vec<ClaimRow>, StoreError> {
+    let rows = sqlx::query_as!(
         ClaimRow,
         r#"WITH claimed AS (
               UPDATE jobs SET status = 'running', attempt = attempt + 1, claim_id = gen_random_uuid(),
                      worker_id = $2, lease_until = now() + make_interval(secs => $3), started_at = now(),
                      finished_at = NULL, updated_at = now(), held_on = NULL,
                      message = CASE WHEN starts_with(message, 'held: ') THEN NULL ELSE message END
-              WHERE id = $1 AND status = 'queued' AND run_after <= now() AND NOT cancel_requested
+              WHERE id = ANY($1) AND status = 'queued' AND run_after <= now() AND NOT cancel_requested
                     AND attempt < max_attempts AND limit_keys IS NULL
                     AND NOT EXISTS (SELECT 1 FROM pauses p
                                     WHERE (p.scope = 'function' AND p.name = jobs.function)
@@ -99,13 +115,107 @@ pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) ->
                   attempt AS "attempt!", max_attempts AS "max_attempts!", claim_id AS "claim_id!",
                   NULL::text[] AS limit_keys, workflow_id
            FROM claimed"#,
-        id,
+        ids,
         worker_id,
         secs(lease),
     )
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(row.map(|r| r.claimed(asked_at)))
+    Ok(rows)
+}
+
+/// A worker's claims and successful outcomes, coalesced ([`super::coalesce`]): the pushes a
+/// worker handles at once claim their jobs in one statement and record their successes in
+/// another, each call answered after the commit that carries it. Cheap to clone.
+#[derive(Clone)]
+pub struct RunWrites {
+    claims: Coalescer<(Uuid, tokio::time::Instant), Option<Claimed>>,
+    successes: Coalescer<Success, bool>,
+}
+
+/// A successful run's outcome, as [`succeed`] takes it, owned so it can wait for its batch.
+struct Success {
+    id: Uuid,
+    claim_id: Uuid,
+    result: Box<RawValue>,
+    final_message: Option<String>,
+}
+
+/// How many coalesced statements of a kind a worker has in flight at most, and how many calls
+/// one carries. A few lanes keep a single slow statement from holding up the rest; each lane
+/// is one connection of the pool at a time.
+const LANES: usize = 1;
+const MAX_BATCH: usize = 64;
+
+impl RunWrites {
+    /// Starts the coalescers of a worker (`worker_id`, claiming for `lease`) on `pool`.
+    pub fn start(pool: PgPool, worker_id: std::sync::Arc<str>, lease: Duration) -> Self {
+        let claim_pool = pool.clone();
+        let claims = Coalescer::start(LANES, MAX_BATCH, move |asks: Vec<(Uuid, tokio::time::Instant)>| {
+            let (pool, worker_id) = (claim_pool.clone(), worker_id.clone());
+            async move {
+                let together = |asks: &[(Uuid, tokio::time::Instant)]| {
+                    let asks = asks.to_vec();
+                    let (pool, worker_id) = (pool.clone(), worker_id.clone());
+                    async move {
+                        let ids: Vec<Uuid> = asks.iter().map(|(id, _)| *id).collect();
+                        let rows = super::retrying_deadlocks(|| claim_many(&pool, &ids, &worker_id, lease)).await?;
+                        let mut rows: HashMap<Uuid, ClaimRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+                        // The first ask of an id gets its claim; a duplicate delivery's finds none.
+                        Ok(asks.into_iter().map(|(id, at)| rows.remove(&id).map(|r| r.claimed(at))).collect())
+                    }
+                };
+                let alone = |(id, at): (Uuid, tokio::time::Instant)| {
+                    let (pool, worker_id) = (pool.clone(), worker_id.clone());
+                    async move {
+                        let ids = [id];
+                        let rows = super::retrying_deadlocks(|| claim_many(&pool, &ids, &worker_id, lease)).await?;
+                        Ok(rows.into_iter().next().map(|r| r.claimed(at)))
+                    }
+                };
+                each_on_failure(asks, together, alone).await
+            }
+        });
+        let successes = Coalescer::start(LANES, MAX_BATCH, move |done: Vec<Success>| {
+            let pool = pool.clone();
+            async move {
+                let together = |done: &[Success]| {
+                    let rows = SuccessRows::of(done);
+                    let pool = pool.clone();
+                    async move {
+                        let recorded = super::retrying_deadlocks(|| succeed_many(&pool, &rows)).await?;
+                        Ok(rows.claim_ids.iter().map(|c| recorded.contains(c)).collect())
+                    }
+                };
+                let alone = |one: Success| {
+                    let pool = pool.clone();
+                    async move {
+                        let result = ResultValue::Inline(&one.result);
+                        succeed(&pool, one.id, one.claim_id, result, one.final_message.as_deref()).await
+                    }
+                };
+                each_on_failure(done, together, alone).await
+            }
+        });
+        Self { claims, successes }
+    }
+
+    /// [`claim`], sent with the other claims of this moment; the lease counts from this call.
+    pub async fn claim(&self, id: Uuid) -> Result<Option<Claimed>, StoreError> {
+        self.claims.call((id, tokio::time::Instant::now())).await
+    }
+
+    /// [`succeed`] with an inline result, sent with the other outcomes of this moment.
+    pub async fn succeed(
+        &self,
+        id: Uuid,
+        claim_id: Uuid,
+        result: Box<RawValue>,
+        final_message: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let final_message = final_message.map(str::to_owned);
+        self.successes.call(Success { id, claim_id, result, final_message }).await
+    }
 }
 
 /// Takes over the run of claim `claim_id` in another process (`runq exec`, started by the worker
@@ -261,26 +371,67 @@ async fn succeed_once(
     final_message: Option<&str>,
 ) -> Result<bool, StoreError> {
     let (inline, uri) = match result {
-        ResultValue::Inline(raw) => (Some(raw.get()), None),
-        ResultValue::Uri(uri) => (None, Some(uri)),
+        ResultValue::Inline(raw) => (Some(raw.get().to_owned()), None),
+        ResultValue::Uri(uri) => (None, Some((*uri).to_owned())),
     };
-    let done = sqlx::query!(
-        r#"WITH done AS (
-              UPDATE jobs SET status = 'succeeded', progress = 1, result = $3::text::jsonb, result_uri = $4,
-                     message = coalesce($5, message), error = NULL, finished_at = now(), updated_at = now(),
-                     lease_until = NULL
-              WHERE id = $1 AND claim_id = $2 AND status = 'running' RETURNING id)
-           UPDATE job_runs SET finished_at = now(), outcome = 'succeeded'
-           WHERE claim_id = $2 AND EXISTS (SELECT 1 FROM done)"#,
-        id,
-        claim_id,
-        inline,
-        uri,
-        final_message,
+    let rows = SuccessRows {
+        ids: vec![id],
+        claim_ids: vec![claim_id],
+        results: vec![inline],
+        uris: vec![uri],
+        messages: vec![final_message.map(str::to_owned)],
+    };
+    Ok(!succeed_many(pool, &rows).await?.is_empty())
+}
+
+/// The outcomes [`succeed_many`] records, a column each.
+struct SuccessRows {
+    ids: Vec<Uuid>,
+    claim_ids: Vec<Uuid>,
+    results: Vec<Option<String>>,
+    uris: Vec<Option<String>>,
+    messages: Vec<Option<String>>,
+}
+
+impl SuccessRows {
+    fn of(done: &[Success]) -> Self {
+        Self {
+            ids: done.iter().map(|d| d.id).collect(),
+            claim_ids: done.iter().map(|d| d.claim_id).collect(),
+            results: done.iter().map(|d| Some(d.result.get().to_owned())).collect(),
+            uris: vec![None; done.len()],
+            messages: done.iter().map(|d| d.final_message.clone()).collect(),
+        }
+    }
+}
+
+/// Records the successes of many runs in one statement and one durable commit, each fenced by
+/// its claim; answers the claims that still held (their outcomes were written).
+async fn succeed_many(pool: &PgPool, rows: &SuccessRows) -> Result<Vec<Uuid>, StoreError> {
+    let recorded = sqlx::query_scalar!(
+        r#"WITH outcome AS (
+              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])
+                     AS o(id, claim_id, result, result_uri, message)),
+           done AS (
+              UPDATE jobs j SET status = 'succeeded', progress = 1, result = o.result::jsonb,
+                     result_uri = o.result_uri, message = coalesce(o.message, j.message), error = NULL,
+                     finished_at = now(), updated_at = now(), lease_until = NULL
+              FROM outcome o
+              WHERE j.id = o.id AND j.claim_id = o.claim_id AND j.status = 'running'
+              RETURNING j.claim_id),
+           runs AS (
+              UPDATE job_runs r SET finished_at = now(), outcome = 'succeeded'
+              FROM done WHERE r.claim_id = done.claim_id)
+           SELECT claim_id AS "claim_id!" FROM done"#,
+        &rows.ids,
+        &rows.claim_ids,
+        &rows.results as &[Option<String>],
+        &rows.uris as &[Option<String>],
+        &rows.messages as &[Option<String>],
     )
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(recorded)
 }
 
 /// Records a failed run. Durable. A retryable error with attempts left (and no cancel request)

@@ -79,13 +79,15 @@ pub async fn run(
     crate::store::limits::declare(&services.pool, services.registry.limits()).await?;
     let verifier = settings.push.verifier(services.google_jwks.clone());
     let (tx, rx) = watch::channel(None);
+    let worker_id: Arc<str> = worker_id(&settings.instance, &settings.queue).into();
     let state = WorkerState {
+        writes: crate::store::RunWrites::start(services.pool.clone(), worker_id.clone(), settings.lease),
         pool: services.pool.clone(),
         relaxed: services.relaxed.clone(),
         registry: services.registry.clone(),
         verifier,
         queue: settings.queue.clone(),
-        worker_id: worker_id(&settings.instance, &settings.queue).into(),
+        worker_id,
         lease: settings.lease,
         leases: Leases::default(),
         shutdown: rx,
@@ -103,6 +105,8 @@ pub async fn run(
 pub struct WorkerState {
     /// Claims and outcomes: durable commits.
     pub pool: PgPool,
+    /// Claims and successes of concurrent pushes, each kind coalesced into one statement.
+    pub writes: crate::store::RunWrites,
     /// Progress and heartbeats: `synchronous_commit = off`, its own connections.
     pub relaxed: PgPool,
     pub registry: Arc<Registry>,

@@ -132,7 +132,7 @@ enum Redeliver {
 }
 
 async fn handle(state: &WorkerState, id: Uuid) -> Result<(), Redeliver> {
-    let claimed = match store::claim(&state.pool, id, &state.worker_id, state.lease).await? {
+    let claimed = match state.writes.claim(id).await? {
         Some(claimed) => claimed,
         None => match claim_held_back(state, id).await? {
             Some(claimed) => claimed,

@@ -453,7 +453,7 @@ async fn record_success(
     }
     let recorded = if json.len() <= INLINE_RESULT_LIMIT {
         let raw = RawValue::from_string(json).expect("serde_json wrote valid JSON");
-        match store::succeed(&state.pool, id, claim, ResultValue::Inline(&raw), final_message).await {
+        match state.writes.succeed(id, claim, raw, final_message).await {
             Err(StoreError::Other(e)) => {
                 // The database refused this result (not an outage): fail the run, recorded.
                 tracing::warn!(job_id = %id, error = %e, "result refused by the database");
