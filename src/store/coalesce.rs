@@ -1,6 +1,6 @@
 //! Coalescing: concurrent calls of one write gathered into one statement and one commit.
 //!
-//! A [`Coalescer`] has a few lanes, each running one statement at a time. A call goes out at
+//! A [`Coalescer`] has lanes (runq's use one each), each running one statement at a time. A call goes out at
 //! once when a lane is free, alone; while every lane is busy, the calls that arrive wait in
 //! line, and the next lane to come free takes all of them (up to its batch size) into one
 //! statement. So an idle system pays nothing for it, and a busy one pays one statement, one

@@ -82,7 +82,17 @@ pub(crate) fn secs(d: Duration) -> f64 {
 /// [`super::claim_limited`], so a job without limits pays nothing for them. A worker's
 /// concurrent claims go through [`RunWrites::claim`] instead, which sends them together.
 pub async fn claim(pool: &PgPool, id: Uuid, worker_id: &str, lease: Duration) -> Result<Option<Claimed>, StoreError> {
-    let asked_at = tokio::time::Instant::now();
+    claim_asked_at(pool, id, worker_id, lease, tokio::time::Instant::now()).await
+}
+
+/// [`claim`], its lease counted from `asked_at` (when the caller asked, before any wait).
+async fn claim_asked_at(
+    pool: &PgPool,
+    id: Uuid,
+    worker_id: &str,
+    lease: Duration,
+    asked_at: tokio::time::Instant,
+) -> Result<Option<Claimed>, StoreError> {
     let ids = [id];
     let rows = super::retrying_deadlocks(|| claim_many(pool, &ids, worker_id, lease)).await?;
     Ok(rows.into_iter().next().map(|r| r.claimed(asked_at)))
@@ -142,8 +152,8 @@ struct Success {
 }
 
 /// How many coalesced statements of a kind a worker has in flight at most, and how many calls
-/// one carries. A few lanes keep a single slow statement from holding up the rest; each lane
-/// is one connection of the pool at a time.
+/// one carries. One lane: with more, calls on a saturated machine rarely waited long enough to
+/// share a statement (bench/README.md, "Coalesced writes"); a lane is one pool connection.
 const LANES: usize = 1;
 const MAX_BATCH: usize = 64;
 
@@ -167,11 +177,7 @@ impl RunWrites {
                 };
                 let alone = |(id, at): (Uuid, tokio::time::Instant)| {
                     let (pool, worker_id) = (pool.clone(), worker_id.clone());
-                    async move {
-                        let ids = [id];
-                        let rows = super::retrying_deadlocks(|| claim_many(&pool, &ids, &worker_id, lease)).await?;
-                        Ok(rows.into_iter().next().map(|r| r.claimed(at)))
-                    }
+                    async move { claim_asked_at(&pool, id, &worker_id, lease, at).await }
                 };
                 each_on_failure(asks, together, alone).await
             }
