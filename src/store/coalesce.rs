@@ -113,8 +113,11 @@ mod tests {
 
     use super::*;
 
+    /// The batches a write was given, in order.
+    type Seen = Arc<Mutex<Vec<Vec<u32>>>>;
+
     /// A write that records each batch it got and blocks until the test lets it go.
-    fn gated() -> (Coalescer<u32, u32>, Arc<Mutex<Vec<Vec<u32>>>>, Arc<Semaphore>) {
+    fn gated() -> (Coalescer<u32, u32>, Seen, Arc<Semaphore>) {
         let batches = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(Semaphore::new(0));
         let (seen, open) = (batches.clone(), gate.clone());
